@@ -1,0 +1,85 @@
+"""The paper's recipe (Sec. 3.3 and 4): python train.py --config configs/default.py --workdir DIR
+
+160k steps at batch 16 on 256 x 256 crops; days on one accelerator, hopeless on a CPU.
+Override any field from the command line: --config.opt.lr=2e-4, typos fail.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # The generator; turned into sk_jax.ModelConfig (a frozen dataclass).
+  c.model = ml_collections.ConfigDict(dict(
+      attention_sharpness=10.0,   # alpha of Eq. 1 (cosine logits scale; 10 = temperature 0.1)
+      learn_sharpness=False,      # learn log(alpha) with the rest
+      gate=True,                  # the CGM (Eqs. 3-5); False: plain Eq. 2 ablation
+      gate_renormalize=False,     # the paper does not renormalise the kept weights
+      gate_temperature=1.0,       # straight-through surrogate temperature, units of 1/Ns
+      gate_hidden=128,            # width of E_f
+      kernel_size=3,              # k of the style kernels (Table 3: 1, 3, 5)
+      kernel_hidden=256,          # width of the kernel head
+      kernel_init_std=1e-3,       # the kernel head starts as centred deltas plus this noise
+      shuffle_groups=4,           # GS groups; 1 disables the shuffle
+      dtype="float32",            # compute dtype: float32 or bfloat16
+      vgg_weights="bundled",      # or an Orbax dir written by `sk-jax port-vgg16`
+  ))
+
+  # Eq. 7 and Sec. 4.
+  c.loss = ml_collections.ConfigDict(dict(
+      content=1.0,                # lambda_cont
+      style=1.0,                  # lambda_sty
+      rec=1.0,                    # lambda_rec
+      rec_pixel=20.0,             # lambda_rec1
+      rec_feature=0.5,            # lambda_rec2
+      remd=3.0,                   # lambda_REMD
+      adv=1.0,                    # lambda_adv
+      style_form="mean_std",      # or "gram"
+      gan="lsgan",                # or "hinge"
+      remd_max_positions=1024,    # cap on positions per image in the REMD cost matrix
+  ))
+
+  c.opt = ml_collections.ConfigDict(dict(
+      lr=1e-4,                    # Adam, both networks
+      b1=0.9,
+      b2=0.999,
+      grad_clip=0.0,              # global-norm clip; 0 disables
+      max_nonfinite=10,           # stop after this many non-finite updates in a row
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      content="embedded:photos",  # a folder, "tfds:NAME", or the embedded scikit-image set
+      style="embedded:styles",
+      tfds_data_dir=config_dict.placeholder(str),
+      resize=512,                 # short side before cropping
+      crop=256,
+      batch_size=16,              # global batch
+      num_workers=0,              # grain worker processes (0: in-process)
+      prefetch=2,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=160_000,
+      d_every=2,                  # one discriminator update after every two generator updates
+  ))
+
+  c.ckpt = ml_collections.ConfigDict(dict(
+      every=5_000,
+      keep=3,
+      best_metric=config_dict.placeholder(str),
+  ))
+
+  c.log = ml_collections.ConfigDict(dict(
+      every=100,
+      image_every=2_000,
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                    # data-parallel devices; -1: all
+      model=1,                    # > 1 shards parameters along a second axis
+      distributed=False,          # call jax.distributed.initialize()
+  ))
+  return c

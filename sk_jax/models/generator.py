@@ -1,0 +1,134 @@
+"""The StyleKernel generator: VGG-16 features -> SAE + CGM -> SKG -> Eq. 6 -> decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sk_jax.errors import InputError
+from sk_jax.models import vgg
+from sk_jax.models.alignment import StyleAlignment
+from sk_jax.models.decoder import Decoder
+from sk_jax.models.kernels import KernelHead, apply_style_kernels
+
+FEATURE_TAP = "relu4_1"
+FEATURE_CHANNELS = 512
+STRIDE = 8  # relu4_1 is at 1/8 of the image size
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that fixes the generator's parameters and its forward pass."""
+  attention_sharpness: float = 10.0   # alpha of Eq. 1
+  learn_sharpness: bool = False
+  gate: bool = True                   # CGM on; False is plain Eq. 2
+  gate_renormalize: bool = False      # divide the kept attention by its sum
+  gate_temperature: float = 1.0       # straight-through surrogate, in units of 1/Ns
+  gate_hidden: int = 128
+  kernel_size: int = 3                # k of the k x 1 and 1 x k style kernels
+  kernel_hidden: int = 256
+  kernel_init_std: float = 1e-3
+  shuffle_groups: int = 4             # GS groups; 1 disables the shuffle
+  dtype: str = "float32"              # compute dtype: float32 or bfloat16
+  vgg_weights: str = "bundled"        # "bundled" or an Orbax dir from `sk-jax port-vgg16`
+
+  def __post_init__(self):
+    if self.kernel_size not in (1, 3, 5):
+      raise InputError(f"model.kernel_size must be 1, 3 or 5, got {self.kernel_size}")
+    if self.shuffle_groups < 1 or FEATURE_CHANNELS % self.shuffle_groups:
+      raise InputError(f"model.shuffle_groups must divide {FEATURE_CHANNELS}, got {self.shuffle_groups}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise InputError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+    if self.attention_sharpness <= 0:
+      raise InputError(f"model.attention_sharpness must be positive, got {self.attention_sharpness}")
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any], source: str = "model config") -> "ModelConfig":
+    """Builds from a ConfigDict or a dict; unknown fields are an InputError naming them."""
+    d = dict(d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise InputError(f"{source}: unknown model field(s) {', '.join(unknown)}")
+    try:
+      return cls(**d)
+    except TypeError as e:
+      raise InputError(f"{source}: {e}") from None
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def diff(self, other: "ModelConfig") -> list[str]:
+    """Names of the fields that differ, with both values."""
+    return [f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
+            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+  @property
+  def compute_dtype(self):
+    return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+
+class Generator(nn.Module):
+  """relu4_1 features of content and style -> stylized RGB image.
+
+  __call__(z_c (B, H, W, 512), z_s (B, Hs, Ws, 512), alpha) returns the image
+  (B, 8H, 8W, 3) and an aux dict (attention, mask, kept fraction, z_cs, kernels, z_bar).
+  alpha blends Z_bar with Z_c (1: full style).
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, z_c, z_s, alpha=1.0):
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    z_c, z_s = z_c.astype(dtype), z_s.astype(dtype)
+    z_cs, aux = StyleAlignment(
+        cfg.attention_sharpness, cfg.learn_sharpness, cfg.gate, cfg.gate_renormalize,
+        cfg.gate_temperature, cfg.gate_hidden, dtype, name="alignment")(z_c, z_s)
+    f_v, f_h, bias = KernelHead(FEATURE_CHANNELS, cfg.kernel_size, cfg.kernel_hidden,
+                                cfg.kernel_init_std, dtype, name="kernel_head")(z_cs)
+    z_bar = apply_style_kernels(z_c, f_v, f_h, bias, cfg.shuffle_groups)
+    z_mix = alpha * z_bar + (1.0 - alpha) * z_c.astype(jnp.float32)
+    image = Decoder(dtype, name="decoder")(z_mix)
+    aux.update(z_cs=z_cs, f_v=f_v, f_h=f_h, bias=bias, z_bar=z_bar)
+    return image, aux
+
+
+def encode(vgg_params, images, dtype=jnp.float32):
+  """relu4_1 of (B, H, W, 3) images in [0, 1]; H and W must be multiples of 8. Frozen."""
+  feats = vgg.vgg16_features(vgg_params, images, taps=(FEATURE_TAP,), dtype=dtype)
+  return jax.lax.stop_gradient(feats[FEATURE_TAP])
+
+
+def pad_to_stride(images, stride: int = STRIDE):
+  """Reflection-pads H and W up to multiples of `stride`; returns the padded images and (H, W)."""
+  h, w = images.shape[1:3]
+  ph, pw = -h % stride, -w % stride
+  if ph or pw:
+    mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
+    images = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+  return images, (h, w)
+
+
+def init_params(config: ModelConfig, rng, feature_hw=(4, 4)):
+  """Random generator parameters (the encoder is not among them)."""
+  z = jnp.zeros((1, *feature_hw, FEATURE_CHANNELS), jnp.float32)
+  return Generator(config).init(rng, z, z)["params"]
+
+
+def stylize_images(params, vgg_params, config: ModelConfig, content, style, alpha=1.0):
+  """Images in, image out: (B, H, W, 3) content and (B, Hs, Ws, 3) style in [0, 1].
+
+  Any H and W: inputs are reflection-padded to multiples of 8 and the output is
+  cropped back. Returns (B, H, W, 3) in [0, 1] and the generator's aux dict.
+  """
+  content, (h, w) = pad_to_stride(content)
+  style, _ = pad_to_stride(style)
+  dtype = config.compute_dtype
+  z_c, z_s = encode(vgg_params, content, dtype), encode(vgg_params, style, dtype)
+  image, aux = Generator(config).apply({"params": params}, z_c, z_s, alpha)
+  return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux

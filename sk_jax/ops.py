@@ -1,0 +1,143 @@
+"""Pure array math of StyleKernel: no Flax state, NHWC throughout.
+
+Each function maps to an equation of the paper; see docs/method.md.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_EPS = 1e-5
+
+
+def channel_shuffle(x, groups: int):
+  """ShuffleNet channel shuffle of the last axis: (.., g, C/g) -> (.., C/g, g)."""
+  c = x.shape[-1]
+  if groups <= 1:
+    return x
+  if c % groups:
+    raise ValueError(f"channel_shuffle: {c} channels do not split into {groups} groups")
+  x = x.reshape(*x.shape[:-1], groups, c // groups)
+  return jnp.swapaxes(x, -1, -2).reshape(*x.shape[:-2], c)
+
+
+def mean_std(x, eps: float = _EPS):
+  """Per-sample, per-channel spatial mean and std of (B, H, W, C); eps inside the sqrt."""
+  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+  var = jnp.var(x, axis=(1, 2), keepdims=True)
+  return mean, jnp.sqrt(var + eps)
+
+
+def instance_norm(x, eps: float = _EPS):
+  """(x - mu) / sigma over the spatial axes of (B, H, W, C) (the normalisation of Eq. 6)."""
+  mean, std = mean_std(x, eps)
+  return (x - mean) / std
+
+
+def _shifted_copies(x, k: int, axis: int):
+  """k copies of x shifted by t - k//2 along `axis`, reflection at the edges; stacked last."""
+  r = k // 2
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (r, r)
+  xp = jnp.pad(x, pad, mode="reflect")
+  n = x.shape[axis]
+  return jnp.stack([jax.lax.slice_in_dim(xp, t, t + n, axis=axis) for t in range(k)], axis=-1)
+
+
+def separable_pixel_conv(x, f_v, f_h, bias):
+  """Per-position, per-channel separable convolution (Eq. 6 without the normalisation).
+
+  Args:
+    x: (B, H, W, C) feature.
+    f_v: (B, H, W, C, k) vertical (k x 1) filter at every position and channel.
+    f_h: (B, H, W, C, k) horizontal (1 x k) filter.
+    bias: (B, H, W, C).
+
+  Returns:
+    (B, H, W, C): y[b,i,j,c] = sum_t f_v[b,i,j,c,t] x[b,i+t-k//2,j,c], then
+    z[b,i,j,c] = sum_t f_h[b,i,j,c,t] y[b,i,j+t-k//2,c], then z + bias; rows and
+    columns outside the image are read with reflection (numpy's 'reflect').
+  """
+  k = f_v.shape[-1]
+  if f_h.shape[-1] != k or k % 2 == 0:
+    raise ValueError(f"separable_pixel_conv: filters must share one odd size, got {f_v.shape} {f_h.shape}")
+  y = jnp.einsum("bhwck,bhwck->bhwc", _shifted_copies(x, k, axis=1), f_v)
+  z = jnp.einsum("bhwck,bhwck->bhwc", _shifted_copies(y, k, axis=2), f_h)
+  return z + bias
+
+
+def cosine_attention(z_c, z_s, sharpness):
+  """Eq. 1: A = softmax_v(alpha * cos(Z_c(u), Z_s(v))); returns (B, Nc, Ns) in float32."""
+  q = z_c.reshape(z_c.shape[0], -1, z_c.shape[-1]).astype(jnp.float32)
+  k = z_s.reshape(z_s.shape[0], -1, z_s.shape[-1]).astype(jnp.float32)
+  q = q * jax.lax.rsqrt(jnp.sum(q * q, axis=-1, keepdims=True) + 1e-12)
+  k = k * jax.lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-12)
+  logits_BxNcxNs = sharpness * jnp.einsum("bud,bvd->buv", q, k)
+  return jax.nn.softmax(logits_BxNcxNs, axis=-1)
+
+
+def gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc):
+  """Eqs. 3-4 as read in docs/method.md: T(u) = lam(u) sum_v A(u,v) A_r(v) + beta(u)."""
+  a_r_BxNs = jnp.mean(attn_BxNcxNs, axis=1)
+  return lam_BxNc * jnp.einsum("buv,bv->bu", attn_BxNcxNs, a_r_BxNs) + beta_BxNc
+
+
+def hard_gate(diff, temperature: float | None = None):
+  """Eq. 5's Sign: 1 where diff > 0 else 0, with a straight-through gradient.
+
+  The backward pass uses the derivative of sigmoid(diff / temperature); with
+  temperature None the step has no gradient at all.
+  """
+  hard = (diff > 0).astype(diff.dtype)
+  if temperature is None:
+    return hard
+  soft = jax.nn.sigmoid(diff / temperature)
+  return soft + jax.lax.stop_gradient(hard - soft)
+
+
+def gated_attention(attn_BxNcxNs, lam_BxNc, beta_BxNc, temperature=None, renormalize=False):
+  """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask)."""
+  thresh_BxNc = gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc)
+  # The surrogate's temperature is in units of the uniform weight 1/Ns, so it
+  # does not depend on the style resolution.
+  ns = attn_BxNcxNs.shape[-1]
+  diff = (attn_BxNcxNs - thresh_BxNc[..., None]) * ns
+  mask = hard_gate(diff, temperature)
+  gated = attn_BxNcxNs * mask
+  if renormalize:
+    gated = gated / (jnp.sum(gated, axis=-1, keepdims=True) + 1e-12)
+  return gated, mask
+
+
+def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *,
+                           temperature=None, renormalize=False, return_aux=False):
+  """Style Alignment Encoding with the Content-based Gating Modulation (Eqs. 1-5, 2).
+
+  Args:
+    z_c: (B, H, W, C) content feature (queries).
+    z_s: (B, Hs, Ws, C) style feature (keys and values).
+    lam, beta: (B, H, W) gate scale and bias from E_f.
+    sharpness: alpha of Eq. 1.
+    gate: False gives plain Eq. 2 (the paper's ablation without CGM).
+    temperature: straight-through surrogate temperature (None: forward only).
+    renormalize: divide the kept weights by their sum.
+    return_aux: also return a dict with the attention, the mask and the kept fraction.
+
+  Returns:
+    Z_cs: (B, H, W, C) in z_s's dtype (and the aux dict when asked).
+  """
+  b, h, w, c = z_c.shape
+  attn = cosine_attention(z_c, z_s, sharpness)
+  if gate:
+    attn_bar, mask = gated_attention(attn, lam.reshape(b, h * w).astype(jnp.float32),
+                                     beta.reshape(b, h * w).astype(jnp.float32),
+                                     temperature, renormalize)
+  else:
+    attn_bar, mask = attn, jnp.ones_like(attn)
+  values = z_s.reshape(b, -1, c).astype(jnp.float32)
+  z_cs = jnp.einsum("buv,bvc->buc", attn_bar, values).reshape(b, h, w, c).astype(z_s.dtype)
+  if not return_aux:
+    return z_cs
+  kept = jax.lax.stop_gradient(jnp.mean(mask, axis=(1, 2)))
+  return z_cs, {"attention": attn, "mask": mask, "kept_fraction": kept}

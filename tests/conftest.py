@@ -1,0 +1,33 @@
+"""Test setup: 8 simulated CPU devices (for the sharded code) and a persistent compile cache."""
+
+import os
+
+# Both must be set before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def vgg_params():
+  import sk_jax
+  return sk_jax.load_vgg16()
+
+
+@pytest.fixture(scope="session")
+def photo():
+  """scikit-image's astronaut, (512, 512, 3) float32 in [0, 1]."""
+  from skimage import data
+  return data.astronaut().astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def texture():
+  """scikit-image's brick texture as RGB, (512, 512, 3) float32 in [0, 1]."""
+  from skimage import data
+  return np.repeat(data.brick()[..., None], 3, axis=-1).astype(np.float32) / 255.0
