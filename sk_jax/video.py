@@ -1,0 +1,298 @@
+"""Video: reading and writing clips, stylizing frames with style features computed once,
+synthesised pan-and-zoom clips, and the `sk-jax stylize-video` command.
+
+Frames are (T, H, W, 3) uint8 in memory (a long clip at 512 pixels stays small);
+the model sees float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import math
+import os
+import re
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+from tqdm import tqdm
+
+from sk_jax import checkpoint, images
+from sk_jax.errors import InputError
+from sk_jax.models import vgg
+from sk_jax.models.generator import Generator, ModelConfig, encode, pad_to_stride
+
+DEFAULT_SIZE = 512
+DEFAULT_FPS = 10.0
+# Multi-frame formats that Pillow reads and writes itself; anything else needs a video plugin.
+PIL_VIDEO_EXTENSIONS = (".gif", ".webp", ".png", ".apng")
+PLUGIN_VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+# ----------------------------------------------------------------------------- reading and writing
+
+def _natural_key(path: str):
+  """frame_2.png before frame_10.png."""
+  return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def _video_plugin() -> str | None:
+  for module in ("av", "imageio_ffmpeg"):
+    if importlib.util.find_spec(module) is not None:
+      return module
+  return None
+
+
+def _as_float(frame) -> np.ndarray:
+  frame = np.asarray(frame)
+  return frame.astype(np.float32) / 255.0 if frame.dtype == np.uint8 else frame.astype(np.float32)
+
+
+def _fit_frames(frames, count: int, size: int | None, source: str) -> np.ndarray:
+  """`count` frames (an iterable, read one at a time) -> (T, H, W, 3) uint8.
+
+  Every frame is resized to the size of the first after its short side is resized to `size`.
+  """
+  if count < 2:
+    raise InputError(f"{source}: has {count} frame(s); a clip needs at least 2")
+  out = None
+  for t, frame in enumerate(frames):
+    frame = _as_float(frame)
+    if out is None:
+      h, w = images.resize_short_side(frame, size).shape[:2]
+      out = np.empty((count, h, w, 3), np.uint8)
+    if frame.shape[:2] != (h, w):
+      frame = np.asarray(Image.fromarray(images.to_uint8(frame)).resize((w, h), Image.Resampling.BICUBIC))
+    out[t] = images.to_uint8(frame) if frame.dtype != np.uint8 else frame
+  return out
+
+
+def _read_with_pillow(path: str, max_frames: int | None):
+  with Image.open(path) as img:
+    if getattr(img, "n_frames", 1) < 2:
+      raise InputError(f"{path}: a single still image, not a video (give a frames directory or a "
+                       "multi-frame GIF/WebP/PNG)")
+    duration = img.info.get("duration")
+    frames = []
+    for frame in ImageSequence.Iterator(img):
+      frames.append(np.asarray(frame.convert("RGB"), np.uint8))
+      if max_frames and len(frames) >= max_frames:
+        break
+  fps = 1000.0 / duration if duration else DEFAULT_FPS
+  return frames, fps
+
+
+def _read_with_plugin(path: str, max_frames: int | None):
+  plugin = _video_plugin()
+  if plugin is None:
+    raise InputError(f"{path}: reading this video format needs PyAV or imageio-ffmpeg (pip install av); "
+                     "or give a directory of frames or a GIF")
+  import imageio.v3 as iio
+  try:
+    meta = iio.immeta(path, plugin="pyav" if plugin == "av" else "FFMPEG")
+    frames = []
+    for frame in iio.imiter(path, plugin="pyav" if plugin == "av" else "FFMPEG"):
+      frames.append(np.asarray(frame, np.uint8)[..., :3])
+      if max_frames and len(frames) >= max_frames:
+        break
+  except Exception as e:  # the plugins raise many types for a damaged file
+    raise InputError(f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+  return frames, float(meta.get("fps") or DEFAULT_FPS)
+
+
+def read_frames(path: str, size: int | None = None, max_frames: int | None = None):
+  """A frames directory or a video file -> ((T, H, W, 3) uint8, fps).
+
+  Frames of a directory are taken in natural order (frame_2 before frame_10); every
+  frame is resized to the first one's size, after its short side is resized to `size`.
+  """
+  if not os.path.exists(path):
+    raise InputError(f"{path}: no such file or directory")
+  if os.path.isdir(path):
+    files = sorted(images.list_images(path), key=_natural_key)
+    if max_frames:
+      files = files[:max_frames]
+    return _fit_frames((images.load_image(f) for f in files), len(files), size, path), DEFAULT_FPS
+  if os.path.getsize(path) == 0:
+    raise InputError(f"{path}: empty file")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in PLUGIN_VIDEO_EXTENSIONS:
+    frames, fps = _read_with_plugin(path, max_frames)
+  else:
+    try:
+      frames, fps = _read_with_pillow(path, max_frames)
+    except UnidentifiedImageError:
+      raise InputError(f"{path}: not a video or image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+      if isinstance(e, InputError):
+        raise
+      raise InputError(f"{path}: corrupt or truncated video ({e})") from None
+  if not frames:
+    raise InputError(f"{path}: no frames")
+  return _fit_frames(frames, len(frames), size, path), fps
+
+
+def check_output(path: str) -> str:
+  """'dir' or 'video' for an output path; an unusable one is an InputError before any work."""
+  ext = os.path.splitext(path)[1].lower()
+  if not ext or os.path.isdir(path):
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise InputError(f"{path}: exists and is not a directory")
+    return "dir"
+  if ext in PIL_VIDEO_EXTENSIONS:
+    return "video"
+  if ext in PLUGIN_VIDEO_EXTENSIONS:
+    if _video_plugin() is None:
+      raise InputError(f"{path}: writing {ext} needs PyAV or imageio-ffmpeg (pip install av); "
+                       "write a .gif or a frames directory instead")
+    return "video"
+  raise InputError(f"{path}: unknown video extension {ext!r}; use a directory, "
+                   f"{', '.join(PIL_VIDEO_EXTENSIONS + PLUGIN_VIDEO_EXTENSIONS)}")
+
+
+def write_frames(frames, path: str, fps: float = DEFAULT_FPS) -> list[str]:
+  """Writes (T, H, W, 3) frames to a directory (frame_00000.png, ...) or a video file.
+
+  A video file is written to a temporary name and renamed, so it is never half-written.
+  Returns the paths written.
+  """
+  frames = np.asarray(frames)
+  if frames.dtype != np.uint8:
+    frames = images.to_uint8(frames)
+  if check_output(path) == "dir":
+    os.makedirs(path, exist_ok=True)
+    out = [os.path.join(path, f"frame_{t:05d}.png") for t in range(len(frames))]
+    for frame, name in zip(frames, out):
+      images.save_image(frame.astype(np.float32) / 255.0, name)
+    return out
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  ext = os.path.splitext(path)[1].lower()
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
+  os.close(fd)
+  try:
+    if ext in PIL_VIDEO_EXTENSIONS:
+      pil = [Image.fromarray(f) for f in frames]
+      fmt = {".apng": "PNG"}.get(ext, Image.registered_extensions()[ext])
+      pil[0].save(tmp, format=fmt, save_all=True, append_images=pil[1:],
+                  duration=max(1, round(1000.0 / fps)), loop=0)
+    else:
+      import imageio.v3 as iio
+      iio.imwrite(tmp, frames, plugin="pyav" if _video_plugin() == "av" else "FFMPEG", fps=fps)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return [path]
+
+
+def pan_zoom_clip(image, num_frames: int = 10, seed: int = 0, scales=(0.9, 0.75)) -> np.ndarray:
+  """A smooth pan and zoom over a still photo, (T, H, W, 3) uint8 at the photo's size.
+
+  The crop window's scale eases from scales[0] to scales[1] of the photo while its
+  centre moves on a straight line between two points drawn with `seed` (each inside
+  the range where the window fits), both with cosine easing e(t) = (1 - cos(pi t / (T-1))) / 2;
+  each window is resampled to the photo's size (bicubic).
+  """
+  if num_frames < 2:
+    raise InputError(f"a synthesised clip needs at least 2 frames, got {num_frames}")
+  image = np.asarray(image)
+  h, w = image.shape[:2]
+  rng = np.random.default_rng(seed)
+
+  def centre(s):
+    return np.array([rng.uniform(s * h / 2, h - s * h / 2), rng.uniform(s * w / 2, w - s * w / 2)])
+
+  (s0, s1), (c0, c1) = scales, (centre(scales[0]), centre(scales[1]))
+  pil = Image.fromarray(image if image.dtype == np.uint8 else images.to_uint8(image))
+  frames = np.empty((num_frames, h, w, 3), np.uint8)
+  for t in range(num_frames):
+    e = 0.5 - 0.5 * math.cos(math.pi * t / (num_frames - 1))
+    s, (cy, cx) = s0 + (s1 - s0) * e, c0 + (c1 - c0) * e
+    box = (cx - s * w / 2, cy - s * h / 2, cx + s * w / 2, cy + s * h / 2)
+    frames[t] = np.asarray(pil.resize((w, h), Image.Resampling.BICUBIC, box=box))
+  return frames
+
+
+# ----------------------------------------------------------------------------- stylizing
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def encode_style(vgg_params, config: ModelConfig, style):
+  """relu4_1 of (1, H, W, 3) style images in [0, 1], any size (reflection-padded to 8)."""
+  style, _ = pad_to_stride(style)
+  return encode(vgg_params, style, config.compute_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def stylize_with_style_features(params, vgg_params, config: ModelConfig, z_s, content, alpha=1.0):
+  """Stylizes (B, H, W, 3) content with precomputed style features z_s (B or 1, h, w, 512).
+
+  Returns the image (B, H, W, 3) clipped to [0, 1] and the CGM's kept fraction (B,).
+  """
+  content, (h, w) = pad_to_stride(content)
+  z_c = encode(vgg_params, content, config.compute_dtype)
+  z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
+  image, aux = Generator(config).apply({"params": params}, z_c, z_s, alpha)
+  return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux["kept_fraction"]
+
+
+def stylize_frames(frames, style, params, config: ModelConfig, vgg_params, alpha: float = 1.0,
+                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Stylizes every frame of a clip with one style, whose features are computed once.
+
+  Args:
+    frames: (T, H, W, 3) uint8, or float in [0, 1].
+    style: (Hs, Ws, 3) float in [0, 1].
+
+  Returns:
+    (T, H, W, 3) uint8 frames and the kept fraction per frame (T,).
+  """
+  z_s = encode_style(vgg_params, config, jnp.asarray(_as_float(style))[None])
+  alpha = jnp.float32(alpha)
+  out = np.empty((len(frames), *np.shape(frames)[1:3], 3), np.uint8)
+  kept = np.empty(len(frames), np.float64)
+  for t in tqdm(range(len(frames)), desc="frames", unit="frame", disable=not progress):
+    image, k = stylize_with_style_features(params, vgg_params, config, z_s,
+                                           jnp.asarray(_as_float(frames[t]))[None], alpha)
+    out[t], kept[t] = images.to_uint8(image[0]), float(k[0])
+  return out, kept
+
+
+def run_stylize_video(args) -> None:
+  if not args.checkpoint:
+    raise InputError("--checkpoint is required: train one (python train.py ...), or write a "
+                     "random one to try the pipeline with `sk-jax init --output DIR`")
+  if not 0.0 <= args.alpha <= 1.0:
+    raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+  if args.fps is not None and args.fps <= 0:
+    raise InputError(f"--fps must be positive, got {args.fps}")
+  check_output(args.output)
+  # Everything is read and checked before anything is written.
+  frames, fps = read_frames(args.input, args.size or None, args.max_frames)
+  style = images.resize_short_side(images.load_image(args.style), args.size or None)
+  params, config = checkpoint.load_generator(args.checkpoint)
+  vgg_params = jax.device_put(vgg.load_vgg16(args.vgg or config.vgg_weights))
+  out, _ = stylize_frames(frames, style, params, config, vgg_params, args.alpha, progress=True)
+  written = write_frames(out, args.output, args.fps or fps)
+  print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
+
+
+def add_commands(subparsers) -> None:
+  p = subparsers.add_parser("stylize-video", help="stylize every frame of a clip with one style",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--input", required=True,
+                 help="a directory of frames (natural order) or a video: GIF/WebP/APNG, or "
+                      "MP4/MOV/... when PyAV or imageio-ffmpeg is installed")
+  p.add_argument("--style", required=True, help="style image")
+  p.add_argument("--output", required=True, help="output directory (frame_00000.png, ...) or video file")
+  p.add_argument("--checkpoint", help="generator checkpoint directory")
+  p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side of frames and style; 0 keeps it")
+  p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off, 1 = full style")
+  p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 10)")
+  p.add_argument("--max-frames", type=int, help="stylize only the first N frames")
+  p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
+  p.set_defaults(func=run_stylize_video)
