@@ -39,27 +39,42 @@ def gram(f_BxHxWxC):
   return jnp.einsum("bpc,bpd->bcd", f, f) / (h * w * c)
 
 
-def mean_std_style_loss(feats_cs, feats_s, layers=STYLE_LAYERS):
-  """sum_l [mean_c (mu_l(cs) - mu_l(s))^2 + mean_c (sigma_l(cs) - sigma_l(s))^2], (B,).
-
-  The stylized and style images may differ in size: only per-channel statistics meet.
-  """
-  total = 0.0
+def style_statistics_from_features(feats, layers=STYLE_LAYERS):
+  """{layer: (mean (B, C), std (B, C), Gram (B, C, C))}: all that the style losses compare."""
+  stats = {}
   for layer in layers:
-    mu_cs, sd_cs = ops.mean_std(feats_cs[layer].astype(jnp.float32))
-    mu_s, sd_s = ops.mean_std(feats_s[layer].astype(jnp.float32))
-    total = total + jnp.mean((mu_cs - mu_s) ** 2, axis=(1, 2, 3)) \
-        + jnp.mean((sd_cs - sd_s) ** 2, axis=(1, 2, 3))
-  return total
+    f = feats[layer].astype(jnp.float32)
+    mu, sd = ops.mean_std(f)
+    stats[layer] = (mu[:, 0, 0], sd[:, 0, 0], gram(f))
+  return stats
+
+
+def style_losses(stats_cs, stats_s) -> dict:
+  """Both style losses from two `style_statistics` results, each (B,).
+
+  style_loss_meanstd = sum_l [mean_c (mu_l(cs) - mu_l(s))^2 + mean_c (sigma_l(cs) - sigma_l(s))^2]
+  style_loss_gram    = sum_l ||G_l(cs) - G_l(s)||_F^2, G = F^T F / (H W C) (Johnson et al. 2016)
+  The stylized and style images may differ in size: only these statistics meet.
+  """
+  meanstd, gram_loss = 0.0, 0.0
+  for layer in stats_cs:
+    mu_cs, sd_cs, g_cs = stats_cs[layer]
+    mu_s, sd_s, g_s = stats_s[layer]
+    meanstd = meanstd + jnp.mean((mu_cs - mu_s) ** 2, axis=-1) + jnp.mean((sd_cs - sd_s) ** 2, axis=-1)
+    gram_loss = gram_loss + jnp.sum((g_cs - g_s) ** 2, axis=(-2, -1))
+  return {"style_loss_meanstd": meanstd, "style_loss_gram": gram_loss}
+
+
+def mean_std_style_loss(feats_cs, feats_s, layers=STYLE_LAYERS):
+  """The mean/std style loss of two VGG-16 feature dicts, (B,); see `style_losses`."""
+  return style_losses(style_statistics_from_features(feats_cs, layers),
+                      style_statistics_from_features(feats_s, layers))["style_loss_meanstd"]
 
 
 def gram_style_loss(feats_cs, feats_s, layers=STYLE_LAYERS):
-  """sum_l ||G_l(cs) - G_l(s)||_F^2 with G = F^T F / (H W C) (Johnson et al. 2016), (B,)."""
-  total = 0.0
-  for layer in layers:
-    d = gram(feats_cs[layer]) - gram(feats_s[layer])
-    total = total + jnp.sum(d * d, axis=(1, 2))
-  return total
+  """The Gram style loss of two VGG-16 feature dicts, (B,); see `style_losses`."""
+  return style_losses(style_statistics_from_features(feats_cs, layers),
+                      style_statistics_from_features(feats_s, layers))["style_loss_gram"]
 
 
 def content_loss(feats_cs, feats_c, layers=CONTENT_LAYERS):
@@ -201,27 +216,42 @@ def temporal_lpips(frames, net: str = "alex", params=None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- all at once
 
+@jax.jit
+def style_statistics(vgg_params, images):
+  """VGG-16 style statistics of (B, H, W, 3) images in [0, 1]; compiled once per image size."""
+  return style_statistics_from_features(vgg.vgg16_features(vgg_params, images))
+
+
 @functools.partial(jax.jit, static_argnames=("greyscale",))
-def pair_metrics(vgg_params, stylized, content, style, greyscale=True):
+def stylized_metrics(vgg_params, stylized, content, greyscale=True):
+  """Content loss, SSIM and the style statistics of I_cs, from one VGG pass over it.
+
+  stylized, content: (B, H, W, 3) in [0, 1], same size. Returns
+  ({"content_loss": (B,), "ssim": (B,)}, style statistics of `stylized`).
+  """
+  f_cs = vgg.vgg16_features(vgg_params, stylized)
+  f_c = vgg.vgg16_features(vgg_params, content, taps=CONTENT_LAYERS)
+  return ({"content_loss": content_loss(f_cs, f_c), "ssim": ssim(stylized, content, greyscale)},
+          style_statistics_from_features(f_cs))
+
+
+def pair_metrics(vgg_params, stylized, content, style, greyscale=True, style_stats=None) -> dict:
   """Table 2's per-image numbers for a stylized image I_cs with its I_c and I_s.
 
   Args:
     vgg_params: from `sk_jax.models.vgg.load_vgg16()`.
     stylized, content: (B, H, W, 3) in [0, 1], same size.
-    style: (B, Hs, Ws, 3) in [0, 1]; any size (statistics only).
+    style: (B, Hs, Ws, 3) in [0, 1], any size; or None when `style_stats` (from
+      `style_statistics`) is given, so that a style used many times is encoded once.
 
   Returns:
-    {"style_loss_meanstd", "style_loss_gram", "content_loss", "ssim"}, each (B,).
+    {"style_loss_meanstd", "style_loss_gram", "content_loss", "ssim"}, each (B,) numpy.
   """
-  f_cs = vgg.vgg16_features(vgg_params, stylized)
-  f_c = vgg.vgg16_features(vgg_params, content, taps=CONTENT_LAYERS)
-  f_s = vgg.vgg16_features(vgg_params, style)
-  return {
-      "style_loss_meanstd": mean_std_style_loss(f_cs, f_s),
-      "style_loss_gram": gram_style_loss(f_cs, f_s),
-      "content_loss": content_loss(f_cs, f_c),
-      "ssim": ssim(stylized, content, greyscale),
-  }
+  if style_stats is None:
+    style_stats = style_statistics(vgg_params, style)
+  out, stats_cs = stylized_metrics(vgg_params, stylized, content, greyscale)
+  out.update(style_losses(stats_cs, style_stats))
+  return {k: np.asarray(v) for k, v in out.items()}
 
 
 def gate_statistics(aux) -> np.ndarray:

