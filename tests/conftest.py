@@ -31,3 +31,19 @@ def texture():
   """scikit-image's brick texture as RGB, (512, 512, 3) float32 in [0, 1]."""
   from skimage import data
   return np.repeat(data.brick()[..., None], 3, axis=-1).astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def tiny_generator():
+  """A small random-init generator, (params, ModelConfig), shared by the end-to-end tests."""
+  import jax
+  import sk_jax
+  config = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
+  return sk_jax.init_params(config, jax.random.key(0)), config
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_generator):
+  """`tiny_generator` saved as a generator checkpoint directory; returns its path."""
+  from sk_jax import checkpoint
+  return checkpoint.save_generator(str(tmp_path_factory.mktemp("tiny") / "gen"), *tiny_generator)
