@@ -28,6 +28,14 @@ def get_config():
       vgg_weights="bundled",      # or an Orbax dir written by `sk-jax port-vgg16`
   ))
 
+  # The multi-scale PatchGAN of pix2pixHD (Sec. 4: "adopted from [43]").
+  c.disc = ml_collections.ConfigDict(dict(
+      num_scales=3,               # full, 1/2 and 1/4 resolution
+      features=64,                # width of the first layer (doubles per layer, up to 512)
+      num_layers=3,               # stride-2 layers per scale
+      norm="instance",            # or "none"
+  ))
+
   # Eq. 7 and Sec. 4.
   c.loss = ml_collections.ConfigDict(dict(
       content=1.0,                # lambda_cont
@@ -44,6 +52,7 @@ def get_config():
 
   c.opt = ml_collections.ConfigDict(dict(
       lr=1e-4,                    # Adam, both networks
+      d_lr=config_dict.placeholder(float),  # the discriminator's, if not lr
       b1=0.9,
       b2=0.999,
       grad_clip=0.0,              # global-norm clip; 0 disables
@@ -51,14 +60,18 @@ def get_config():
   ))
 
   c.data = ml_collections.ConfigDict(dict(
-      content="embedded:photos",  # a folder, "tfds:NAME", or the embedded scikit-image set
-      style="embedded:styles",
+      content="embedded:photos",  # a folder (searched recursively), "tfds:NAME", or embedded:photos
+      style="embedded:styles",    # ... or embedded:styles (scikit-image textures and colourful images)
+      content_split="train",      # TFDS split of a tfds: content source
+      style_split="train",
+      tfds_image_key="image",     # feature holding the image in a TFDS example
       tfds_data_dir=config_dict.placeholder(str),
       resize=512,                 # short side before cropping
-      crop=256,
-      batch_size=16,              # global batch
-      num_workers=0,              # grain worker processes (0: in-process)
-      prefetch=2,
+      crop=256,                   # random square crop (a multiple of 8)
+      batch_size=16,              # global batch, over all processes and devices
+      num_workers=4,              # grain worker processes per host (0: in-process threads only)
+      num_threads=8,              # reader threads (per worker)
+      prefetch=2,                 # batches buffered per worker
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -67,19 +80,23 @@ def get_config():
   ))
 
   c.ckpt = ml_collections.ConfigDict(dict(
-      every=5_000,
-      keep=3,
-      best_metric=config_dict.placeholder(str),
+      every=5_000,                # steps between checkpoints (asynchronous Orbax saves)
+      keep=3,                     # keep the last N ...
+      best_metric=config_dict.placeholder(str),  # ... plus the best by this metric, e.g. "loss/total"
+      best_mode="min",            # "min" or "max"
   ))
 
   c.log = ml_collections.ConfigDict(dict(
-      every=100,
-      image_every=2_000,
+      every=100,                  # steps between scalar logs (TensorBoard, metrics.jsonl, progress bar)
+      image_every=2_000,          # steps between sample grids (content | style | stylized); 0: never
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1,                    # data-parallel devices; -1: all
       model=1,                    # > 1 shards parameters along a second axis
-      distributed=False,          # call jax.distributed.initialize()
+      distributed=False,          # call jax.distributed.initialize() (also if $JAX_COORDINATOR_ADDRESS is set)
+      coordinator_address=config_dict.placeholder(str),  # host:port; None: detected by JAX
+      num_processes=config_dict.placeholder(int),
+      process_id=config_dict.placeholder(int),
   ))
   return c

@@ -1,0 +1,521 @@
+"""Training (Sec. 3.3 and 4): the GAN train step on a device mesh, checkpoints, logging, export.
+
+`train(cfg, workdir)` runs the paper's recipe from a config (configs/default.py);
+`python train.py` and `sk-jax export` are thin wrappers around this module.
+
+One iteration (`train_step`, jitted once):
+  1. VGG features of I_c and I_s (frozen encoder, passed as a separate argument);
+  2. the generator on the stacked batch [(I_c, I_s), (I_c, I_c), (I_s, I_s)] -> I_cs, I_cc, I_ss;
+  3. Eq. 7 and its gradient; the generator is updated;
+  4. on every `train.d_every`-th iteration (step % d_every == d_every - 1) the
+     discriminator is updated as well, inside the same step with `lax.cond`, on
+     real style images vs this iteration's I_cs: one D update after every two G updates.
+An update whose loss or gradient is not finite is skipped (parameters and Adam
+moments untouched) and counted; the host stops the run after `opt.max_nonfinite`
+in a row, without saving, so the last checkpoint is the last good state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax.struct
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+from jax.sharding import NamedSharding
+
+from sk_jax import checkpoint, data, images, losses, sharding
+from sk_jax.errors import InputError
+from sk_jax.models import vgg
+from sk_jax.models.discriminator import DiscriminatorConfig, MultiScaleDiscriminator, init_discriminator
+from sk_jax.models.generator import Generator, ModelConfig, init_params
+
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "generator"
+METRICS_FILE = "metrics.jsonl"
+ITEMS = ("state", "content_iter", "style_iter", "config")
+NetState = train_state.TrainState  # params + optimiser state of one network
+
+
+class NonFiniteError(RuntimeError):
+  """Too many non-finite updates in a row; the message names the last good checkpoint."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; the frozen VGG-16 is not in it."""
+  step: jax.Array              # iterations done
+  g: NetState                  # generator (g.step: its applied updates)
+  d: NetState                  # discriminator (d.step: its applied updates)
+  rng: jax.Array               # typed key; iteration keys are fold_in(rng, step)
+  nonfinite_streak: jax.Array  # skipped iterations in a row
+  nonfinite_total: jax.Array   # skipped iterations since the start
+
+
+# ----------------------------------------------------------------------------- config
+
+def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
+  """Checks the fields training reads; returns the frozen model configs. Raises InputError."""
+  model = ModelConfig.from_dict(cfg.model, source="config.model")
+  disc = DiscriminatorConfig.from_dict(cfg.disc, source="config.disc")
+  checks = [
+      (cfg.loss.style_form in ("mean_std", "gram"), f"loss.style_form must be 'mean_std' or 'gram', got {cfg.loss.style_form!r}"),
+      (cfg.loss.gan in ("lsgan", "hinge"), f"loss.gan must be 'lsgan' or 'hinge', got {cfg.loss.gan!r}"),
+      (cfg.loss.remd_max_positions >= 0, "loss.remd_max_positions must be >= 0 (0: no cap)"),
+      (cfg.opt.lr > 0, f"opt.lr must be positive, got {cfg.opt.lr}"),
+      (cfg.opt.max_nonfinite >= 1, "opt.max_nonfinite must be >= 1"),
+      (cfg.train.steps >= 1, f"train.steps must be >= 1, got {cfg.train.steps}"),
+      (cfg.train.d_every >= 1, f"train.d_every must be >= 1, got {cfg.train.d_every}"),
+      (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
+      (cfg.ckpt.every >= 1 and cfg.ckpt.keep >= 1, "ckpt.every and ckpt.keep must be >= 1"),
+      (cfg.ckpt.best_mode in ("min", "max"), f"ckpt.best_mode must be 'min' or 'max', got {cfg.ckpt.best_mode!r}"),
+      (cfg.log.every >= 1 and cfg.log.image_every >= 0, "log.every must be >= 1 and log.image_every >= 0"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise InputError(f"config: {message}")
+  return model, disc
+
+
+def make_optimizer(opt_cfg, lr: float) -> optax.GradientTransformation:
+  """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same)."""
+  clip = optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity()
+  return optax.chain(clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2))
+
+
+# ----------------------------------------------------------------------------- the step
+
+def _apply_if_finite(net: NetState, grads, loss):
+  """One optimiser update, or none at all when the loss or a gradient is not finite."""
+  norm = optax.tree.norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(norm)
+  updated = net.apply_gradients(grads=grads)
+  return jax.tree.map(lambda new, old: jnp.where(ok, new, old), updated, net), ok, norm
+
+
+def _split(tree, n: int):
+  """Splits every leaf's batch axis into n equal parts -> n trees."""
+  parts = jax.tree.map(lambda x: jnp.split(x, n), tree)
+  return [jax.tree.map(lambda p, i=i: p[i], parts, is_leaf=lambda x: isinstance(x, list)) for i in range(n)]
+
+
+def _to_unit(x):
+  return x.astype(jnp.float32) / 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The pieces of a training run that depend only on the config and the mesh."""
+  model: ModelConfig
+  disc: DiscriminatorConfig
+  mesh: jax.sharding.Mesh
+  create_state: Callable       # rng -> TrainState (pure; jit with out_shardings)
+  abstract: Any                # jax.eval_shape(create_state): ShapeDtypeStructs
+  shardings: Any               # NamedSharding per leaf of the state
+  step_fn: Callable            # jitted (state, vgg_params, batch) -> (state, metrics); donates state
+  sample_fn: Callable          # jitted (g_params, vgg_params, batch) -> (content, style, stylized)
+
+  def init(self, seed: int) -> TrainState:
+    """A fresh state, created directly with its shardings (nothing materialised on one host)."""
+    return jax.jit(self.create_state, out_shardings=self.shardings)(jax.random.key(seed))
+
+  def abstract_with_shardings(self):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract, self.shardings)
+
+
+def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
+  """The pure train step: (state, vgg_params, {"content", "style": (B, H, W, 3) uint8}) -> (state, metrics)."""
+  gen, dnet = Generator(model), MultiScaleDiscriminator(disc, model.compute_dtype)
+  dtype = model.compute_dtype
+  lc, d_every = cfg.loss, int(cfg.train.d_every)
+  taps = vgg.TAPS
+
+  def train_step(state: TrainState, vgg_params, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    content, style = _to_unit(batch["content"]), _to_unit(batch["style"])
+    b = content.shape[0]
+    real = jax.lax.stop_gradient(vgg.vgg16_features(vgg_params, jnp.concatenate([content, style]), taps, dtype))
+    feats_c, feats_s = _split(real, 2)
+    z_c, z_s = feats_c["relu4_1"], feats_s["relu4_1"]
+
+    def g_loss_fn(g_params):
+      # One generator call for I_cs = G(c, s), I_cc = G(c, c), I_ss = G(s, s).
+      out, aux = gen.apply({"params": g_params}, jnp.concatenate([z_c, z_c, z_s]),
+                           jnp.concatenate([z_s, z_c, z_s]))
+      i_cs, i_cc, i_ss = jnp.split(out, 3)
+      f_cs, f_cc, f_ss = _split(vgg.vgg16_features(vgg_params, out, taps, dtype), 3)
+      parts = {
+          "content": losses.content_loss(f_cs, feats_c),
+          "style": losses.style_loss(f_cs, feats_s, form=lc.style_form),
+          "remd": losses.remd_loss(f_cs, feats_s, key, lc.remd_max_positions),
+          "adv_g": losses.generator_adv_loss(dnet.apply({"params": state.d.params}, i_cs), lc.gan),
+      }
+      parts["rec"], rec = losses.reconstruction_loss(i_cc, content, i_ss, style, f_cc, feats_c, f_ss, feats_s,
+                                                     lc.rec_pixel, lc.rec_feature)
+      parts["rec_pixel"], parts["rec_feature"] = rec["pixel"], rec["feature"]
+      total = (lc.adv * parts["adv_g"] + lc.rec * parts["rec"] + lc.content * parts["content"]
+               + lc.style * parts["style"] + lc.remd * parts["remd"])
+      parts["kept_fraction"] = jnp.mean(aux["kept_fraction"][:b])
+      return total, (parts, i_cs)
+
+    (g_loss, (parts, i_cs)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g.params)
+    g_new, g_ok, g_norm = _apply_if_finite(state.g, g_grads, g_loss)
+
+    fake = jax.lax.stop_gradient(i_cs)
+
+    def d_update(d: NetState):
+      def d_loss_fn(p):
+        return losses.discriminator_loss(dnet.apply({"params": p}, style), dnet.apply({"params": p}, fake), lc.gan)
+      d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d.params)
+      d_new, ok, norm = _apply_if_finite(d, d_grads, d_loss)
+      return d_new, d_loss, ok, norm
+
+    def d_keep(d: NetState):
+      return d, jnp.float32(0.0), jnp.bool_(True), jnp.float32(0.0)
+
+    do_d = (state.step % d_every) == (d_every - 1)
+    d_new, d_loss, d_ok, d_norm = jax.lax.cond(do_d, d_update, d_keep, state.d)
+
+    bad = ~(g_ok & d_ok)
+    new_state = state.replace(
+        step=state.step + 1, g=g_new, d=d_new,
+        nonfinite_streak=jnp.where(bad, state.nonfinite_streak + 1, 0),
+        nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32))
+    metrics = {f"loss/{k}": v for k, v in parts.items() if k != "kept_fraction"}
+    metrics.update({
+        "loss/total": g_loss, "loss/d": d_loss, "d_updated": do_d.astype(jnp.int32),
+        "grad_norm/g": g_norm, "grad_norm/d": d_norm, "gate/kept_fraction": parts["kept_fraction"],
+        "nonfinite/streak": new_state.nonfinite_streak, "nonfinite/total": new_state.nonfinite_total,
+    })
+    return new_state, metrics
+
+  return train_step
+
+
+def make_sample_fn(model: ModelConfig, n: int):
+  """(g_params, vgg_params, batch) -> the first n content, style and stylized images in [0, 1]."""
+  gen = Generator(model)
+
+  def sample(g_params, vgg_params, batch):
+    content, style = _to_unit(batch["content"][:n]), _to_unit(batch["style"][:n])
+    z = vgg.vgg16_features(vgg_params, jnp.concatenate([content, style]), ("relu4_1",), model.compute_dtype)
+    z_c, z_s = jnp.split(z["relu4_1"], 2)
+    out, _ = gen.apply({"params": g_params}, z_c, z_s)
+    return content, style, jnp.clip(out, 0.0, 1.0)
+
+  return sample
+
+
+def make_setup(cfg, mesh: jax.sharding.Mesh) -> Setup:
+  """Builds and jits everything for `cfg` on `mesh` (compilation happens at the first call)."""
+  model, disc = validate_config(cfg)
+  sharding.check_batch(int(cfg.data.batch_size), mesh)
+  tx_g = make_optimizer(cfg.opt, cfg.opt.lr)
+  tx_d = make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
+
+  def create_state(rng) -> TrainState:
+    k_init, k_step = jax.random.split(rng)
+    # Parameters are drawn with the "rbg" generator: XLA compiles it in seconds where
+    # threefry over ~20M values takes tens of seconds on CPU. The iteration keys stay threefry.
+    k_g, k_d = jax.random.split(jax.random.wrap_key_data(jax.random.bits(k_init, (4,), jnp.uint32), impl="rbg"))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        g=NetState.create(apply_fn=None, params=init_params(model, k_g), tx=tx_g),
+        d=NetState.create(apply_fn=None, params=init_discriminator(disc, k_d), tx=tx_d),
+        rng=k_step, nonfinite_streak=jnp.zeros((), jnp.int32), nonfinite_total=jnp.zeros((), jnp.int32))
+
+  abstract = jax.eval_shape(create_state, jax.random.key(0))
+  shardings = sharding.state_shardings(mesh, abstract)
+  repl, data_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  step_fn = jax.jit(make_train_step(cfg, model, disc), in_shardings=(shardings, repl, data_sh),
+                    out_shardings=(shardings, repl), donate_argnums=(0,))
+  n = min(4, int(cfg.data.batch_size))
+  sample_fn = jax.jit(make_sample_fn(model, n), in_shardings=(shardings.g.params, repl, data_sh),
+                      out_shardings=repl)
+  return Setup(model, disc, mesh, create_state, abstract, shardings, step_fn, sample_fn)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class _IteratorSnapshot:
+  """A grain iterator's state captured now; the (synchronous) grain handler writes it later."""
+
+  def __init__(self, iterator):
+    self._state = json.dumps(iterator.get_state()).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+def make_manager(workdir: str, ckpt_cfg, read_only: bool = False) -> ocp.CheckpointManager:
+  """Async Orbax manager under WORKDIR/checkpoints: keeps the last `keep` (+ the best, if configured)."""
+  policies = [ocp.checkpoint_managers.LatestN(n=int(ckpt_cfg.keep))]
+  if ckpt_cfg.get("best_metric"):
+    name = ckpt_cfg.best_metric
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m[name], reverse=ckpt_cfg.best_mode == "min", n=1,
+        keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=int(ckpt_cfg.every), enable_async_checkpointing=True,
+      cleanup_tmp_directories=True, read_only=read_only, create=not read_only,
+      # Saves wait for the previous one instead of being skipped while it is in flight.
+      enable_should_save_is_saving_in_progress_check=False,
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                               options=options, item_names=ITEMS)
+
+
+def check_compatible(saved_cfg: dict, cfg, where: str) -> None:
+  """Refuses a checkpoint of another model or discriminator, naming the differing fields."""
+  try:
+    saved_model = ModelConfig.from_dict(saved_cfg["model"], source=f"{where}: model")
+    saved_disc = DiscriminatorConfig.from_dict(saved_cfg.get("disc", {}), source=f"{where}: disc")
+  except (KeyError, TypeError):
+    raise InputError(f"{where}: the checkpoint's config has no model group") from None
+  model, disc = ModelConfig.from_dict(cfg.model), DiscriminatorConfig.from_dict(cfg.disc)
+  diffs = [f"model.{d}" for d in model.diff(saved_model)] + disc.diff(saved_disc)
+  if diffs:
+    raise InputError(f"{where}: checkpoint of another model config ({'; '.join(diffs)}; "
+                     "this run's value first); use another --workdir")
+  others = []
+  for group in ("loss", "opt", "data", "train"):
+    now, then = cfg[group].to_dict(), saved_cfg.get(group, {})
+    others += [f"{group}.{k}" for k in now if k in then and then[k] != now[k]]
+  if others:
+    logging.warning("resuming with changed settings: %s", ", ".join(others))
+
+
+def restore(mngr, setup: Setup, cfg, step: int, content_it=None, style_it=None) -> TrainState:
+  """Restores the state (and, given them, the data iterators in place) of checkpoint `step`."""
+  where = os.path.join(str(mngr.directory), str(step))
+  saved_cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  check_compatible(saved_cfg, cfg, where)
+  args = {"state": ocp.args.StandardRestore(setup.abstract_with_shardings())}
+  if content_it is not None:
+    args["content_iter"] = grain.checkpoint.CheckpointRestore(content_it)
+    args["style_iter"] = grain.checkpoint.CheckpointRestore(style_it)
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(**args))
+  except ValueError as e:
+    raise InputError(f"{where}: does not match this config ({str(e).splitlines()[0][:300]})") from None
+  return restored["state"]
+
+
+def save(mngr, step: int, state: TrainState, content_it, style_it, cfg, metrics=None, force=False) -> bool:
+  """Starts an asynchronous save of everything a resume needs (the arrays are copied first)."""
+  return mngr.save(step, metrics=metrics, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      content_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(content_it)),
+      style_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(style_it)),
+      config=ocp.args.JsonSave(json.loads(cfg.to_json_best_effort()))))
+
+
+def export_generator(workdir: str, output: str, step: int | None = None) -> str:
+  """Writes the generator of a training checkpoint in the format `sk-jax stylize` reads."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    raise InputError(f"{workdir}: no training checkpoints (expected {ckpt_dir})")
+  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                               item_names=ITEMS)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None or step not in mngr.all_steps():
+      raise InputError(f"{ckpt_dir}: no complete checkpoint{'' if step is None else f' at step {step}'}")
+    cfg = ml_collections.ConfigDict(
+        mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    device = jax.local_devices()[0]
+    mesh = jax.make_mesh((1, 1), (sharding.DATA, sharding.MODEL), devices=[device],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    cfg.data.batch_size = 1  # only the state's shapes matter here
+    setup = make_setup(cfg, mesh)
+    state = restore(mngr, setup, cfg, step)
+  finally:
+    mngr.close()
+  return checkpoint.save_generator(output, state.g.params, setup.model)
+
+
+# ----------------------------------------------------------------------------- logging
+
+def sample_grid(content, style, stylized, gap: int = 2) -> np.ndarray:
+  """Rows of content | style | stylized, (n * (H + gap) - gap, 3 * (W + gap) - gap, 3) in [0, 1]."""
+  n, h, w, _ = content.shape
+  grid = np.ones((n * (h + gap) - gap, 3 * (w + gap) - gap, 3), np.float32)
+  for i in range(n):
+    for j, img in enumerate((content, style, stylized)):
+      grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = img[i]
+  return grid
+
+
+class MetricLogger:
+  """tqdm bar, TensorBoard event files and a JSON-lines file; only process 0 writes."""
+
+  def __init__(self, workdir: str, start: int, total: int, enabled: bool):
+    self.enabled, self.workdir = enabled, workdir
+    self.bar = self.writer = self.file = None
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter
+    from tqdm import tqdm
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):  # drop lines from steps after the checkpoint we resume from
+      with open(path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start]
+      with open(path, "w") as f:
+        f.writelines(kept)
+    self.file = open(path, "a")
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train",
+                    file=sys.stderr, mininterval=1.0)
+
+  def scalars(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    for k, v in metrics.items():
+      self.writer.add_scalar(k, v, step)
+    self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+    self.file.flush()
+    self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
+                          ("loss/total", "loss/content", "loss/style", "loss/remd", "loss/d") if k in metrics},
+                         refresh=False)
+
+  def grid(self, step: int, grid: np.ndarray) -> str | None:
+    if not self.enabled:
+      return None
+    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
+    images.save_image(grid, path)
+    self.writer.add_image("samples", grid, step, dataformats="HWC")
+    return path
+
+  def advance(self, n: int = 1) -> None:
+    if self.enabled:
+      self.bar.update(n)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.bar.close()
+      self.writer.close()
+      self.file.close()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg, workdir: str, devices=None) -> dict:
+  """Trains (or resumes) in `workdir`; returns the last logged metrics.
+
+  Bad config, data or checkpoint -> InputError before anything compiles. Writes
+  WORKDIR/checkpoints (Orbax), metrics.jsonl, tensorboard/, samples/*.png and, at
+  the end of a single-process run, the generator for `sk-jax stylize` in WORKDIR/generator.
+  """
+  validate_config(cfg)
+  sharding.maybe_initialize_distributed(cfg.mesh)
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  setup = make_setup(cfg, mesh)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  content_ds, style_ds = data.build_streams(cfg.data, int(cfg.seed), pidx, pcount)
+  content_it, style_it = iter(content_ds), iter(style_ds)
+  vgg_params = jax.device_put(vgg.load_vgg16(setup.model.vgg_weights), sharding.replicated(mesh))
+
+  os.makedirs(workdir, exist_ok=True)
+  mngr = make_manager(workdir, cfg.ckpt)
+  start = mngr.latest_step()
+  if start is not None:
+    state = restore(mngr, setup, cfg, start, content_it, style_it)
+    logging.info("resumed from %s/%d", mngr.directory, start)
+  else:
+    state, start = setup.init(int(cfg.seed)), 0
+  total = int(cfg.train.steps)
+  logger = MetricLogger(workdir, start, total, enabled=pidx == 0)
+  batch_size, max_bad = int(cfg.data.batch_size), int(cfg.opt.max_nonfinite)
+  last_saved = mngr.latest_step()
+  skipped_images, last_metrics, pending = 0, {}, None
+  last_d = {}
+  t_log, steps_since_log = time.perf_counter(), 0
+
+  def fetch(pending_step, pending_metrics):
+    """Host copy of one step's metrics; stops the run on too many non-finite updates."""
+    nonlocal last_metrics
+    m = {k: float(v) for k, v in jax.device_get(pending_metrics).items()}
+    d_metrics = {k: m.pop(k) for k in ("loss/d", "grad_norm/d")}
+    if m.pop("d_updated"):  # D metrics exist on D steps only; log the latest ones
+      last_d.update(d_metrics)
+    m.update(last_d)
+    if m["nonfinite/streak"] >= max_bad:
+      good = f"{mngr.directory}/{last_saved}" if last_saved is not None else "none (no checkpoint yet)"
+      raise NonFiniteError(f"stopped at step {pending_step}: {int(m['nonfinite/streak'])} non-finite updates "
+                           f"in a row (opt.max_nonfinite={max_bad}); last good checkpoint: {good}")
+    last_metrics = m
+    return m
+
+  try:
+    for step in range(start, total):
+      content, style = next(content_it), next(style_it)
+      skipped = int(content["skipped"].sum() + style["skipped"].sum())
+      if skipped:
+        skipped_images += skipped
+        logging.warning("skipped %d unreadable images so far", skipped_images)
+      batch = sharding.global_batch(mesh, {"content": content["image"], "style": style["image"]})
+      state, metrics = setup.step_fn(state, vgg_params, batch)
+      done = step + 1
+      # Metrics of the previous step are fetched while this one runs (one step of lag).
+      if pending is not None:
+        fetch(*pending)
+      pending = (done, metrics)
+      steps_since_log += 1
+      logger.advance()
+      is_last = done == total
+      if done % cfg.log.every == 0 or is_last or done == start + 1:
+        m = dict(fetch(*pending))
+        now = time.perf_counter()
+        m["throughput/steps_per_s"] = steps_since_log / (now - t_log)
+        m["throughput/images_per_s"] = m["throughput/steps_per_s"] * batch_size
+        m["data/skipped_images"] = skipped_images
+        t_log, steps_since_log = now, 0
+        logger.scalars(done, m)
+      if cfg.log.image_every and (done % cfg.log.image_every == 0 or is_last):
+        grid = sample_grid(*map(np.asarray, jax.device_get(setup.sample_fn(state.g.params, vgg_params, batch))))
+        logger.grid(done, grid)
+      if mngr.should_save(done) or is_last:
+        m = fetch(*pending)
+        if m["nonfinite/streak"] == 0:  # never checkpoint in the middle of a non-finite streak
+          save(mngr, done, state, content_it, style_it, cfg, force=is_last,
+               metrics={k: v for k, v in m.items() if math.isfinite(v)})
+          last_saved = done
+    if pending is not None:
+      fetch(*pending)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    logger.close()
+  if pcount == 1:  # Orbax's single-directory writer; multi-host runs use `sk-jax export`
+    path = checkpoint.save_generator(os.path.join(workdir, EXPORT_DIR), state.g.params, setup.model)
+    logging.info("generator exported to %s", path)
+  return last_metrics
+
+
+# ----------------------------------------------------------------------------- sk-jax export
+
+def run_export(args) -> None:
+  print(export_generator(args.workdir, args.output, args.step))
+
+
+def add_commands(subparsers) -> None:
+  p = subparsers.add_parser("export", help="write the generator of a training checkpoint for `sk-jax stylize`")
+  p.add_argument("--workdir", required=True, help="training workdir (holds checkpoints/)")
+  p.add_argument("--output", required=True, help="generator checkpoint directory to write")
+  p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  p.set_defaults(func=run_export)
