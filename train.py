@@ -32,11 +32,11 @@ def _parse_flags(argv):
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Drops the INFO chatter of Orbax and grain (several lines per save); warnings still show."""
+  """Drops the INFO chatter of Orbax, grain and JAX (several lines per save); warnings still show."""
 
   def filter(self, record):
     return record.levelno >= py_logging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
+        f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
 
 
 def main(argv):

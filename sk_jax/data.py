@@ -211,28 +211,34 @@ def make_stream(source: ImageSource, *, crop: int, batch_size: int, seed: int, s
   return it
 
 
-def build_streams(data_cfg, seed: int, process_index: int = 0, process_count: int = 1):
-  """The content and style streams of a config's `data` group -> (content_ds, style_ds).
+def open_sources(data_cfg) -> tuple[ImageSource, ImageSource]:
+  """The content and style sources of a config's `data` group, checked before training starts.
 
-  Checks everything that can be checked before training starts: the sources exist
-  and hold images, one image of each can be read, and the batch splits over processes.
+  Raises InputError for a bad crop/resize, a missing or empty folder, an unprepared
+  TFDS dataset, or a source none of whose first images can be read. Touches no JAX
+  device, so it may run before jax.distributed.initialize().
   """
   crop, resize = int(data_cfg.crop), int(data_cfg.resize or 0)
   if crop < 8 or crop % 8:
     raise InputError(f"data.crop must be a positive multiple of 8, got {crop}")
   if resize and resize < crop:
     raise InputError(f"data.resize ({resize}) is smaller than data.crop ({crop})")
-  if data_cfg.batch_size % process_count:
-    raise InputError(f"data.batch_size {data_cfg.batch_size} does not split over {process_count} processes")
   short_side = max(resize, crop)
-  streams = []
-  for stream, (spec, split) in enumerate(((data_cfg.content, data_cfg.content_split),
-                                          (data_cfg.style, data_cfg.style_split))):
+  sources = []
+  for spec, split in ((data_cfg.content, data_cfg.content_split), (data_cfg.style, data_cfg.style_split)):
     source = open_source(spec, short_side, tfds_data_dir=data_cfg.tfds_data_dir, split=split,
                          image_key=data_cfg.tfds_image_key)
-    source[0]  # fails here, in the main process, if nothing in it is readable
-    streams.append(make_stream(
-        source, crop=crop, batch_size=data_cfg.batch_size // process_count, seed=seed, stream=stream,
-        process_index=process_index, process_count=process_count, num_workers=data_cfg.num_workers,
-        num_threads=data_cfg.num_threads, prefetch=data_cfg.prefetch))
-  return tuple(streams)
+    source[0]  # raises InputError here, in the main process, if nothing in it is readable
+    sources.append(source)
+  return tuple(sources)
+
+
+def build_streams(data_cfg, sources, seed: int, process_index: int = 0, process_count: int = 1):
+  """(content, style) sources -> two independent infinite grain streams of this process's batches."""
+  if data_cfg.batch_size % process_count:
+    raise InputError(f"data.batch_size {data_cfg.batch_size} does not split over {process_count} processes")
+  return tuple(make_stream(
+      source, crop=int(data_cfg.crop), batch_size=data_cfg.batch_size // process_count, seed=seed,
+      stream=stream, process_index=process_index, process_count=process_count,
+      num_workers=data_cfg.num_workers, num_threads=data_cfg.num_threads, prefetch=data_cfg.prefetch)
+      for stream, source in enumerate(sources))

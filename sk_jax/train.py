@@ -422,11 +422,12 @@ def train(cfg, workdir: str, devices=None) -> dict:
   the end of a single-process run, the generator for `sk-jax stylize` in WORKDIR/generator.
   """
   validate_config(cfg)
+  sources = data.open_sources(cfg.data)  # bad data paths fail before any device is touched
   sharding.maybe_initialize_distributed(cfg.mesh)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   setup = make_setup(cfg, mesh)
   pidx, pcount = jax.process_index(), jax.process_count()
-  content_ds, style_ds = data.build_streams(cfg.data, int(cfg.seed), pidx, pcount)
+  content_ds, style_ds = data.build_streams(cfg.data, sources, int(cfg.seed), pidx, pcount)
   content_it, style_it = iter(content_ds), iter(style_ds)
   vgg_params = jax.device_put(vgg.load_vgg16(setup.model.vgg_weights), sharding.replicated(mesh))
 
