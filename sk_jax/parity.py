@@ -1,0 +1,228 @@
+"""JAX vs PyTorch, module by module: `sk-jax parity` and the functions the tests use.
+
+Both frameworks run the whole pipeline on their own (images -> VGG-16 -> alignment
+and gate -> kernel head -> Eq. 6 -> decoder) from the same weights; every module's
+output is compared. The relative error of a tensor is max |jax - torch| divided by
+max |torch| (its range, so that ReLU zeros do not turn noise into huge ratios).
+
+One exception to "on their own": the hard gate. Where |A - T| / max(T, 1/Ns) is
+below the band, either decision is rounding noise; the flips are counted and reported, and
+the PyTorch reference then adopts JAX's decision on those entries only, so that
+the rows after the gate measure arithmetic rather than a coin toss. A flip
+outside the band fails. Tolerances and their reasons: docs/interop.md.
+
+float32 matmul/conv precision is pinned to "highest" on both sides here (JAX's
+default on GPU/TPU is TF32/bf16 passes; on CPU it changes nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+
+from sk_jax import checkpoint, images
+from sk_jax.errors import InputError
+from sk_jax.models import vgg
+from sk_jax.models.generator import Generator
+
+# Relative-error tolerance of every row, per compute dtype. float32: 10x above the
+# worst seen (9e-6) over seeds and sizes 64-256; bfloat16: about 4 units in the last
+# place (2^-7 = 7.8e-3) for single tensors, more after instance norm and the decoder.
+# docs/interop.md gives the measurements and the reasons.
+TOLERANCES = {
+    "float32": {"encoder": 1e-4, "attention": 1e-4, "z_cs": 1e-4, "kernels": 1e-4,
+                "z_bar": 1e-4, "image": 1e-4},
+    "bfloat16": {"encoder": 3e-2, "attention": 5e-2, "z_cs": 3e-2, "kernels": 3e-2,
+                 "z_bar": 1e-1, "image": 1e-1},
+}
+# Gate band: a flipped decision is rounding noise when its gap |A - T| / max(T, 1/Ns)
+# is below this (bfloat16: worst flip seen 0.10 at 256 px).
+GATE_BAND = {"float32": 1e-4, "bfloat16": 2.5e-1}
+
+
+class ParityError(InputError):
+  """JAX and PyTorch disagree beyond the documented tolerance (exit code 2, like bad input)."""
+
+
+@dataclasses.dataclass
+class Row:
+  name: str
+  shape: tuple
+  max_abs: float
+  max_rel: float
+  tolerance: float
+  ok: bool
+  note: str = ""
+
+
+def _err(ours, ref) -> tuple[float, float]:
+  from sk_jax.port import relative_error
+  return relative_error(ours, ref)
+
+
+def _nchw_to_nhwc(t):
+  return t.float().numpy().transpose(0, 2, 3, 1)
+
+
+def _kern_to_jax(t):
+  """torch_ref kernels (B, C, k, H, W) -> the JAX layout (B, H, W, C, k)."""
+  return t.float().numpy().transpose(0, 3, 4, 1, 2)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _jax_forward(params, vgg_params, config, content, style, alpha):
+  dtype = config.compute_dtype
+  taps = vgg.vgg16_features(vgg_params, content, dtype=dtype)
+  z_s = vgg.vgg16_features(vgg_params, style, taps=("relu4_1",), dtype=dtype)["relu4_1"]
+  image, aux = Generator(config).apply({"params": params}, taps["relu4_1"], z_s, alpha)
+  return taps, z_s, image, aux
+
+
+def gate_gap(attn, thresh):
+  """|A - T| / max(|T|, 1/Ns): how far each entry is from its threshold, relative to the threshold.
+
+  attn (B, Nc, Ns), thresh (B, Nc). Both A and T carry relative rounding errors, so
+  a decision is only as certain as this gap is large compared with the dtype's precision.
+  """
+  attn = np.asarray(attn, np.float64)
+  thresh = np.asarray(thresh, np.float64)[..., None]
+  return np.abs(attn - thresh) / np.maximum(np.abs(thresh), 1.0 / attn.shape[-1])
+
+
+def _gate_agreement(jax_mask, t_aux, band):
+  """The gate-mask row, and the mask PyTorch should use downstream (None: its own already agrees)."""
+  jax_mask = np.asarray(jax_mask, np.float32)
+  own = t_aux["own_mask"].numpy()
+  gap = gate_gap(t_aux["attention"].numpy(), t_aux["threshold"].numpy())
+  flipped = own != jax_mask
+  n_flip = int(flipped.sum())
+  worst = float(gap[flipped].max()) if n_flip else 0.0
+  row = Row("gate mask", tuple(jax_mask.shape), n_flip / jax_mask.size, worst, band, worst < band,
+            f"{n_flip} of {jax_mask.size} decisions flipped; max gap of a flip {worst:.1e}")
+  adopted = np.where(flipped & (gap < band), jax_mask, own).astype(np.float32) if n_flip else None
+  return row, adopted
+
+
+def compare(params, vgg_params, config, content, style, alpha: float = 1.0) -> list[Row]:
+  """Runs JAX and `sk_jax.torch_ref` on (H, W, 3) content and style in [0, 1] (H, W multiples of 8).
+
+  Returns one Row per module output, held to TOLERANCES[config.dtype].
+  """
+  import torch
+
+  from sk_jax import port, torch_ref
+
+  tol, band = TOLERANCES[config.dtype], GATE_BAND[config.dtype]
+  content = np.asarray(content, np.float32)[None]
+  style = np.asarray(style, np.float32)[None]
+  with jax.default_matmul_precision("highest"):
+    # The precision is part of jit's cache key, so this traces its own version.
+    taps, z_s, image, aux = jax.device_get(_jax_forward(params, vgg_params, config, content, style, alpha))
+
+  torch.set_float32_matmul_precision("highest")  # no TF32 on a CUDA build either
+  tdtype = torch_ref.torch_dtype(config.dtype)
+  enc = torch_ref.VGGEncoder(tdtype)
+  enc.load_state_dict(port.vgg16_to_torch(vgg_params))
+  gen = torch_ref.Generator(config)
+  gen.load_state_dict(port.generator_to_torch(params))
+  to_t = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  with torch.no_grad():
+    t_taps = enc(to_t(content), taps=vgg.TAPS)
+    t_zs = enc(to_t(style), taps=("relu4_1",))["relu4_1"]
+    t_image, t_aux = gen(t_taps["relu4_1"], t_zs, alpha)
+    gate_row = None
+    if config.gate:
+      gate_row, adopted = _gate_agreement(aux["mask"], t_aux, band)
+      if adopted is not None:  # rerun downstream with JAX's decisions inside the band
+        t_image, t_aux = gen(t_taps["relu4_1"], t_zs, alpha, mask=torch.from_numpy(adopted))
+
+  rows = []
+
+  def add(name, ours, ref, tolerance, note=""):
+    ours = np.asarray(ours, np.float32)
+    a, r = _err(ours, ref)
+    rows.append(Row(name, tuple(ours.shape), a, r, tolerance, bool(r <= tolerance), note))
+
+  for tap in vgg.TAPS:
+    add(f"encoder {tap}", taps[tap], _nchw_to_nhwc(t_taps[tap]), tol["encoder"], "content")
+  add("encoder relu4_1", z_s, _nchw_to_nhwc(t_zs), tol["encoder"], "style")
+  add("attention A", aux["attention"], t_aux["attention"].numpy(), tol["attention"])
+  if gate_row is not None:
+    rows.append(gate_row)
+  add("Z_cs", aux["z_cs"], _nchw_to_nhwc(t_aux["z_cs"]), tol["z_cs"])
+  add("kernel F1 (k x 1)", aux["f_v"], _kern_to_jax(t_aux["f_v"]), tol["kernels"])
+  add("kernel F2 (1 x k)", aux["f_h"], _kern_to_jax(t_aux["f_h"]), tol["kernels"])
+  add("kernel bias B", aux["bias"], _nchw_to_nhwc(t_aux["bias"]), tol["kernels"])
+  add("Z_bar (Eq. 6)", aux["z_bar"], _nchw_to_nhwc(t_aux["z_bar"]), tol["z_bar"])
+  add("decoded image", image, _nchw_to_nhwc(t_image), tol["image"], "before clipping")
+  return rows
+
+
+def format_table(rows: list[Row]) -> str:
+  lines = [f"{'module':<20}{'shape':<22}{'max abs err':>12}{'max rel err':>12}{'tolerance':>11}  result",
+           "-" * 86]
+  for r in rows:
+    nums = f"{r.max_abs:>12.3e}{r.max_rel:>12.3e}{r.tolerance:>11.1e}"
+    note = f"  ({r.note})" if r.note else ""
+    lines.append(f"{r.name:<20}{str(r.shape):<22}{nums}  {'pass' if r.ok else 'FAIL'}{note}")
+  return "\n".join(lines)
+
+
+def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
+  """Short side to `size`, then centre-cropped to multiples of 8 (the encoder's stride)."""
+  image = images.resize_short_side(image, size)
+  h, w = image.shape[:2]
+  h8, w8 = h - h % 8, w - w % 8
+  top, left = (h - h8) // 2, (w - w8) // 2
+  return np.ascontiguousarray(image[top:top + h8, left:left + w8])
+
+
+def _default_images():
+  from skimage import data
+  return data.astronaut().astype(np.float32) / 255.0, data.coffee().astype(np.float32) / 255.0
+
+
+def run_parity(args) -> None:
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    raise InputError("parity needs PyTorch: pip install 'sk-jax[torch]' (torch==2.13.0)") from None
+  if args.size < 16:
+    raise InputError(f"--size must be at least 16, got {args.size}")
+  params, config = checkpoint.load_generator(args.checkpoint)
+  config = dataclasses.replace(config, dtype=args.dtype or config.dtype)
+  vgg_params = vgg.load_vgg16(args.vgg or config.vgg_weights)
+  content, style = _default_images()
+  if args.content:
+    content = images.load_image(args.content)
+  if args.style:
+    style = images.load_image(args.style)
+  content, style = prepare_image(content, args.size), prepare_image(style, args.size)
+  rows = compare(params, vgg_params, config, content, style, args.alpha)
+  print(f"sk-jax parity: JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch reference "
+        f"(sk_jax.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
+        f"style {style.shape[1]}x{style.shape[0]}, float32 matmul precision 'highest'")
+  print("max rel err = max |jax - torch| / max |torch|.  gate mask row: abs = fraction of decisions "
+        "flipped, rel = largest gap |A-T|/max(T,1/Ns) of a flip, which must be below the band")
+  print(format_table(rows))
+  bad = [r.name for r in rows if not r.ok]
+  if bad:
+    raise ParityError(f"parity failed ({config.dtype}) at: {', '.join(bad)}")
+  print(f"all {len(rows)} rows within tolerance")
+
+
+def add_commands(subparsers) -> None:
+  p = subparsers.add_parser("parity", help="compare JAX with the PyTorch reference, module by module",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
+  p.add_argument("--size", type=int, default=128, help="short side of both images")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
+  p.add_argument("--content", help="content image (default: scikit-image's astronaut)")
+  p.add_argument("--style", help="style image (default: scikit-image's coffee)")
+  p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off")
+  p.add_argument("--vgg", help="encoder weights (default: the checkpoint's)")
+  p.set_defaults(func=run_parity)
