@@ -228,11 +228,11 @@ def timing(method, content, style, sizes, warmup: int, repeats: int) -> dict:
 
 
 def kernel_sweep(ks, main, sweep_checkpoints, contents, styles, clips, vgg_params, args, timing_input):
-  """Table 3: rows for k in ks; a given checkpoint of that k, the evaluated one, or random init."""
-  given = {}
-  for path in sweep_checkpoints:
-    params, config = checkpoint.load_generator(path)
-    given[config.kernel_size] = (path, params, config)
+  """Table 3: rows for k in ks; a given checkpoint of that k, the evaluated one, or random init.
+
+  sweep_checkpoints: [(path, params, config)] already loaded.
+  """
+  given = {config.kernel_size: (path, params, config) for path, params, config in sweep_checkpoints}
   rows = []
   for k in sorted(set(ks) | set(given)):
     if k in given:
@@ -432,8 +432,7 @@ def run(args) -> dict:
     if config.vgg_weights != (args.vgg or "bundled"):
       encoder_params = jax.device_put(vgg.load_vgg16(config.vgg_weights))
     main = {"method": SkJax(params, config, encoder_params, args.alpha, os.path.abspath(args.checkpoint))}
-  for path in args.sweep_checkpoints:
-    checkpoint.load_generator(path)
+  sweep_checkpoints = [(path, *checkpoint.load_generator(path)) for path in args.sweep_checkpoints]
 
   timing_input = (contents[0][1], styles[0][1])
   report = {
@@ -469,7 +468,7 @@ def run(args) -> dict:
     report["methods"][name] = entry
     grids[name] = make_grid(contents, styles, outputs, args.grid_cell)
   if main is not None and (args.kernel_sweep or args.sweep_checkpoints):
-    report["kernel_sweep"] = kernel_sweep(args.kernel_sweep, main, args.sweep_checkpoints, contents, styles,
+    report["kernel_sweep"] = kernel_sweep(args.kernel_sweep, main, sweep_checkpoints, contents, styles,
                                           clips, vgg_params, args, timing_input)
 
   os.makedirs(args.output_dir, exist_ok=True)

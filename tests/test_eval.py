@@ -1,5 +1,6 @@
 """`python eval.py` end to end on a tiny random checkpoint and two packaged images."""
 
+import dataclasses
 import json
 import math
 import os
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sk_jax import evaluate, images, metrics, peers, video
-from sk_jax.models.generator import stylize_images
+from sk_jax import checkpoint, evaluate, images, metrics, peers, video
+from sk_jax.models.generator import init_params, stylize_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--size", "32", "--clip_frames", "3", "--timing_sizes", "32", "--timing_warmup", "1",
@@ -45,7 +46,10 @@ def _quality(report):
 def test_eval_writes_json_table_grid_and_is_reproducible(inputs, tiny_checkpoint, tiny_generator,
                                                          vgg_params, tmp_path, capsys):
   out = tmp_path / "out"
-  assert _eval(inputs, tiny_checkpoint, out, "--method", "sk-jax", "--kernel_sweep", "1,3") == 0
+  k5 = dataclasses.replace(tiny_generator[1], kernel_size=5)
+  ck5 = checkpoint.save_generator(str(tmp_path / "k5"), init_params(k5, jax.random.key(1)), k5)
+  assert _eval(inputs, tiny_checkpoint, out, "--method", "sk-jax", "--kernel_sweep", "1,3",
+               "--sweep_checkpoints", ck5) == 0
   assert sorted(os.listdir(out)) == ["grid_sk-jax.png", "metrics.json", "metrics.md"]
   report = json.loads((out / "metrics.json").read_text())
   m = report["methods"]["sk-jax"]
@@ -64,8 +68,12 @@ def test_eval_writes_json_table_grid_and_is_reproducible(inputs, tiny_checkpoint
     np.testing.assert_allclose(pair[key], want[key][0], rtol=1e-4, atol=1e-6)
   t = m["timing"]["T32"]
   assert len(t["runs_s"]) == 2 and t["median_s"] > 0 and t["compile_s"] > 0
-  assert [(r["k"], r["source"].split()[0]) for r in report["kernel_sweep"]] == [(1, "random"), (3, "the")]
-  assert report["kernel_sweep"][0]["summary"] is None and report["kernel_sweep"][0]["timing"]["T32"]["median_s"] > 0
+  sweep = report["kernel_sweep"]
+  assert [(r["k"], r["source"].split()[0]) for r in sweep] == [(1, "random"), (3, "the"), (5, "checkpoint")]
+  assert sweep[0]["summary"] is None and sweep[0]["timing"]["T32"]["median_s"] > 0
+  assert sweep[1]["summary"] == m["summary"]
+  assert sweep[2]["summary"]["style_loss_meanstd"] != m["summary"]["style_loss_meanstd"]
+  assert sweep[2]["summary"]["lpips_alex"] > 0 and sweep[2]["timing"]["T32"]["median_s"] > 0
   table = (out / "metrics.md").read_text()
   assert "| sk-jax (gen) |" in table and "T32" in table and "random init (seed 0)" in table
   assert report["input_clips"]["lpips_alex"] > 0
