@@ -222,7 +222,7 @@ def timing(method, content, style, sizes, warmup: int, repeats: int) -> dict:
   out = {}
   for n in sizes:
     t = method.time_inference(_square(content, n), _square(style, n), warmup, repeats)
-    out[f"T{n}"] = {"median_s": statistics.median(t["runs_s"]) if t["runs_s"] else None,
+    out[f"T{n}"] = {"median_s": statistics.median(t["runs_s"]), "min_s": min(t["runs_s"]),
                     "warmup": warmup, "repeats": repeats, **t}
   return out
 
