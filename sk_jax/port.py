@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import re
-import zipfile
 
 import jax
 import numpy as np
@@ -54,7 +53,7 @@ def _refusal(path: str, err: Exception) -> InputError:
   culprit = m.group(1) if m else text.strip().splitlines()[-1][:160]
   return InputError(f"{path}: refused: the pickle would run code or build Python objects on load "
                     f"({culprit}); only plain tensors are read (torch.load weights_only=True), "
-                    "nothing was executed")
+                    "nothing was executed; save model.state_dict() rather than the model object")
 
 
 def _load_pth(path: str):
@@ -65,14 +64,14 @@ def _load_pth(path: str):
     if "Weights only load failed" in str(e):
       raise _refusal(path, e) from None
     raise InputError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
-  except (RuntimeError, KeyError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+  except Exception as e:  # torch.load raises almost any type for a damaged or foreign file.
     raise InputError(f"{path}: not a PyTorch checkpoint or truncated ({type(e).__name__}: "
                      f"{str(e).splitlines()[0][:160] if str(e) else 'unreadable'})") from None
 
 
 def _load_safetensors(path: str) -> tuple[dict, dict]:
   """(tensors as numpy, metadata); bfloat16 files go through torch when it is installed."""
-  from safetensors import SafetensorsError, safe_open
+  from safetensors import SafetensorError, safe_open
   try:
     import torch  # noqa: F401  (numpy has no bfloat16; torch reads every dtype)
     framework = "pt"
@@ -81,7 +80,7 @@ def _load_safetensors(path: str) -> tuple[dict, dict]:
   try:
     with safe_open(path, framework=framework) as f:
       return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-  except (SafetensorsError, OSError, ValueError, TypeError) as e:
+  except (SafetensorError, OSError, ValueError, TypeError) as e:
     raise InputError(f"{path}: not a safetensors file or truncated ({str(e).splitlines()[0][:160]})") from None
 
 
