@@ -36,14 +36,19 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), np.float32) / 255.0
 
 
-def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-  """Reads an image file as (H, W, 3) float32 RGB in [0, 1], upright per its EXIF tag."""
+def check_file(path: str, expected: str = "an image file") -> None:
+  """InputError unless `path` is an existing, non-empty regular file."""
   if not os.path.exists(path):
     raise InputError(f"{path}: no such file")
   if os.path.isdir(path):
-    raise InputError(f"{path}: is a directory, expected an image file")
+    raise InputError(f"{path}: is a directory, expected {expected}")
   if os.path.getsize(path) == 0:
     raise InputError(f"{path}: empty file")
+
+
+def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """Reads an image file as (H, W, 3) float32 RGB in [0, 1], upright per its EXIF tag."""
+  check_file(path)
   try:
     with Image.open(path) as img:
       w, h = img.size

@@ -87,12 +87,7 @@ def _load_safetensors(path: str) -> tuple[dict, dict]:
 def read_torch_file(path: str) -> tuple[dict, dict]:
   """Any supported PyTorch weight file -> (raw object, safetensors metadata or {})."""
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise InputError(f"{path}: no such file")
-  if os.path.isdir(path):
-    raise InputError(f"{path}: is a directory, expected a .pth/.pt/.bin or .safetensors file")
-  if os.path.getsize(path) == 0:
-    raise InputError(f"{path}: empty file")
+  images.check_file(path, "a .pth/.pt/.bin or .safetensors file")
   if path.endswith(".safetensors"):
     return _load_safetensors(path)
   return _load_pth(path), {}

@@ -70,12 +70,17 @@ def _plan_outputs(contents, styles, output: str, single: bool) -> list[tuple[str
   return [(c, s, os.path.join(output, output_name(c, s))) for c in contents for s in styles]
 
 
-def run_stylize(args) -> None:
+def check_generator_args(args) -> None:
+  """The --checkpoint and --alpha checks shared by `stylize` and `stylize-video`."""
   if not args.checkpoint:
     raise InputError("--checkpoint is required: train one (python train.py ...), or write a "
                      "random one to try the pipeline with `sk-jax init --output DIR`")
   if not 0.0 <= args.alpha <= 1.0:
     raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+
+
+def run_stylize(args) -> None:
+  check_generator_args(args)
   contents, styles = images.list_images(args.content), images.list_images(args.style)
   jobs = _plan_outputs(contents, styles, args.output,
                        single=not os.path.isdir(args.content) and not os.path.isdir(args.style))

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 from tqdm import tqdm
 
-from sk_jax import checkpoint, images
+from sk_jax import checkpoint, images, stylize
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
 from sk_jax.models.generator import Generator, ModelConfig, encode, pad_to_stride
@@ -263,11 +263,7 @@ def stylize_frames(frames, style, params, config: ModelConfig, vgg_params, alpha
 
 
 def run_stylize_video(args) -> None:
-  if not args.checkpoint:
-    raise InputError("--checkpoint is required: train one (python train.py ...), or write a "
-                     "random one to try the pipeline with `sk-jax init --output DIR`")
-  if not 0.0 <= args.alpha <= 1.0:
-    raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+  stylize.check_generator_args(args)
   if args.fps is not None and args.fps <= 0:
     raise InputError(f"--fps must be positive, got {args.fps}")
   check_output(args.output)
