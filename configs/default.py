@@ -55,6 +55,7 @@ def get_config():
       d_lr=config_dict.placeholder(float),  # the discriminator's, if not lr
       b1=0.9,
       b2=0.999,
+      eps=1e-8,                   # Adam's epsilon
       grad_clip=0.0,              # global-norm clip; 0 disables
       max_nonfinite=10,           # stop after this many non-finite updates in a row
   ))

@@ -94,7 +94,7 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
 def make_optimizer(opt_cfg, lr: float) -> optax.GradientTransformation:
   """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same)."""
   clip = optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity()
-  return optax.chain(clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2))
+  return optax.chain(clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps))
 
 
 # ----------------------------------------------------------------------------- the step
@@ -138,49 +138,58 @@ class Setup:
                         self.abstract, self.shardings)
 
 
-def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
-  """The pure train step: (state, vgg_params, {"content", "style": (B, H, W, 3) uint8}) -> (state, metrics)."""
-  gen, dnet = Generator(model), MultiScaleDiscriminator(disc, model.compute_dtype)
-  dtype = model.compute_dtype
-  lc, d_every = cfg.loss, int(cfg.train.d_every)
-  taps = vgg.TAPS
+def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
+  """Eq. 7 as a function of the generator's parameters.
 
-  def train_step(state: TrainState, vgg_params, batch):
-    key = jax.random.fold_in(state.rng, state.step)
-    content, style = _to_unit(batch["content"]), _to_unit(batch["style"])
+  Returns g_loss(g_params, d_params, vgg_params, content, style, key) -> (total, (terms, I_cs))
+  for content and style (B, H, W, 3) in [0, 1]; every term is a batch mean.
+  """
+  gen, dnet = Generator(model), MultiScaleDiscriminator(disc, model.compute_dtype)
+  dtype, lc, taps = model.compute_dtype, cfg.loss, vgg.TAPS
+
+  def g_loss(g_params, d_params, vgg_params, content, style, key):
     b = content.shape[0]
     real = jax.lax.stop_gradient(vgg.vgg16_features(vgg_params, jnp.concatenate([content, style]), taps, dtype))
     feats_c, feats_s = _split(real, 2)
     z_c, z_s = feats_c["relu4_1"], feats_s["relu4_1"]
+    # One generator call for I_cs = G(c, s), I_cc = G(c, c), I_ss = G(s, s).
+    out, aux = gen.apply({"params": g_params}, jnp.concatenate([z_c, z_c, z_s]), jnp.concatenate([z_s, z_c, z_s]))
+    i_cs, i_cc, i_ss = jnp.split(out, 3)
+    f_cs, f_cc, f_ss = _split(vgg.vgg16_features(vgg_params, out, taps, dtype), 3)
+    terms = {
+        "content": losses.content_loss(f_cs, feats_c),
+        "style": losses.style_loss(f_cs, feats_s, form=lc.style_form),
+        "remd": losses.remd_loss(f_cs, feats_s, key, lc.remd_max_positions),
+        "adv_g": losses.generator_adv_loss(dnet.apply({"params": d_params}, i_cs), lc.gan),
+    }
+    terms["rec"], rec = losses.reconstruction_loss(i_cc, content, i_ss, style, f_cc, feats_c, f_ss, feats_s,
+                                                   lc.rec_pixel, lc.rec_feature)
+    terms["rec_pixel"], terms["rec_feature"] = rec["pixel"], rec["feature"]
+    total = (lc.adv * terms["adv_g"] + lc.rec * terms["rec"] + lc.content * terms["content"]
+             + lc.style * terms["style"] + lc.remd * terms["remd"])
+    terms["kept_fraction"] = jnp.mean(aux["kept_fraction"][:b])
+    return total, (terms, i_cs)
 
-    def g_loss_fn(g_params):
-      # One generator call for I_cs = G(c, s), I_cc = G(c, c), I_ss = G(s, s).
-      out, aux = gen.apply({"params": g_params}, jnp.concatenate([z_c, z_c, z_s]),
-                           jnp.concatenate([z_s, z_c, z_s]))
-      i_cs, i_cc, i_ss = jnp.split(out, 3)
-      f_cs, f_cc, f_ss = _split(vgg.vgg16_features(vgg_params, out, taps, dtype), 3)
-      parts = {
-          "content": losses.content_loss(f_cs, feats_c),
-          "style": losses.style_loss(f_cs, feats_s, form=lc.style_form),
-          "remd": losses.remd_loss(f_cs, feats_s, key, lc.remd_max_positions),
-          "adv_g": losses.generator_adv_loss(dnet.apply({"params": state.d.params}, i_cs), lc.gan),
-      }
-      parts["rec"], rec = losses.reconstruction_loss(i_cc, content, i_ss, style, f_cc, feats_c, f_ss, feats_s,
-                                                     lc.rec_pixel, lc.rec_feature)
-      parts["rec_pixel"], parts["rec_feature"] = rec["pixel"], rec["feature"]
-      total = (lc.adv * parts["adv_g"] + lc.rec * parts["rec"] + lc.content * parts["content"]
-               + lc.style * parts["style"] + lc.remd * parts["remd"])
-      parts["kept_fraction"] = jnp.mean(aux["kept_fraction"][:b])
-      return total, (parts, i_cs)
+  return g_loss
 
-    (g_loss, (parts, i_cs)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g.params)
+
+def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
+  """The pure train step: (state, vgg_params, {"content", "style": (B, H, W, 3) uint8}) -> (state, metrics)."""
+  g_loss_fn = make_generator_loss(cfg, model, disc)
+  dnet = MultiScaleDiscriminator(disc, model.compute_dtype)
+  gan, d_every = cfg.loss.gan, int(cfg.train.d_every)
+
+  def train_step(state: TrainState, vgg_params, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    content, style = _to_unit(batch["content"]), _to_unit(batch["style"])
+    (g_loss, (terms, i_cs)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        state.g.params, state.d.params, vgg_params, content, style, key)
     g_new, g_ok, g_norm = _apply_if_finite(state.g, g_grads, g_loss)
-
     fake = jax.lax.stop_gradient(i_cs)
 
     def d_update(d: NetState):
       def d_loss_fn(p):
-        return losses.discriminator_loss(dnet.apply({"params": p}, style), dnet.apply({"params": p}, fake), lc.gan)
+        return losses.discriminator_loss(dnet.apply({"params": p}, style), dnet.apply({"params": p}, fake), gan)
       d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d.params)
       d_new, ok, norm = _apply_if_finite(d, d_grads, d_loss)
       return d_new, d_loss, ok, norm
@@ -196,10 +205,10 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
         step=state.step + 1, g=g_new, d=d_new,
         nonfinite_streak=jnp.where(bad, state.nonfinite_streak + 1, 0),
         nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32))
-    metrics = {f"loss/{k}": v for k, v in parts.items() if k != "kept_fraction"}
+    metrics = {f"loss/{k}": v for k, v in terms.items() if k != "kept_fraction"}
     metrics.update({
         "loss/total": g_loss, "loss/d": d_loss, "d_updated": do_d.astype(jnp.int32),
-        "grad_norm/g": g_norm, "grad_norm/d": d_norm, "gate/kept_fraction": parts["kept_fraction"],
+        "grad_norm/g": g_norm, "grad_norm/d": d_norm, "gate/kept_fraction": terms["kept_fraction"],
         "nonfinite/streak": new_state.nonfinite_streak, "nonfinite/total": new_state.nonfinite_total,
     })
     return new_state, metrics

@@ -174,7 +174,9 @@ def test_discriminator_matches_pix2pixhd_in_torch():
   def conv(name, cin, cout, stride):
     c = nn.Conv2d(cin, cout, 4, stride, 2)
     c.weight.data = torch.from_numpy(np.asarray(p[name]["kernel"]).transpose(3, 2, 0, 1).copy())
-    c.bias.data = torch.from_numpy(np.asarray(p[name]["bias"]).copy())
+    # Layers before an instance norm have no bias here (it would cancel); torch's is set to zero.
+    bias = p[name].get("bias", np.zeros(cout, np.float32))
+    c.bias.data = torch.from_numpy(np.asarray(bias).copy())
     return c
 
   layers += [conv("conv0", 3, 8, 2), nn.LeakyReLU(0.2)]
@@ -184,6 +186,7 @@ def test_discriminator_matches_pix2pixhd_in_torch():
   layers += [conv("conv4", nf, 1, 1)]
   net = nn.Sequential(*layers).eval()
 
+  assert "bias" not in p["conv1"] and "bias" in p["conv0"] and "bias" in p["conv4"]
   x = np.random.default_rng(18).random((2, 40, 36, 3)).astype(np.float32)
   outs = disc_lib.MultiScaleDiscriminator(cfg).apply({"params": params}, jnp.asarray(x))
   assert [o.shape for o in outs] == [(2, 8, 8, 1), (2, 6, 6, 1)]

@@ -62,13 +62,15 @@ class PatchDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x):
     # Kernel 4 with zero padding 2, as in pix2pixHD (padw = ceil((4 - 1) / 2)).
-    conv = lambda f, s, name: nn.Conv(f, (4, 4), (s, s), padding=((2, 2), (2, 2)),
-                                      dtype=self.dtype, name=name)
+    conv = lambda f, s, name, bias=True: nn.Conv(f, (4, 4), (s, s), padding=((2, 2), (2, 2)),
+                                                 use_bias=bias, dtype=self.dtype, name=name)
     x = jax.nn.leaky_relu(conv(self.features, 2, "conv0")(x), 0.2)
     nf = self.features
     for i in range(1, self.num_layers + 1):
       nf = min(nf * 2, 512)
-      x = conv(nf, 2 if i < self.num_layers else 1, f"conv{i}")(x)
+      # A bias before instance norm is cancelled exactly; its gradient is pure
+      # rounding noise, which Adam would turn into full-size random steps.
+      x = conv(nf, 2 if i < self.num_layers else 1, f"conv{i}", bias=self.norm != "instance")(x)
       if self.norm == "instance":
         x = ops.instance_norm(x.astype(jnp.float32)).astype(self.dtype)
       x = jax.nn.leaky_relu(x, 0.2)
