@@ -511,6 +511,8 @@ def train(cfg, workdir: str, devices=None) -> dict:
     mngr.wait_until_finished()
     mngr.close()
     logger.close()
+    content_it.close()  # stops grain's worker processes
+    style_it.close()
   if pcount == 1:  # Orbax's single-directory writer; multi-host runs use `sk-jax export`
     path = checkpoint.save_generator(os.path.join(workdir, EXPORT_DIR), state.g.params, setup.model)
     logging.info("generator exported to %s", path)
