@@ -48,6 +48,10 @@ CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "generator"
 METRICS_FILE = "metrics.jsonl"
 ITEMS = ("state", "content_iter", "style_iter", "config")
+# Per-step metrics a checkpoint can be ranked by (ckpt.best_metric).
+STEP_METRICS = tuple(f"loss/{k}" for k in ("total", "content", "style", "remd", "rec", "rec_pixel",
+                                           "rec_feature", "adv_g", "d")) + (
+    "grad_norm/g", "grad_norm/d", "gate/kept_fraction")
 NetState = train_state.TrainState  # params + optimiser state of one network
 
 
@@ -83,6 +87,8 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
       (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
       (cfg.ckpt.every >= 1 and cfg.ckpt.keep >= 1, "ckpt.every and ckpt.keep must be >= 1"),
       (cfg.ckpt.best_mode in ("min", "max"), f"ckpt.best_mode must be 'min' or 'max', got {cfg.ckpt.best_mode!r}"),
+      (cfg.ckpt.best_metric in (None, "", *STEP_METRICS),
+       f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of {', '.join(STEP_METRICS)}"),
       (cfg.log.every >= 1 and cfg.log.image_every >= 0, "log.every must be >= 1 and log.image_every >= 0"),
   ]
   for ok, message in checks:
@@ -275,9 +281,10 @@ def make_manager(workdir: str, ckpt_cfg, read_only: bool = False) -> ocp.Checkpo
   """Async Orbax manager under WORKDIR/checkpoints: keeps the last `keep` (+ the best, if configured)."""
   policies = [ocp.checkpoint_managers.LatestN(n=int(ckpt_cfg.keep))]
   if ckpt_cfg.get("best_metric"):
-    name = ckpt_cfg.best_metric
+    name, lower_is_better = ckpt_cfg.best_metric, ckpt_cfg.best_mode == "min"
+    worst = math.inf if lower_is_better else -math.inf  # e.g. loss/d before the first D step
     policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=lambda m: m[name], reverse=ckpt_cfg.best_mode == "min", n=1,
+        get_metric_fn=lambda m: m.get(name, worst), reverse=lower_is_better, n=1,
         keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=int(ckpt_cfg.every), enable_async_checkpointing=True,

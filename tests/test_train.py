@@ -150,12 +150,22 @@ def test_resume_gives_the_same_state_as_a_straight_run(tmp_path, trained):
   cfg4 = tiny_config(train__steps=4)
   train_lib.train(cfg4, resumed)
   straight = str(tmp_path / "straight")
-  train_lib.train(cfg4, straight)
+  # Also: keep the last checkpoint plus the best by a metric ("max" of the falling total
+  # loss, so that the best is an older checkpoint than the last).
+  train_lib.train(tiny_config(train__steps=4, ckpt__keep=1, ckpt__best_metric="loss/total",
+                              ckpt__best_mode="max"), straight)
   step_a, a = _restore_latest(resumed, cfg4)
   step_b, b = _restore_latest(straight, cfg4)
   assert step_a == step_b == 4
   _assert_trees_equal((a.g, a.d, a.step), (b.g, b.d, b.step))
   assert _steps_in_metrics(resumed) == _steps_in_metrics(straight) == [1, 2, 3, 4]
+  with open(os.path.join(straight, train_lib.METRICS_FILE)) as f:
+    loss = {json.loads(l)["step"]: json.loads(l)["loss/total"] for l in f}
+  best = max((1, 2, 4), key=loss.get)  # the saved steps: Orbax's initial save, then every 2
+  assert best != 4
+  mngr = train_lib.make_manager(straight, tiny_config().ckpt, read_only=True)
+  assert mngr.all_steps() == sorted({best, 4})
+  mngr.close()
   # The run wrote its sample grids, TensorBoard events and the exported generator.
   assert sorted(os.listdir(os.path.join(straight, "samples"))) == ["step_0000002.png", "step_0000004.png"]
   assert os.listdir(os.path.join(straight, "tensorboard"))
