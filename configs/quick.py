@@ -1,7 +1,7 @@
 """python train.py --config configs/quick.py --workdir /tmp/sk-quick   (about two minutes on 2 CPU cores)
 
 A smoke run of the whole recipe on the embedded scikit-image photos and textures:
-60 steps at batch 2 on 64 x 64 crops, with checkpoints, metrics, sample grids and the
+100 steps at batch 2 on 64 x 64 crops, with checkpoints, metrics, sample grids and the
 exported generator. It shows the pipeline works, not a usable stylizer (that takes
 the 160k steps of configs/default.py on COCO and WikiArt, on an accelerator).
 """
@@ -25,9 +25,9 @@ def get_config():
   c.data.num_workers = 0          # 2 cores: reader threads are enough
   c.data.num_threads = 2
   c.disc.features = 16            # a narrower PatchGAN: the full one dominates a CPU step
-  c.train.steps = 60
-  c.ckpt.every = 20
+  c.train.steps = 100
+  c.ckpt.every = 25
   c.ckpt.keep = 2
   c.log.every = 5
-  c.log.image_every = 20
+  c.log.image_every = 25
   return c
