@@ -357,7 +357,6 @@ def export_generator(workdir: str, output: str, step: int | None = None) -> str:
     device = jax.local_devices()[0]
     mesh = jax.make_mesh((1, 1), (sharding.DATA, sharding.MODEL), devices=[device],
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    cfg.data.batch_size = 1  # only the state's shapes matter here
     setup = make_setup(cfg, mesh)
     state = restore(mngr, setup, cfg, step)
   finally:
