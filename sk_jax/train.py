@@ -18,7 +18,6 @@ in a row, without saving, so the last checkpoint is the last good state.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -36,7 +35,6 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
-from jax.sharding import NamedSharding
 
 from sk_jax import checkpoint, data, images, losses, sharding
 from sk_jax.errors import InputError
