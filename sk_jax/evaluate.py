@@ -12,10 +12,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import pathlib
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import jax
@@ -345,18 +345,6 @@ def make_grid(contents, styles, outputs, cell: int) -> Image.Image:
   return grid
 
 
-def _write_atomic(path: str, write) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-
-
 # ----------------------------------------------------------------------------- command line
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -472,11 +460,11 @@ def run(args) -> dict:
                                           clips, vgg_params, args, timing_input)
 
   os.makedirs(args.output_dir, exist_ok=True)
-  _write_atomic(os.path.join(args.output_dir, "metrics.json"),
-                lambda p: open(p, "w").write(json.dumps(report, indent=2) + "\n"))
-  _write_atomic(os.path.join(args.output_dir, "metrics.md"), lambda p: open(p, "w").write(render_markdown(report)))
+  out = lambda name: os.path.join(args.output_dir, name)
+  images.write_atomic(out("metrics.json"), lambda p: pathlib.Path(p).write_text(json.dumps(report, indent=2) + "\n"))
+  images.write_atomic(out("metrics.md"), lambda p: pathlib.Path(p).write_text(render_markdown(report)))
   for name, grid in grids.items():
-    _write_atomic(os.path.join(args.output_dir, f"grid_{name}.png"), lambda p, g=grid: g.save(p, format="PNG"))
+    images.write_atomic(out(f"grid_{name}.png"), lambda p, g=grid: g.save(p, format="PNG"))
   return report
 
 

@@ -85,22 +85,33 @@ def to_uint8(image) -> np.ndarray:
   return (np.clip(np.asarray(image, np.float32), 0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_image(image, path: str) -> None:
-  """Writes (H, W, 3) float in [0, 1] to `path` atomically (a temp file, then a rename)."""
+def write_atomic(path: str, write) -> None:
+  """Calls write(tmp) on a temp file beside `path`, then renames it over `path`.
+
+  A crash or an error leaves `path` as it was; the file gets the usual umask permissions.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+  os.close(fd)
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def save_image(image, path: str) -> None:
+  """Writes (H, W, 3) float in [0, 1] to `path` atomically."""
   fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
   if fmt is None:
     raise InputError(f"{path}: unknown image extension; use .png or .jpg")
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(to_uint8(image)).save(f, format=fmt)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  pil = Image.fromarray(to_uint8(image))
+  write_atomic(path, lambda tmp: pil.save(tmp, format=fmt))
 
 
 def list_images(path: str) -> list[str]:

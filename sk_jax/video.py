@@ -13,7 +13,6 @@ import importlib.util
 import math
 import os
 import re
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -169,12 +168,9 @@ def write_frames(frames, path: str, fps: float = DEFAULT_FPS) -> list[str]:
     for frame, name in zip(frames, out):
       images.save_image(frame.astype(np.float32) / 255.0, name)
     return out
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   ext = os.path.splitext(path)[1].lower()
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
-  os.close(fd)
-  try:
+
+  def write(tmp):
     if ext in PIL_VIDEO_EXTENSIONS:
       pil = [Image.fromarray(f) for f in frames]
       fmt = {".apng": "PNG"}.get(ext, Image.registered_extensions()[ext])
@@ -183,10 +179,8 @@ def write_frames(frames, path: str, fps: float = DEFAULT_FPS) -> list[str]:
     else:
       import imageio.v3 as iio
       iio.imwrite(tmp, frames, plugin="pyav" if _video_plugin() == "av" else "FFMPEG", fps=fps)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+
+  images.write_atomic(path, write)
   return [path]
 
 
