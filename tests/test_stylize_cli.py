@@ -47,6 +47,9 @@ def test_stylize_one_pair_to_a_file(capsys, ckpt, inputs, tmp_path):
                "--style", inputs / "style" / "brick.png", "--output", out, "--checkpoint", ckpt, "--size", 32)
   assert rc == 0, io.err
   assert Image.open(out).size == (32, 32)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # a normal file, not the temp file's 0600
 
 
 def test_stylize_directories_writes_every_pair(capsys, ckpt, inputs, tmp_path):
