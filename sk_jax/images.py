@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -46,10 +47,23 @@ def check_file(path: str, expected: str = "an image file") -> None:
     raise InputError(f"{path}: empty file")
 
 
+@contextlib.contextmanager
+def decode_errors(path: str, expected: str, kind: str):
+  """Turns Pillow's decoding errors into one-line InputErrors naming `path`."""
+  try:
+    yield
+  except InputError:
+    raise
+  except UnidentifiedImageError:
+    raise InputError(f"{path}: not {expected} (unrecognised format)") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise InputError(f"{path}: corrupt or truncated {kind} ({e})") from None
+
+
 def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Reads an image file as (H, W, 3) float32 RGB in [0, 1], upright per its EXIF tag."""
   check_file(path)
-  try:
+  with decode_errors(path, "an image file", "image"):
     with Image.open(path) as img:
       w, h = img.size
       if max_pixels and w * h > max_pixels:
@@ -57,12 +71,6 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
       img.load()
       img = ImageOps.exif_transpose(img)
       rgb = _to_rgb(img)
-  except UnidentifiedImageError:
-    raise InputError(f"{path}: not an image file (unrecognised format)") from None
-  except (OSError, SyntaxError, ValueError) as e:
-    if isinstance(e, InputError):
-      raise
-    raise InputError(f"{path}: corrupt or truncated image ({e})") from None
   if min(rgb.shape[:2]) < MIN_SIDE:
     raise InputError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than {MIN_SIDE} pixels on a side")
   return rgb

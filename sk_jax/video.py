@@ -17,7 +17,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageSequence
 from tqdm import tqdm
 
 from sk_jax import checkpoint, images, stylize
@@ -122,14 +122,8 @@ def read_frames(path: str, size: int | None = None, max_frames: int | None = Non
   if ext in PLUGIN_VIDEO_EXTENSIONS:
     frames, fps = _read_with_plugin(path, max_frames)
   else:
-    try:
+    with images.decode_errors(path, "a video or image file", "video"):
       frames, fps = _read_with_pillow(path, max_frames)
-    except UnidentifiedImageError:
-      raise InputError(f"{path}: not a video or image file (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-      if isinstance(e, InputError):
-        raise
-      raise InputError(f"{path}: corrupt or truncated video ({e})") from None
   if not frames:
     raise InputError(f"{path}: no frames")
   return _fit_frames(frames, len(frames), size, path), fps
