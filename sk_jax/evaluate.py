@@ -400,7 +400,6 @@ def run(args) -> dict:
     reason = None if name == SKJAX else peers.PEERS[name].unavailable()
     if reason:
       notes.append(reason)
-      print(f"eval: {reason}", file=sys.stderr)
     else:
       available.append(name)
   if not available:
@@ -421,6 +420,8 @@ def run(args) -> dict:
       encoder_params = jax.device_put(vgg.load_vgg16(config.vgg_weights))
     main = {"method": SkJax(params, config, encoder_params, args.alpha, os.path.abspath(args.checkpoint))}
   sweep_checkpoints = [(path, *checkpoint.load_generator(path)) for path in args.sweep_checkpoints]
+  for note in notes:  # after the checks, so that a bad input stays a one-line error
+    print(f"eval: {note}", file=sys.stderr)
 
   timing_input = (contents[0][1], styles[0][1])
   report = {
