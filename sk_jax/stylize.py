@@ -85,7 +85,9 @@ def run_stylize(args) -> None:
   jobs = _plan_outputs(contents, styles, args.output,
                        single=not os.path.isdir(args.content) and not os.path.isdir(args.style))
   params, config = checkpoint.load_generator(args.checkpoint)
-  vgg_params = vgg.load_vgg16(args.vgg or config.vgg_weights)
+  # On the device once, not copied from the host for every pair.
+  params = jax.device_put(params)
+  vgg_params = jax.device_put(vgg.load_vgg16(args.vgg or config.vgg_weights))
   # Read every input before writing anything: a bad file stops the run with no output.
   loaded = {p: _as_image(p, args.size, args.max_pixels) for p in dict.fromkeys(contents + styles)}
   for c, s, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):

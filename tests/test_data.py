@@ -155,7 +155,7 @@ def test_iterator_state_resumes_exactly(tmp_path, workers):
 
 def _prepare_tiny_tfds(data_dir):
   """6 images and a corrupt record, written as ArrayRecord by a GeneratorBasedBuilder (no TensorFlow)."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # the tfds extra; the README test command installs it
 
   class SkJaxTinyImages(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
