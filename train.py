@@ -2,7 +2,8 @@
 
 Running the same command again in the same workdir resumes from its latest complete
 checkpoint. `--export OUT` writes the generator of the latest checkpoint for
-`sk-jax stylize` instead of training. Everything else lives in sk_jax/train.py.
+`sk-jax stylize` instead of training (as `sk-jax export` does). Everything else lives
+in sk_jax/train.py.
 """
 
 import logging as py_logging
@@ -47,23 +48,19 @@ def main(argv):
     print("train.py: error: --workdir is required", file=sys.stderr)
     sys.exit(2)
   # Imported here so that --help and flag errors do not wait for JAX.
-  from sk_jax import train
-  from sk_jax.errors import InputError
+  from sk_jax import checkpoint, cli, train
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    if _EXPORT.value:
-      print(train.export_generator(_WORKDIR.value, _EXPORT.value))
-    else:
-      train.train(_CONFIG.value, _WORKDIR.value)
-  except InputError as e:
-    print(f"train.py: error: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
-  except train.NonFiniteError as e:
-    print(f"train.py: {_one_line(e)}", file=sys.stderr)
-    sys.exit(1)
+    with cli.exit_codes("train.py"):
+      if _EXPORT.value:
+        print(checkpoint.export_generator(_WORKDIR.value, _EXPORT.value))
+      else:
+        train.train(_CONFIG.value, _WORKDIR.value)
+  except cli.Exit as e:
+    sys.exit(e.code)
 
 
 if __name__ == "__main__":

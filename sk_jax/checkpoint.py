@@ -1,23 +1,35 @@
-"""Standalone Orbax checkpoints: the generator for `sk-jax stylize`, and ported VGG-16 weights.
+"""Every checkpoint sk-jax reads or writes, and the checks that come with them.
 
-A generator checkpoint is a directory with three Orbax items:
+A generator checkpoint (what `sk-jax stylize` reads) is a directory with three Orbax items:
   meta          JSON {"format": "sk-jax-generator", "version": 1}
   model_config  JSON of sk_jax.ModelConfig
   params        the generator's Flax parameters (StandardSave)
-Training checkpoints (sk_jax.train) hold more; `train.py --export` writes this format.
+A VGG-16 weight directory (`sk-jax port-vgg16`) has the same layout with format "sk-jax-vgg16".
+
+Training checkpoints live in WORKDIR/checkpoints/<step>/, written by an async Orbax
+CheckpointManager with the items of ITEMS: the whole TrainState (G, D, both optimiser
+states, step, RNG), both grain iterators' states and the config. `export_generator`
+reads only the generator's parameters out of one.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import uuid
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from sk_jax.errors import InputError
+from sk_jax.models import vgg
+from sk_jax.models.discriminator import DiscriminatorConfig
+from sk_jax.models.generator import ModelConfig, init_params
 
 GENERATOR_FORMAT = "sk-jax-generator"
 VGG16_FORMAT = "sk-jax-vgg16"
@@ -118,8 +130,6 @@ def load_generator(path: str, expected=None):
   `expected` (a ModelConfig) makes a checkpoint of another model config an
   InputError naming the differing fields.
   """
-  from sk_jax.models.generator import ModelConfig, init_params
-
   path, config_json = _open(path, GENERATOR_FORMAT, "generator checkpoint")
   config = ModelConfig.from_dict(config_json, source=f"{path}: model_config")
   if expected is not None and config != expected:
@@ -136,10 +146,125 @@ def save_vgg16_dir(path: str, params, source: str = "") -> str:
 
 def load_vgg16_dir(path: str) -> dict:
   """Reads encoder parameters written by `save_vgg16_dir` (numpy arrays)."""
-  from sk_jax.models import vgg
-
   path, _ = _open(path, VGG16_FORMAT, "VGG-16 weight directory")
   abstract = {name: {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()}
               for name, shapes in vgg.param_shapes().items()}
   params = _restore_arrays(path, abstract, "VGG-16 weight directory")
   return jax.tree.map(np.asarray, params)
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+
+CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("state", "content_iter", "style_iter", "config")
+
+
+class _IteratorSnapshot:
+  """A grain iterator's state captured now; the (synchronous) grain handler writes it later."""
+
+  def __init__(self, iterator):
+    self._state = json.dumps(iterator.get_state()).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+def make_manager(workdir: str, ckpt_cfg, read_only: bool = False) -> ocp.CheckpointManager:
+  """Async Orbax manager under WORKDIR/checkpoints: keeps the last `keep` (+ the best, if configured)."""
+  policies = [ocp.checkpoint_managers.LatestN(n=int(ckpt_cfg.keep))]
+  if ckpt_cfg.get("best_metric"):
+    name, lower_is_better = ckpt_cfg.best_metric, ckpt_cfg.best_mode == "min"
+    worst = math.inf if lower_is_better else -math.inf  # e.g. loss/d before the first D step
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m.get(name, worst), reverse=lower_is_better, n=1,
+        keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=int(ckpt_cfg.every), enable_async_checkpointing=True,
+      cleanup_tmp_directories=True, read_only=read_only, create=not read_only,
+      # Saves wait for the previous one instead of being skipped while it is in flight.
+      enable_should_save_is_saving_in_progress_check=False,
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                               options=options, item_names=ITEMS)
+
+
+def read_config(mngr, step: int) -> dict:
+  """The config JSON saved with checkpoint `step`."""
+  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def _saved_model_configs(saved_cfg: dict, where: str) -> tuple[ModelConfig, DiscriminatorConfig]:
+  if not isinstance(saved_cfg, dict) or not isinstance(saved_cfg.get("model"), dict):
+    raise InputError(f"{where}: the checkpoint's config has no model group")
+  return (ModelConfig.from_dict(saved_cfg["model"], source=f"{where}: model"),
+          DiscriminatorConfig.from_dict(saved_cfg.get("disc", {}), source=f"{where}: disc"))
+
+
+def check_compatible(saved_cfg: dict, model: ModelConfig, disc: DiscriminatorConfig, cfg,
+                     where: str) -> None:
+  """Refuses a checkpoint of another model or discriminator, naming the differing fields."""
+  saved_model, saved_disc = _saved_model_configs(saved_cfg, where)
+  diffs = model.diff(saved_model) + disc.diff(saved_disc)
+  if diffs:
+    raise InputError(f"{where}: checkpoint of another model config ({'; '.join(diffs)}; "
+                     "this run's value first); use another --workdir")
+  others = []
+  for group in ("loss", "opt", "data", "train"):
+    now, then = cfg[group].to_dict(), saved_cfg.get(group, {})
+    others += [f"{group}.{k}" for k in now if k in then and then[k] != now[k]]
+  if others:
+    logging.warning("resuming with changed settings: %s", ", ".join(others))
+
+
+def restore(mngr, abstract_state, step: int, content_it=None, style_it=None):
+  """Restores the state (and, given them, the data iterators in place) of checkpoint `step`.
+
+  abstract_state: ShapeDtypeStructs with the target shardings.
+  """
+  where = os.path.join(str(mngr.directory), str(step))
+  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  if content_it is not None:
+    args["content_iter"] = grain.checkpoint.CheckpointRestore(content_it)
+    args["style_iter"] = grain.checkpoint.CheckpointRestore(style_it)
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(**args))
+  except ValueError as e:
+    raise InputError(f"{where}: does not match this config ({str(e).splitlines()[0][:300]})") from None
+  return restored["state"]
+
+
+def save(mngr, step: int, state, content_it, style_it, cfg, metrics=None, force=False) -> bool:
+  """Starts an asynchronous save of everything a resume needs (the arrays are copied first)."""
+  return mngr.save(step, metrics=metrics, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      content_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(content_it)),
+      style_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(style_it)),
+      config=ocp.args.JsonSave(json.loads(cfg.to_json_best_effort()))))
+
+
+def export_generator(workdir: str, output: str, step: int | None = None) -> str:
+  """Writes the generator of a training checkpoint in the format `sk-jax stylize` reads.
+
+  Reads only the generator's parameters (not D, the optimiser states or the data iterators).
+  """
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    raise InputError(f"{workdir}: no training checkpoints (expected {ckpt_dir})")
+  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                               item_names=ITEMS)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None or step not in mngr.all_steps():
+      raise InputError(f"{ckpt_dir}: no complete checkpoint{'' if step is None else f' at step {step}'}")
+    where = os.path.join(ckpt_dir, str(step))
+    model, _ = _saved_model_configs(read_config(mngr, step), where)
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    target = {"g": {"params": abstract}}
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    except ValueError as e:
+      raise InputError(f"{where}: does not match its own config ({str(e).splitlines()[0][:300]})") from None
+  finally:
+    mngr.close()
+  return save_generator(output, restored["state"]["g"]["params"], model)

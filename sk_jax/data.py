@@ -4,8 +4,9 @@ A source is one of
   DIR             a folder of images, searched recursively (COCO, WikiArt as downloaded)
   tfds:NAME       a TFDS dataset prepared in ArrayRecord format (read with tfds.data_source,
                   no TensorFlow); split and image key from the config
-  embedded:photos / embedded:styles
+  skimage:photos / skimage:styles (alias embedded:photos / embedded:styles), or skimage:NAME,...
                   the photos / the textures and colourful images that ship with scikit-image
+                  (sk_jax.images.PACKAGED)
 
 Every image is resized so that its short side is `resize`, then randomly cropped to
 `crop` x `crop` (per-element seeded, so a restored iterator replays exactly). Batches
@@ -16,7 +17,6 @@ unreadable records passed over to produce each element.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 
@@ -28,29 +28,10 @@ from PIL import Image, ImageOps
 from sk_jax import images
 from sk_jax.errors import InputError
 
-# scikit-image's packaged images (nothing is downloaded): photographs for content,
-# textures and colourful images for style.
-EMBEDDED = {
-    "photos": ("astronaut", "camera", "chelsea", "coffee", "rocket", "motorcycle_left", "coins", "moon"),
-    "styles": ("brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "colorwheel",
-               "retina", "logo"),
-}
 
-
-def _pil_to_rgb(img: Image.Image) -> Image.Image:
-  """Any PIL mode -> RGB; transparency is composited on white (as sk_jax.images does)."""
-  if img.mode == "P" or img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-    rgba = img.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-  if img.mode.startswith("I") or img.mode == "F":
-    a = np.asarray(img, np.float32)
-    a = a / (65535.0 if a.max() > 255 else 255.0) if img.mode != "F" else a
-    return Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
-  return img.convert("RGB")
-
-
-def _resize_uint8(img: Image.Image, short_side: int) -> np.ndarray:
-  """PIL image -> (H, W, 3) uint8 whose short side is `short_side` (bicubic)."""
+def _resize_uint8(rgb: np.ndarray, short_side: int) -> np.ndarray:
+  """(H, W, 3) float in [0, 1] -> (H, W, 3) uint8 whose short side is `short_side` (bicubic)."""
+  img = Image.fromarray(images.to_uint8(rgb))
   w, h = img.size
   scale = short_side / min(w, h)
   size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
@@ -66,32 +47,7 @@ def _read_file(path: str, short_side: int) -> np.ndarray:
     # JPEG can decode at a reduced scale directly: big WikiArt scans decode much faster.
     img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
     img = ImageOps.exif_transpose(img)
-    return _resize_uint8(_pil_to_rgb(img), short_side)
-
-
-def _array_to_pil(a) -> Image.Image:
-  a = np.asarray(a)
-  if a.ndim == 3 and a.shape[-1] == 1:
-    a = a[..., 0]
-  if a.dtype == bool:
-    a = a.astype(np.uint8) * 255
-  if a.dtype != np.uint8:
-    a = (np.clip(a.astype(np.float32) / (255.0 if a.max() > 1 else 1.0), 0, 1) * 255 + 0.5).astype(np.uint8)
-  return Image.fromarray(a)
-
-
-@functools.cache
-def _embedded_raw(name: str) -> np.ndarray:
-  from skimage import data as skdata
-  if name == "motorcycle_left":
-    return skdata.stereo_motorcycle()[0]
-  return getattr(skdata, name)()
-
-
-def embedded_names(which: str) -> tuple[str, ...]:
-  if which not in EMBEDDED:
-    raise InputError(f"embedded:{which}: unknown embedded set; choose embedded:photos or embedded:styles")
-  return EMBEDDED[which]
+    return _resize_uint8(images.decode(img), short_side)
 
 
 class ImageSource:
@@ -117,9 +73,9 @@ class ImageSource:
   def _read(self, i: int) -> np.ndarray:
     if self.kind == "folder":
       return _read_file(self.records[i], self.short_side)
-    if self.kind == "embedded":
-      return _resize_uint8(_pil_to_rgb(_array_to_pil(_embedded_raw(self.records[i]))), self.short_side)
-    return _resize_uint8(_pil_to_rgb(_array_to_pil(self.records[i][self.image_key])), self.short_side)
+    if self.kind == "packaged":
+      return _resize_uint8(images.packaged_image(self.records[i]), self.short_side)
+    return _resize_uint8(images.decode(images.array_to_pil(self.records[i][self.image_key])), self.short_side)
 
   def __getitem__(self, i: int) -> dict:
     n = len(self)
@@ -141,9 +97,9 @@ class ImageSource:
 
 def open_source(spec: str, short_side: int, *, tfds_data_dir=None, split="train",
                 image_key="image") -> ImageSource:
-  """A source spec (folder, tfds:NAME, embedded:SET) -> ImageSource; bad specs are InputErrors."""
-  if spec.startswith("embedded:"):
-    return ImageSource("embedded", embedded_names(spec.split(":", 1)[1]), spec, short_side)
+  """A source spec (folder, tfds:NAME, skimage:SET) -> ImageSource; bad specs are InputErrors."""
+  if images.is_packaged(spec):
+    return ImageSource("packaged", images.packaged_names(spec), spec, short_side)
   if spec.startswith("tfds:"):
     name = spec.split(":", 1)[1]
     try:
@@ -160,7 +116,7 @@ def open_source(spec: str, short_side: int, *, tfds_data_dir=None, split="train"
       raise InputError(f"{spec}: split {split!r} is empty")
     return ImageSource("tfds", source, spec, short_side, image_key)
   if not os.path.exists(spec):
-    raise InputError(f"{spec}: no such image folder (give a folder, tfds:NAME or embedded:photos/styles)")
+    raise InputError(f"{spec}: no such image folder (give a folder, tfds:NAME or skimage:photos/styles)")
   if not os.path.isdir(spec):
     raise InputError(f"{spec}: not a folder of images")
   return ImageSource("folder", images.list_images(spec), spec, short_side)

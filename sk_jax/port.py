@@ -6,12 +6,11 @@ side torchvision's (`features.17`) and `sk_jax.torch_ref`'s module paths
 (`generator.alignment.gate.conv1`). Convolution kernels are HWIO in JAX and
 OIHW in PyTorch; transposing is exact, so a round trip is bit-exact.
 
-Commands: `sk-jax port-vgg16`, `sk-jax export-torch`, `sk-jax import-torch`.
+Commands: `sk-jax port-vgg16`, `sk-jax export-torch`, `sk-jax import-torch` (sk_jax/cli/interop.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -20,7 +19,7 @@ import re
 import jax
 import numpy as np
 
-from sk_jax import checkpoint, images
+from sk_jax import images
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
 
@@ -299,6 +298,18 @@ def export_torch(params, config, vgg_params, path: str) -> str:
   return path
 
 
+def load_torch_model(path: str):
+  """A file from `sk-jax export-torch` -> `sk_jax.torch_ref.StyleKernel` in eval mode (weights-only
+  loading): encoder and generator in plain PyTorch."""
+  from sk_jax import torch_ref  # imports torch
+
+  params, config, vgg_params = read_export(path)
+  model = torch_ref.StyleKernel(config)
+  model.load_state_dict({**vgg16_to_torch(vgg_params, prefix="encoder.features."),
+                         **{f"generator.{k}": v for k, v in generator_to_torch(params).items()}})
+  return model.eval()
+
+
 def read_export(path: str):
   """An `export_torch` file -> (generator params, ModelConfig, encoder params)."""
   from sk_jax.models.generator import ModelConfig
@@ -371,7 +382,7 @@ def compare_encoders(torch_state_dict: dict, params: dict, image: np.ndarray) ->
   return rows
 
 
-def _torch_vgg_state_dict(path: str) -> dict:
+def torch_vgg_state_dict(path: str) -> dict:
   """The torchvision-layout tensors of a file, as torch tensors (for --verify)."""
   torch = _import_torch("--verify")
   obj, _ = read_torch_file(path)
@@ -380,69 +391,3 @@ def _torch_vgg_state_dict(path: str) -> dict:
     sd = {f"features.{k}": v for k, v in sd.items()}
   return {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))).float()
           for k, v in sd.items() if k.startswith("features.")}
-
-
-# --- commands --------------------------------------------------------------------------
-
-
-def run_port_vgg16(args) -> None:
-  params = vgg16_from_torch(args.input)
-  rows = None
-  if args.verify:
-    rows = compare_encoders(_torch_vgg_state_dict(args.input), params, default_image(args.verify_size))
-    print(f"verify: JAX vs PyTorch VGG-16 on the astronaut at {args.verify_size}px, float32, "
-          f"matmul precision 'highest'; tolerance: relative error <= {VERIFY_TOLERANCE:g}")
-    print(f"{'tap':<9}{'shape':<22}{'max abs err':>13}{'max rel err':>13}  ok")
-    for r in rows:
-      ok = r["max_rel"] <= VERIFY_TOLERANCE
-      print(f"{r['tap']:<9}{str(r['shape']):<22}{r['max_abs']:>13.3e}{r['max_rel']:>13.3e}  "
-            f"{'pass' if ok else 'FAIL'}")
-    bad = [r["tap"] for r in rows if not r["max_rel"] <= VERIFY_TOLERANCE]
-    if bad:  # nothing is written for weights that do not reproduce PyTorch
-      raise InputError(f"{args.input}: --verify failed at {', '.join(bad)} (relative error above "
-                       f"{VERIFY_TOLERANCE:g}); nothing written")
-  print(checkpoint.save_vgg16_dir(args.output_dir, params, source=os.path.abspath(args.input)))
-
-
-def run_export_torch(args) -> None:
-  params, config = checkpoint.load_generator(args.checkpoint)
-  vgg_params = vgg.load_vgg16(args.vgg or config.vgg_weights)
-  if os.path.isdir(args.output):
-    raise InputError(f"{args.output}: is a directory, expected a .pth or .safetensors file name")
-  print(export_torch(params, config, vgg_params, args.output))
-
-
-def run_import_torch(args) -> None:
-  params, config, vgg_params = read_export(args.input)
-  if args.vgg_output:
-    print(checkpoint.save_vgg16_dir(args.vgg_output, vgg_params, source=os.path.abspath(args.input)))
-  print(checkpoint.save_generator(args.output_dir, params, config))
-
-
-def add_commands(subparsers) -> None:
-  p = subparsers.add_parser(
-      "port-vgg16", help="convert a PyTorch VGG-16 checkpoint into encoder weights for --vgg",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-      description="Reads torchvision's VGG-16 (e.g. vgg16-397923af.pth), a state dict nested under "
-                  "'state_dict'/'model', 'module.'-prefixed keys, a bare nn.Sequential, or .safetensors, "
-                  "and writes an Orbax directory that --vgg and model.vgg_weights accept.")
-  p.add_argument("input", help="PyTorch checkpoint: .pth/.pt/.bin or .safetensors")
-  p.add_argument("output_dir", help="directory to write (replaced if it exists)")
-  p.add_argument("--verify", action="store_true",
-                 help="run the PyTorch and JAX encoders on one image and fail above the tolerance")
-  p.add_argument("--verify-size", type=int, default=128, help="image size for --verify")
-  p.set_defaults(func=run_port_vgg16)
-
-  p = subparsers.add_parser("export-torch", help="write a generator checkpoint as a PyTorch file "
-                            "for sk_jax.torch_ref", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
-  p.add_argument("--output", required=True, help="file to write: .pth or .safetensors")
-  p.add_argument("--vgg", help="encoder weights to include (default: the checkpoint's)")
-  p.set_defaults(func=run_export_torch)
-
-  p = subparsers.add_parser("import-torch", help="read an export-torch file (e.g. after training in "
-                            "PyTorch) back into a generator checkpoint")
-  p.add_argument("input", help="a .pth or .safetensors file written by export-torch")
-  p.add_argument("output_dir", help="generator checkpoint directory to write")
-  p.add_argument("--vgg-output", help="also write its encoder weights to this directory")
-  p.set_defaults(func=run_import_torch)

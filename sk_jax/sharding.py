@@ -13,7 +13,8 @@ import os
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sk_jax.errors import InputError
 

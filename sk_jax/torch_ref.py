@@ -278,14 +278,3 @@ class StyleKernel(nn.Module):
     z_s = self.encoder(style)["relu4_1"]
     image, aux = self.generator(z_c, z_s, alpha)
     return image.clamp(0.0, 1.0), aux
-
-
-def load_export(path: str) -> StyleKernel:
-  """A file from `sk-jax export-torch` -> StyleKernel in eval mode (weights_only loading)."""
-  from sk_jax import port
-
-  params, config, vgg_params = port.read_export(path)
-  model = StyleKernel(config)
-  model.load_state_dict({**port.vgg16_to_torch(vgg_params, prefix="encoder.features."),
-                         **{f"generator.{k}": v for k, v in port.generator_to_torch(params).items()}})
-  return model.eval()

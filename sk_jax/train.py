@@ -1,7 +1,8 @@
-"""Training (Sec. 3.3 and 4): the GAN train step on a device mesh, checkpoints, logging, export.
+"""Training (Sec. 3.3 and 4): the GAN train step on a device mesh, and the loop around it.
 
 `train(cfg, workdir)` runs the paper's recipe from a config (configs/default.py);
-`python train.py` and `sk-jax export` are thin wrappers around this module.
+`python train.py` is a thin wrapper around it. Checkpoints are `sk_jax.checkpoint`'s,
+logs `sk_jax.logger`'s and config checks `sk_jax.config`'s.
 
 One iteration (`train_step`, jitted once):
   1. VGG features of I_c and I_s (frozen encoder, passed as a separate argument);
@@ -18,43 +19,33 @@ in a row, without saving, so the last checkpoint is the last good state.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import sys
 import time
 from typing import Any, Callable
 
 import flax.struct
-import grain
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
-from sk_jax import checkpoint, data, images, losses, sharding
-from sk_jax.errors import InputError
+from sk_jax import checkpoint, data, losses, sharding, weights
+from sk_jax.config import validate_config
+from sk_jax.errors import NonFiniteError
+from sk_jax.logger import MetricLogger, sample_grid
 from sk_jax.models import vgg
-from sk_jax.models.discriminator import DiscriminatorConfig, MultiScaleDiscriminator, init_discriminator
-from sk_jax.models.generator import Generator, ModelConfig, init_params
+from sk_jax.models.discriminator import (
+  DiscriminatorConfig,
+  MultiScaleDiscriminator,
+  init_discriminator,
+)
+from sk_jax.models.generator import Generator, ModelConfig, init_params, stylize_images
 
-CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "generator"
-METRICS_FILE = "metrics.jsonl"
-ITEMS = ("state", "content_iter", "style_iter", "config")
-# Per-step metrics a checkpoint can be ranked by (ckpt.best_metric).
-STEP_METRICS = tuple(f"loss/{k}" for k in ("total", "content", "style", "remd", "rec", "rec_pixel",
-                                           "rec_feature", "adv_g", "d")) + (
-    "grad_norm/g", "grad_norm/d", "gate/kept_fraction")
 NetState = train_state.TrainState  # params + optimiser state of one network
-
-
-class NonFiniteError(RuntimeError):
-  """Too many non-finite updates in a row; the message names the last good checkpoint."""
 
 
 @flax.struct.dataclass
@@ -68,40 +59,13 @@ class TrainState:
   nonfinite_total: jax.Array   # skipped iterations since the start
 
 
-# ----------------------------------------------------------------------------- config
-
-def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
-  """Checks the fields training reads; returns the frozen model configs. Raises InputError."""
-  model = ModelConfig.from_dict(cfg.model, source="config.model")
-  disc = DiscriminatorConfig.from_dict(cfg.disc, source="config.disc")
-  checks = [
-      (cfg.loss.style_form in ("mean_std", "gram"), f"loss.style_form must be 'mean_std' or 'gram', got {cfg.loss.style_form!r}"),
-      (cfg.loss.gan in ("lsgan", "hinge"), f"loss.gan must be 'lsgan' or 'hinge', got {cfg.loss.gan!r}"),
-      (cfg.loss.remd_max_positions >= 0, "loss.remd_max_positions must be >= 0 (0: no cap)"),
-      (cfg.opt.lr > 0, f"opt.lr must be positive, got {cfg.opt.lr}"),
-      (cfg.opt.max_nonfinite >= 1, "opt.max_nonfinite must be >= 1"),
-      (cfg.train.steps >= 1, f"train.steps must be >= 1, got {cfg.train.steps}"),
-      (cfg.train.d_every >= 1, f"train.d_every must be >= 1, got {cfg.train.d_every}"),
-      (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
-      (cfg.ckpt.every >= 1 and cfg.ckpt.keep >= 1, "ckpt.every and ckpt.keep must be >= 1"),
-      (cfg.ckpt.best_mode in ("min", "max"), f"ckpt.best_mode must be 'min' or 'max', got {cfg.ckpt.best_mode!r}"),
-      (cfg.ckpt.best_metric in (None, "", *STEP_METRICS),
-       f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of {', '.join(STEP_METRICS)}"),
-      (cfg.log.every >= 1 and cfg.log.image_every >= 0, "log.every must be >= 1 and log.image_every >= 0"),
-  ]
-  for ok, message in checks:
-    if not ok:
-      raise InputError(f"config: {message}")
-  return model, disc
-
+# ----------------------------------------------------------------------------- the step
 
 def make_optimizer(opt_cfg, lr: float) -> optax.GradientTransformation:
   """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same)."""
   clip = optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity()
   return optax.chain(clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps))
 
-
-# ----------------------------------------------------------------------------- the step
 
 def _apply_if_finite(net: NetState, grads, loss):
   """One optimiser update, or none at all when the loss or a gradient is not finite."""
@@ -161,8 +125,8 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
     i_cs, i_cc, i_ss = jnp.split(out, 3)
     f_cs, f_cc, f_ss = _split(vgg.vgg16_features(vgg_params, out, taps, dtype), 3)
     terms = {
-        "content": losses.content_loss(f_cs, feats_c),
-        "style": losses.style_loss(f_cs, feats_s, form=lc.style_form),
+        "content": jnp.mean(losses.content_loss(f_cs, feats_c)),
+        "style": jnp.mean(losses.style_loss(f_cs, feats_s, form=lc.style_form)),
         "remd": losses.remd_loss(f_cs, feats_s, key, lc.remd_max_positions),
         "adv_g": losses.generator_adv_loss(dnet.apply({"params": d_params}, i_cs), lc.gan),
     }
@@ -222,21 +186,21 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
 
 def make_sample_fn(model: ModelConfig, n: int):
   """(g_params, vgg_params, batch) -> the first n content, style and stylized images in [0, 1]."""
-  gen = Generator(model)
 
   def sample(g_params, vgg_params, batch):
     content, style = _to_unit(batch["content"][:n]), _to_unit(batch["style"][:n])
-    z = vgg.vgg16_features(vgg_params, jnp.concatenate([content, style]), ("relu4_1",), model.compute_dtype)
-    z_c, z_s = jnp.split(z["relu4_1"], 2)
-    out, _ = gen.apply({"params": g_params}, z_c, z_s)
-    return content, style, jnp.clip(out, 0.0, 1.0)
+    stylized, _ = stylize_images(g_params, vgg_params, model, content, style)
+    return content, style, stylized
 
   return sample
 
 
-def make_setup(cfg, mesh: jax.sharding.Mesh) -> Setup:
-  """Builds and jits everything for `cfg` on `mesh` (compilation happens at the first call)."""
-  model, disc = validate_config(cfg)
+def make_setup(cfg, mesh: jax.sharding.Mesh, models=None) -> Setup:
+  """Builds and jits everything for `cfg` on `mesh` (compilation happens at the first call).
+
+  models: (ModelConfig, DiscriminatorConfig) from `validate_config(cfg)`, if already checked.
+  """
+  model, disc = models or validate_config(cfg)
   sharding.check_batch(int(cfg.data.batch_size), mesh)
   tx_g = make_optimizer(cfg.opt, cfg.opt.lr)
   tx_d = make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
@@ -263,168 +227,6 @@ def make_setup(cfg, mesh: jax.sharding.Mesh) -> Setup:
   return Setup(model, disc, mesh, create_state, abstract, shardings, step_fn, sample_fn)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-class _IteratorSnapshot:
-  """A grain iterator's state captured now; the (synchronous) grain handler writes it later."""
-
-  def __init__(self, iterator):
-    self._state = json.dumps(iterator.get_state()).encode()
-
-  def get_state(self) -> bytes:
-    return self._state
-
-
-def make_manager(workdir: str, ckpt_cfg, read_only: bool = False) -> ocp.CheckpointManager:
-  """Async Orbax manager under WORKDIR/checkpoints: keeps the last `keep` (+ the best, if configured)."""
-  policies = [ocp.checkpoint_managers.LatestN(n=int(ckpt_cfg.keep))]
-  if ckpt_cfg.get("best_metric"):
-    name, lower_is_better = ckpt_cfg.best_metric, ckpt_cfg.best_mode == "min"
-    worst = math.inf if lower_is_better else -math.inf  # e.g. loss/d before the first D step
-    policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=lambda m: m.get(name, worst), reverse=lower_is_better, n=1,
-        keep_checkpoints_without_metrics=False))
-  options = ocp.CheckpointManagerOptions(
-      save_interval_steps=int(ckpt_cfg.every), enable_async_checkpointing=True,
-      cleanup_tmp_directories=True, read_only=read_only, create=not read_only,
-      # Saves wait for the previous one instead of being skipped while it is in flight.
-      enable_should_save_is_saving_in_progress_check=False,
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                               options=options, item_names=ITEMS)
-
-
-def check_compatible(saved_cfg: dict, cfg, where: str) -> None:
-  """Refuses a checkpoint of another model or discriminator, naming the differing fields."""
-  try:
-    saved_model = ModelConfig.from_dict(saved_cfg["model"], source=f"{where}: model")
-    saved_disc = DiscriminatorConfig.from_dict(saved_cfg.get("disc", {}), source=f"{where}: disc")
-  except (KeyError, TypeError):
-    raise InputError(f"{where}: the checkpoint's config has no model group") from None
-  model, disc = ModelConfig.from_dict(cfg.model), DiscriminatorConfig.from_dict(cfg.disc)
-  diffs = [f"model.{d}" for d in model.diff(saved_model)] + disc.diff(saved_disc)
-  if diffs:
-    raise InputError(f"{where}: checkpoint of another model config ({'; '.join(diffs)}; "
-                     "this run's value first); use another --workdir")
-  others = []
-  for group in ("loss", "opt", "data", "train"):
-    now, then = cfg[group].to_dict(), saved_cfg.get(group, {})
-    others += [f"{group}.{k}" for k in now if k in then and then[k] != now[k]]
-  if others:
-    logging.warning("resuming with changed settings: %s", ", ".join(others))
-
-
-def restore(mngr, setup: Setup, cfg, step: int, content_it=None, style_it=None) -> TrainState:
-  """Restores the state (and, given them, the data iterators in place) of checkpoint `step`."""
-  where = os.path.join(str(mngr.directory), str(step))
-  saved_cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  check_compatible(saved_cfg, cfg, where)
-  args = {"state": ocp.args.StandardRestore(setup.abstract_with_shardings())}
-  if content_it is not None:
-    args["content_iter"] = grain.checkpoint.CheckpointRestore(content_it)
-    args["style_iter"] = grain.checkpoint.CheckpointRestore(style_it)
-  try:
-    restored = mngr.restore(step, args=ocp.args.Composite(**args))
-  except ValueError as e:
-    raise InputError(f"{where}: does not match this config ({str(e).splitlines()[0][:300]})") from None
-  return restored["state"]
-
-
-def save(mngr, step: int, state: TrainState, content_it, style_it, cfg, metrics=None, force=False) -> bool:
-  """Starts an asynchronous save of everything a resume needs (the arrays are copied first)."""
-  return mngr.save(step, metrics=metrics, force=force, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      content_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(content_it)),
-      style_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(style_it)),
-      config=ocp.args.JsonSave(json.loads(cfg.to_json_best_effort()))))
-
-
-def export_generator(workdir: str, output: str, step: int | None = None) -> str:
-  """Writes the generator of a training checkpoint in the format `sk-jax stylize` reads."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  if not os.path.isdir(ckpt_dir):
-    raise InputError(f"{workdir}: no training checkpoints (expected {ckpt_dir})")
-  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                               item_names=ITEMS)
-  try:
-    step = mngr.latest_step() if step is None else step
-    if step is None or step not in mngr.all_steps():
-      raise InputError(f"{ckpt_dir}: no complete checkpoint{'' if step is None else f' at step {step}'}")
-    cfg = ml_collections.ConfigDict(
-        mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
-    device = jax.local_devices()[0]
-    mesh = jax.make_mesh((1, 1), (sharding.DATA, sharding.MODEL), devices=[device],
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    setup = make_setup(cfg, mesh)
-    state = restore(mngr, setup, cfg, step)
-  finally:
-    mngr.close()
-  return checkpoint.save_generator(output, state.g.params, setup.model)
-
-
-# ----------------------------------------------------------------------------- logging
-
-def sample_grid(content, style, stylized, gap: int = 2) -> np.ndarray:
-  """Rows of content | style | stylized, (n * (H + gap) - gap, 3 * (W + gap) - gap, 3) in [0, 1]."""
-  n, h, w, _ = content.shape
-  grid = np.ones((n * (h + gap) - gap, 3 * (w + gap) - gap, 3), np.float32)
-  for i in range(n):
-    for j, img in enumerate((content, style, stylized)):
-      grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = img[i]
-  return grid
-
-
-class MetricLogger:
-  """tqdm bar, TensorBoard event files and a JSON-lines file; only process 0 writes."""
-
-  def __init__(self, workdir: str, start: int, total: int, enabled: bool):
-    self.enabled, self.workdir = enabled, workdir
-    self.bar = self.writer = self.file = None
-    if not enabled:
-      return
-    from tensorboardX import SummaryWriter
-    from tqdm import tqdm
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):  # drop lines from steps after the checkpoint we resume from
-      with open(path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start]
-      with open(path, "w") as f:
-        f.writelines(kept)
-    self.file = open(path, "a")
-    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train",
-                    file=sys.stderr, mininterval=1.0)
-
-  def scalars(self, step: int, metrics: dict) -> None:
-    if not self.enabled:
-      return
-    for k, v in metrics.items():
-      self.writer.add_scalar(k, v, step)
-    self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-    self.file.flush()
-    self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
-                          ("loss/total", "loss/content", "loss/style", "loss/remd", "loss/d") if k in metrics},
-                         refresh=False)
-
-  def grid(self, step: int, grid: np.ndarray) -> str | None:
-    if not self.enabled:
-      return None
-    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
-    images.save_image(grid, path)
-    self.writer.add_image("samples", grid, step, dataformats="HWC")
-    return path
-
-  def advance(self, n: int = 1) -> None:
-    if self.enabled:
-      self.bar.update(n)
-
-  def close(self) -> None:
-    if self.enabled:
-      self.bar.close()
-      self.writer.close()
-      self.file.close()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def train(cfg, workdir: str, devices=None) -> dict:
@@ -434,21 +236,23 @@ def train(cfg, workdir: str, devices=None) -> dict:
   WORKDIR/checkpoints (Orbax), metrics.jsonl, tensorboard/, samples/*.png and, at
   the end of a single-process run, the generator for `sk-jax stylize` in WORKDIR/generator.
   """
-  validate_config(cfg)
+  models = validate_config(cfg)
   sources = data.open_sources(cfg.data)  # bad data paths fail before any device is touched
   sharding.maybe_initialize_distributed(cfg.mesh)
   mesh = sharding.make_mesh(cfg.mesh, devices)
-  setup = make_setup(cfg, mesh)
+  setup = make_setup(cfg, mesh, models)
   pidx, pcount = jax.process_index(), jax.process_count()
   content_ds, style_ds = data.build_streams(cfg.data, sources, int(cfg.seed), pidx, pcount)
   content_it, style_it = iter(content_ds), iter(style_ds)
-  vgg_params = jax.device_put(vgg.load_vgg16(setup.model.vgg_weights), sharding.replicated(mesh))
+  vgg_params = jax.device_put(weights.load_vgg16(setup.model.vgg_weights), sharding.replicated(mesh))
 
   os.makedirs(workdir, exist_ok=True)
-  mngr = make_manager(workdir, cfg.ckpt)
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt)
   start = mngr.latest_step()
   if start is not None:
-    state = restore(mngr, setup, cfg, start, content_it, style_it)
+    where = os.path.join(str(mngr.directory), str(start))
+    checkpoint.check_compatible(checkpoint.read_config(mngr, start), setup.model, setup.disc, cfg, where)
+    state = checkpoint.restore(mngr, setup.abstract_with_shardings(), start, content_it, style_it)
     logging.info("resumed from %s/%d", mngr.directory, start)
   else:
     state, start = setup.init(int(cfg.seed)), 0
@@ -506,7 +310,7 @@ def train(cfg, workdir: str, devices=None) -> dict:
       if mngr.should_save(done) or is_last:
         m = fetch(*pending)
         if m["nonfinite/streak"] == 0:  # never checkpoint in the middle of a non-finite streak
-          save(mngr, done, state, content_it, style_it, cfg, force=is_last,
+          checkpoint.save(mngr, done, state, content_it, style_it, cfg, force=is_last,
                metrics={k: v for k, v in m.items() if math.isfinite(v)})
           last_saved = done
     if pending is not None:
@@ -521,17 +325,3 @@ def train(cfg, workdir: str, devices=None) -> dict:
     path = checkpoint.save_generator(os.path.join(workdir, EXPORT_DIR), state.g.params, setup.model)
     logging.info("generator exported to %s", path)
   return last_metrics
-
-
-# ----------------------------------------------------------------------------- sk-jax export
-
-def run_export(args) -> None:
-  print(export_generator(args.workdir, args.output, args.step))
-
-
-def add_commands(subparsers) -> None:
-  p = subparsers.add_parser("export", help="write the generator of a training checkpoint for `sk-jax stylize`")
-  p.add_argument("--workdir", required=True, help="training workdir (holds checkpoints/)")
-  p.add_argument("--output", required=True, help="generator checkpoint directory to write")
-  p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-  p.set_defaults(func=run_export)

@@ -1,5 +1,5 @@
-"""Video: reading and writing clips, stylizing frames with style features computed once,
-synthesised pan-and-zoom clips, and the `sk-jax stylize-video` command.
+"""Video: reading and writing clips, stylizing frames with style features computed once, and
+synthesised pan-and-zoom clips (`sk-jax stylize-video` is in sk_jax.cli.stylize).
 
 Frames are (T, H, W, 3) uint8 in memory (a long clip at 512 pixels stays small);
 the model sees float32 in [0, 1].
@@ -7,25 +7,19 @@ the model sees float32 in [0, 1].
 
 from __future__ import annotations
 
-import argparse
-import functools
 import importlib.util
 import math
 import os
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageSequence
 from tqdm import tqdm
 
-from sk_jax import checkpoint, images, stylize
+from sk_jax import images
 from sk_jax.errors import InputError
-from sk_jax.models import vgg
-from sk_jax.models.generator import Generator, ModelConfig, encode, pad_to_stride
+from sk_jax.stylizer import Stylizer
 
-DEFAULT_SIZE = 512
 DEFAULT_FPS = 10.0
 # Multi-frame formats that Pillow reads and writes itself; anything else needs a video plugin.
 PIL_VIDEO_EXTENSIONS = (".gif", ".webp", ".png", ".apng")
@@ -208,27 +202,7 @@ def pan_zoom_clip(image, num_frames: int = 10, seed: int = 0, scales=(0.9, 0.75)
 
 # ----------------------------------------------------------------------------- stylizing
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def encode_style(vgg_params, config: ModelConfig, style):
-  """relu4_1 of (1, H, W, 3) style images in [0, 1], any size (reflection-padded to 8)."""
-  style, _ = pad_to_stride(style)
-  return encode(vgg_params, style, config.compute_dtype)
-
-
-@functools.partial(jax.jit, static_argnums=(2,))
-def stylize_with_style_features(params, vgg_params, config: ModelConfig, z_s, content, alpha=1.0):
-  """Stylizes (B, H, W, 3) content with precomputed style features z_s (B or 1, h, w, 512).
-
-  Returns the image (B, H, W, 3) clipped to [0, 1] and the CGM's kept fraction (B,).
-  """
-  content, (h, w) = pad_to_stride(content)
-  z_c = encode(vgg_params, content, config.compute_dtype)
-  z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
-  image, aux = Generator(config).apply({"params": params}, z_c, z_s, alpha)
-  return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux["kept_fraction"]
-
-
-def stylize_frames(frames, style, params, config: ModelConfig, vgg_params, alpha: float = 1.0,
+def stylize_frames(frames, style, stylizer: Stylizer, alpha: float = 1.0,
                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Stylizes every frame of a clip with one style, whose features are computed once.
 
@@ -239,44 +213,10 @@ def stylize_frames(frames, style, params, config: ModelConfig, vgg_params, alpha
   Returns:
     (T, H, W, 3) uint8 frames and the kept fraction per frame (T,).
   """
-  z_s = encode_style(vgg_params, config, jnp.asarray(_as_float(style))[None])
-  alpha = jnp.float32(alpha)
+  z_s = stylizer.encode_style(_as_float(style))
   out = np.empty((len(frames), *np.shape(frames)[1:3], 3), np.uint8)
   kept = np.empty(len(frames), np.float64)
   for t in tqdm(range(len(frames)), desc="frames", unit="frame", disable=not progress):
-    image, k = stylize_with_style_features(params, vgg_params, config, z_s,
-                                           jnp.asarray(_as_float(frames[t]))[None], alpha)
+    image, k = stylizer.apply(_as_float(frames[t]), z_s, alpha)
     out[t], kept[t] = images.to_uint8(image[0]), float(k[0])
   return out, kept
-
-
-def run_stylize_video(args) -> None:
-  stylize.check_generator_args(args)
-  if args.fps is not None and args.fps <= 0:
-    raise InputError(f"--fps must be positive, got {args.fps}")
-  check_output(args.output)
-  # Everything is read and checked before anything is written.
-  frames, fps = read_frames(args.input, args.size or None, args.max_frames)
-  style = images.resize_short_side(images.load_image(args.style), args.size or None)
-  params, config = checkpoint.load_generator(args.checkpoint)
-  vgg_params = jax.device_put(vgg.load_vgg16(args.vgg or config.vgg_weights))
-  out, _ = stylize_frames(frames, style, params, config, vgg_params, args.alpha, progress=True)
-  written = write_frames(out, args.output, args.fps or fps)
-  print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
-
-
-def add_commands(subparsers) -> None:
-  p = subparsers.add_parser("stylize-video", help="stylize every frame of a clip with one style",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--input", required=True,
-                 help="a directory of frames (natural order) or a video: GIF/WebP/APNG, or "
-                      "MP4/MOV/... when PyAV or imageio-ffmpeg is installed")
-  p.add_argument("--style", required=True, help="style image")
-  p.add_argument("--output", required=True, help="output directory (frame_00000.png, ...) or video file")
-  p.add_argument("--checkpoint", help="generator checkpoint directory")
-  p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side of frames and style; 0 keeps it")
-  p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off, 1 = full style")
-  p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 10)")
-  p.add_argument("--max-frames", type=int, help="stylize only the first N frames")
-  p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
-  p.set_defaults(func=run_stylize_video)

@@ -107,7 +107,7 @@ def test_unreadable_or_missing_sources_fail_before_training(tmp_path):
   (bad / "a.png").write_bytes(b"garbage")
   with pytest.raises(InputError, match="none of its 1 images can be read"):
     data.open_sources(_data_cfg(str(bad), "embedded:styles"))
-  with pytest.raises(InputError, match="embedded:photos or embedded:styles"):
+  with pytest.raises(InputError, match="not a packaged scikit-image image.*sets photos, styles"):
     data.open_sources(_data_cfg("embedded:paintings", "embedded:styles"))
   with pytest.raises(InputError, match="multiple of 8"):
     data.open_sources(_data_cfg("embedded:photos", "embedded:styles", crop=20))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sk_jax import checkpoint, evaluate, images, metrics, peers, video
+from sk_jax import checkpoint, cli, evaluate, images, metrics, peers, video
 from sk_jax.models.generator import init_params, stylize_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def inputs(tmp_path_factory, photo, texture):
 def _eval(inputs, ckpt, out, *extra):
   argv = ["--checkpoint", ckpt, "--content_dir", inputs / "contents.txt", "--style_dir", inputs / "style",
           "--output_dir", out, *FAST, *extra]
-  return evaluate.main([str(a) for a in argv])
+  return cli.main(["eval", *(str(a) for a in argv)])
 
 
 def _quality(report):
@@ -173,7 +173,7 @@ def test_bad_inputs_exit_2_and_write_nothing(case, message, inputs, tiny_checkpo
     (tmp_path / "bad.gif").write_bytes(b"GIF89a broken")
     extra += ["--clips", str(tmp_path / "bad.gif")]
   args = [str(a) for kv in argv.items() for a in kv] + extra + (["--checkpoint", str(ckpt)] if ckpt else [])
-  assert evaluate.main(args) == 2
+  assert cli.main(["eval", *args]) == 2
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
   assert out.is_file() if case == "output_is_file" else not out.exists()

@@ -8,7 +8,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from skimage.metrics import structural_similarity
 
-from sk_jax import metrics
+from sk_jax import losses, metrics
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
 
@@ -37,9 +37,9 @@ def test_style_losses_match_numpy():
     (m1, s1), (m2, s2) = _np_mean_std(cs[layer]), _np_mean_std(s[layer])
     want_ms += ((m1 - m2) ** 2).mean(axis=1) + ((s1 - s2) ** 2).mean(axis=1)
     want_gram += ((_np_gram(cs[layer]) - _np_gram(s[layer])) ** 2).sum(axis=(1, 2))
-  np.testing.assert_allclose(metrics.mean_std_style_loss(cs, s, ("a", "b")), want_ms, rtol=1e-5)
-  np.testing.assert_allclose(metrics.gram_style_loss(cs, s, ("a", "b")), want_gram, rtol=1e-5)
-  assert np.all(np.asarray(metrics.mean_std_style_loss(cs, cs, ("a", "b"))) == 0)
+  np.testing.assert_allclose(losses.style_loss(cs, s, ("a", "b")), want_ms, rtol=1e-5)
+  np.testing.assert_allclose(losses.style_loss(cs, s, ("a", "b"), form="gram"), want_gram, rtol=1e-5)
+  assert np.all(np.asarray(losses.style_loss(cs, cs, ("a", "b"))) == 0)
 
 
 def test_content_loss_matches_numpy():
@@ -49,9 +49,9 @@ def test_content_loss_matches_numpy():
   for layer in ("a", "b"):
     norm = lambda f: (f - _np_mean_std(f)[0][:, None, None]) / _np_mean_std(f)[1][:, None, None]
     want += ((norm(cs[layer]) - norm(c[layer])) ** 2).mean(axis=(1, 2, 3))
-  np.testing.assert_allclose(metrics.content_loss(cs, c, ("a", "b")), want, rtol=1e-5)
+  np.testing.assert_allclose(losses.content_loss(cs, c, ("a", "b")), want, rtol=1e-5)
   with pytest.raises(ValueError, match="shapes differ"):
-    metrics.content_loss(cs, _feats(rng, 2, (8, 16)), ("a", "b"))
+    losses.content_loss(cs, _feats(rng, 2, (8, 16)), ("a", "b"))
 
 
 def test_pair_metrics_on_vgg_features(vgg_params, photo, texture):

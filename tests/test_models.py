@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sk_jax
-from sk_jax import checkpoint, ops
+from sk_jax import checkpoint, ops, weights
 from sk_jax.errors import InputError
 from sk_jax.models import generator, vgg
 from sk_jax.models.alignment import StyleAlignment
@@ -71,7 +71,7 @@ def test_tampered_vgg_pickle_is_refused_and_never_run(tmp_path):
   bad = tmp_path / "vgg16.ckpt"
   bad.write_bytes(pickle.dumps({"VGG16_0": {"Conv_0": _Payload()}}))
   with pytest.raises(InputError, match="refusing to load"):
-    vgg.load_vgg16(str(bad))
+    weights.load_vgg16(str(bad))
   assert not os.path.exists(marker)
 
 
@@ -81,7 +81,7 @@ def test_vgg_pickle_with_a_wrong_shape_names_the_layer(tmp_path, vgg_params):
   path = tmp_path / "vgg16.ckpt"
   path.write_bytes(pickle.dumps({"VGG16_0": tree}))
   with pytest.raises(InputError, match=r"conv2_2\.kernel has shape \(3, 3, 64, 64\), expected \(3, 3, 128, 128\)"):
-    vgg.load_vgg16(str(path))
+    weights.load_vgg16(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_model_config_rejects_bad_values():
     sk_jax.ModelConfig(kernel_size=4)
   with pytest.raises(InputError, match="unknown model field"):
     sk_jax.ModelConfig.from_dict({"kernel_sise": 3})
-  assert sk_jax.ModelConfig().diff(sk_jax.ModelConfig(kernel_size=5)) == ["kernel_size: 3 != 5"]
+  assert sk_jax.ModelConfig().diff(sk_jax.ModelConfig(kernel_size=5)) == ["model.kernel_size: 3 != 5"]
 
 
 def test_generator_checkpoint_round_trip_and_refusals(tmp_path, small_config, small_params):

@@ -12,7 +12,7 @@ import torch  # the optional extra [torch]; CI installs it (torch==2.13.0, CPU b
 from torch import nn
 
 import sk_jax
-from sk_jax import checkpoint, cli, port
+from sk_jax import checkpoint, cli, port, weights
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
 from sk_jax.models.generator import ModelConfig, init_params
@@ -150,8 +150,7 @@ def test_generator_export_import_round_trip(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params, got)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), vgg_small, got_vgg)
 
-  from sk_jax import torch_ref
-  model = torch_ref.load_export(str(tmp_path / "model.pth"))  # strict load: every key maps
+  model = port.load_torch_model(str(tmp_path / "model.pth"))  # strict load: every key maps
   assert torch.equal(model.generator.alignment.log_sharpness, torch.tensor(float(params["alignment"]["log_sharpness"])))
 
 
@@ -180,7 +179,7 @@ def test_port_vgg16_cli_verify_writes_a_dir_that_load_vgg16_reads(vgg_files, tmp
   assert rc == 0
   for tap in vgg.TAPS:
     assert f"\n{tap} " in stdout and "pass" in stdout.split(f"\n{tap} ")[1].splitlines()[0]
-  loaded = vgg.load_vgg16(str(out))  # what --vgg and model.vgg_weights accept
+  loaded = weights.load_vgg16(str(out))  # what --vgg and model.vgg_weights accept
   direct = port.vgg16_from_torch(vgg_files["pth"])
   for name in vgg.CONVS:
     np.testing.assert_array_equal(loaded[name]["kernel"], direct[name]["kernel"])
@@ -284,8 +283,8 @@ def test_export_and_import_torch_cli(tmp_path, capsys):
   back, back_config = checkpoint.load_generator(str(tmp_path / "g2"))
   assert back_config == config
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back)
-  bundled = vgg.load_vgg16()
-  np.testing.assert_array_equal(vgg.load_vgg16(str(tmp_path / "vgg"))["conv1_1"]["kernel"],
+  bundled = weights.load_vgg16()
+  np.testing.assert_array_equal(weights.load_vgg16(str(tmp_path / "vgg"))["conv1_1"]["kernel"],
                                 bundled["conv1_1"]["kernel"])
   # a plain VGG-16 file is not an export
   torch.save(port.vgg16_to_torch(bundled), tmp_path / "vgg.pth")

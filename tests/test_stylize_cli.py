@@ -13,7 +13,7 @@ from skimage import data
 import sk_jax
 from sk_jax import checkpoint, cli, images
 from sk_jax.errors import InputError
-from sk_jax.stylize import stylize
+from sk_jax.stylizer import Stylizer
 
 SMALL = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
 
@@ -64,15 +64,14 @@ def test_stylize_directories_writes_every_pair(capsys, ckpt, inputs, tmp_path):
 
 
 def test_python_api_accepts_paths_and_arrays(ckpt, inputs):
-  params, config = checkpoint.load_generator(ckpt)
-  a = stylize(str(inputs / "content" / "astronaut.png"), str(inputs / "style" / "brick.png"),
-              params, config, size=32)
-  b = stylize(images.load_image(str(inputs / "content" / "astronaut.png")),
-              images.load_image(str(inputs / "style" / "brick.png")), params, config, size=32)
+  st = Stylizer.load(ckpt)
+  a = st.stylize(str(inputs / "content" / "astronaut.png"), str(inputs / "style" / "brick.png"), size=32)
+  b = st.stylize(images.load_image(str(inputs / "content" / "astronaut.png")),
+                 images.load_image(str(inputs / "style" / "brick.png")), size=32)
   assert a.shape == (32, 32, 3) and a.dtype == np.float32
   np.testing.assert_array_equal(a, b)
-  c = stylize(str(inputs / "content" / "astronaut.png"), str(inputs / "style" / "brick.png"),
-              params, config, size=32, alpha=0.0)
+  c = st.stylize(str(inputs / "content" / "astronaut.png"), str(inputs / "style" / "brick.png"),
+                 size=32, alpha=0.0)
   assert np.abs(a - c).max() > 1e-3  # alpha moves the result
 
 

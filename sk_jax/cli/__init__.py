@@ -1,0 +1,70 @@
+"""The `sk-jax` command: argparse lives here and only here; the library never sees a Namespace.
+
+Each module of this package registers its subcommands with `add_commands(subparsers)`;
+every parser sets `func(args)`. Exit codes: 0 done, 1 a check failed (`parity`) or
+training stopped on non-finite updates, 2 bad input (one line on stderr, nothing
+written), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from sk_jax.cli import evaluation, interop, stylize, training
+from sk_jax.errors import InputError, NonFiniteError, ParityError
+
+COMMAND_MODULES = (stylize, interop, training, evaluation)
+
+
+def one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+class Exit(Exception):
+  """Carries the exit code out of `exit_codes`."""
+
+  def __init__(self, code: int):
+    super().__init__(code)
+    self.code = code
+
+
+@contextlib.contextmanager
+def exit_codes(prog: str):
+  """Turns the library's errors into one line on stderr and an exit code (raised as Exit)."""
+  try:
+    yield
+  except InputError as e:
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    raise Exit(2) from None
+  except (ParityError, NonFiniteError) as e:
+    print(f"{prog}: {one_line(e)}", file=sys.stderr)
+    raise Exit(1) from None
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    raise Exit(130) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="sk-jax", description="StyleKernel style transfer in JAX")
+  subparsers = parser.add_subparsers(dest="command", required=True)
+  for module in COMMAND_MODULES:
+    module.add_commands(subparsers)
+  return parser
+
+
+def main(argv=None, prog: str | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    with exit_codes(prog or f"sk-jax {args.command}"):
+      args.func(args)
+  except Exit as e:
+    return e.code
+  return 0
+
+
+def run() -> None:
+  """Console-script entry point."""
+  sys.exit(main())
+

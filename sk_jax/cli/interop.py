@@ -1,0 +1,116 @@
+"""PyTorch interop commands: `port-vgg16`, `export-torch`, `import-torch` and `parity`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+import jax
+
+from sk_jax import checkpoint, images, parity, port, weights
+from sk_jax.errors import InputError, ParityError
+
+
+def run_port_vgg16(args) -> None:
+  params = port.vgg16_from_torch(args.input)
+  rows = None
+  if args.verify:
+    rows = port.compare_encoders(port.torch_vgg_state_dict(args.input), params,
+                                port.default_image(args.verify_size))
+    print(f"verify: JAX vs PyTorch VGG-16 on the astronaut at {args.verify_size}px, float32, "
+          f"matmul precision 'highest'; tolerance: relative error <= {port.VERIFY_TOLERANCE:g}")
+    print(f"{'tap':<9}{'shape':<22}{'max abs err':>13}{'max rel err':>13}  ok")
+    for r in rows:
+      ok = r["max_rel"] <= port.VERIFY_TOLERANCE
+      print(f"{r['tap']:<9}{str(r['shape']):<22}{r['max_abs']:>13.3e}{r['max_rel']:>13.3e}  "
+            f"{'pass' if ok else 'FAIL'}")
+    bad = [r["tap"] for r in rows if not r["max_rel"] <= port.VERIFY_TOLERANCE]
+    if bad:  # nothing is written for weights that do not reproduce PyTorch
+      raise InputError(f"{args.input}: --verify failed at {', '.join(bad)} (relative error above "
+                       f"{port.VERIFY_TOLERANCE:g}); nothing written")
+  print(checkpoint.save_vgg16_dir(args.output_dir, params, source=os.path.abspath(args.input)))
+
+
+def run_export_torch(args) -> None:
+  params, config = checkpoint.load_generator(args.checkpoint)
+  vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
+  if os.path.isdir(args.output):
+    raise InputError(f"{args.output}: is a directory, expected a .pth or .safetensors file name")
+  print(port.export_torch(params, config, vgg_params, args.output))
+
+
+def run_import_torch(args) -> None:
+  params, config, vgg_params = port.read_export(args.input)
+  if args.vgg_output:
+    print(checkpoint.save_vgg16_dir(args.vgg_output, vgg_params, source=os.path.abspath(args.input)))
+  print(checkpoint.save_generator(args.output_dir, params, config))
+
+
+def run_parity(args) -> None:
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    raise InputError("parity needs PyTorch: pip install 'sk-jax[torch]' (torch==2.13.0)") from None
+  if args.size < 16:
+    raise InputError(f"--size must be at least 16, got {args.size}")
+  params, config = checkpoint.load_generator(args.checkpoint)
+  config = dataclasses.replace(config, dtype=args.dtype or config.dtype)
+  vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
+  content, style = parity.default_images()
+  if args.content:
+    content = images.load_image(args.content)
+  if args.style:
+    style = images.load_image(args.style)
+  content, style = parity.prepare_image(content, args.size), parity.prepare_image(style, args.size)
+  rows = parity.compare(params, vgg_params, config, content, style, args.alpha)
+  print(f"sk-jax parity: JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch reference "
+        f"(sk_jax.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
+        f"style {style.shape[1]}x{style.shape[0]}, float32 matmul precision 'highest'")
+  print("max rel err = max |jax - torch| / max |torch|.  gate mask row: abs = fraction of decisions "
+        "flipped, rel = largest gap |A-T|/max(T,1/Ns) of a flip, which must be below the band")
+  print(parity.format_table(rows))
+  bad = [r.name for r in rows if not r.ok]
+  if bad:
+    raise ParityError(f"parity failed ({config.dtype}) at: {', '.join(bad)}")
+  print(f"all {len(rows)} rows within tolerance")
+
+
+def add_commands(subparsers) -> None:
+  p = subparsers.add_parser(
+      "port-vgg16", help="convert a PyTorch VGG-16 checkpoint into encoder weights for --vgg",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      description="Reads torchvision's VGG-16 (e.g. vgg16-397923af.pth), a state dict nested under "
+                  "'state_dict'/'model', 'module.'-prefixed keys, a bare nn.Sequential, or .safetensors, "
+                  "and writes an Orbax directory that --vgg and model.vgg_weights accept.")
+  p.add_argument("input", help="PyTorch checkpoint: .pth/.pt/.bin or .safetensors")
+  p.add_argument("output_dir", help="directory to write (replaced if it exists)")
+  p.add_argument("--verify", action="store_true",
+                 help="run the PyTorch and JAX encoders on one image and fail above the tolerance")
+  p.add_argument("--verify-size", type=int, default=128, help="image size for --verify")
+  p.set_defaults(func=run_port_vgg16)
+
+  p = subparsers.add_parser("export-torch", help="write a generator checkpoint as a PyTorch file "
+                            "for sk_jax.torch_ref", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
+  p.add_argument("--output", required=True, help="file to write: .pth or .safetensors")
+  p.add_argument("--vgg", help="encoder weights to include (default: the checkpoint's)")
+  p.set_defaults(func=run_export_torch)
+
+  p = subparsers.add_parser("import-torch", help="read an export-torch file (e.g. after training in "
+                            "PyTorch) back into a generator checkpoint")
+  p.add_argument("input", help="a .pth or .safetensors file written by export-torch")
+  p.add_argument("output_dir", help="generator checkpoint directory to write")
+  p.add_argument("--vgg-output", help="also write its encoder weights to this directory")
+  p.set_defaults(func=run_import_torch)
+
+  p = subparsers.add_parser("parity", help="compare JAX with the PyTorch reference, module by module",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
+  p.add_argument("--size", type=int, default=128, help="short side of both images")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
+  p.add_argument("--content", help="content image (default: scikit-image's astronaut)")
+  p.add_argument("--style", help="style image (default: scikit-image's coffee)")
+  p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off")
+  p.add_argument("--vgg", help="encoder weights (default: the checkpoint's)")
+  p.set_defaults(func=run_parity)

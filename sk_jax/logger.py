@@ -1,0 +1,74 @@
+"""Training logs: a tqdm bar, TensorBoard event files, metrics.jsonl and sample grids."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from sk_jax import images
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def sample_grid(content, style, stylized, gap: int = 2) -> np.ndarray:
+  """Rows of content | style | stylized, (n * (H + gap) - gap, 3 * (W + gap) - gap, 3) in [0, 1]."""
+  n, h, w, _ = content.shape
+  grid = np.ones((n * (h + gap) - gap, 3 * (w + gap) - gap, 3), np.float32)
+  for i in range(n):
+    for j, img in enumerate((content, style, stylized)):
+      grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = img[i]
+  return grid
+
+
+class MetricLogger:
+  """tqdm bar, TensorBoard event files and a JSON-lines file; only process 0 writes."""
+
+  def __init__(self, workdir: str, start: int, total: int, enabled: bool):
+    self.enabled, self.workdir = enabled, workdir
+    self.bar = self.writer = self.file = None
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter
+    from tqdm import tqdm
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):  # drop lines from steps after the checkpoint we resume from
+      with open(path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start]
+      with open(path, "w") as f:
+        f.writelines(kept)
+    self.file = open(path, "a")
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train",
+                    file=sys.stderr, mininterval=1.0)
+
+  def scalars(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    for k, v in metrics.items():
+      self.writer.add_scalar(k, v, step)
+    self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+    self.file.flush()
+    self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
+                          ("loss/total", "loss/content", "loss/style", "loss/remd", "loss/d") if k in metrics},
+                         refresh=False)
+
+  def grid(self, step: int, grid: np.ndarray) -> str | None:
+    if not self.enabled:
+      return None
+    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
+    images.save_image(grid, path)
+    self.writer.add_image("samples", grid, step, dataformats="HWC")
+    return path
+
+  def advance(self, n: int = 1) -> None:
+    if self.enabled:
+      self.bar.update(n)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.bar.close()
+      self.writer.close()
+      self.file.close()
