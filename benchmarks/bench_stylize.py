@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sk_jax
-from sk_jax.stylize import _stylize_jit
+from sk_jax.stylizer import Stylizer
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -41,18 +41,18 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 / _median_seconds(lambda: f(a, a), repeats)
 
 
-def bench_size(params, vgg_params, config, size: int, repeats: int) -> dict:
+def bench_size(stylizer: Stylizer, size: int, repeats: int) -> dict:
   rng = np.random.default_rng(0)
   content = jnp.asarray(rng.random((1, size, size, 3), np.float32))
   style = jnp.asarray(rng.random((1, size, size, 3), np.float32))
   alpha = jnp.float32(1.0)
   t = time.perf_counter()
-  compiled = _stylize_jit.lower(params, vgg_params, config, content, style, alpha).compile()
+  compiled = stylizer.lower(content, style, alpha).compile()
   compile_s = time.perf_counter() - t
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan")))
-  run = lambda: compiled(params, vgg_params, content, style, alpha)
+  run = lambda: compiled(stylizer.params, stylizer.vgg_params, content, style, alpha)
   jax.block_until_ready(run())  # warm-up
   seconds = _median_seconds(run, repeats)
   return {"size": size, "batch": 1, "median_s": seconds, "compile_s": compile_s, "repeats": repeats,
@@ -69,12 +69,11 @@ def main():
   args = parser.parse_args()
 
   config = sk_jax.ModelConfig(dtype=args.dtype, kernel_size=args.kernel_size)
-  params = jax.device_put(sk_jax.init_params(config, jax.random.key(0)))
-  vgg_params = jax.device_put(sk_jax.load_vgg16())
+  stylizer = Stylizer(sk_jax.init_params(config, jax.random.key(0)), config)
   peak = matmul_peak()
   results = []
   for size in args.sizes:
-    r = bench_size(params, vgg_params, config, size, args.repeats)
+    r = bench_size(stylizer, size, args.repeats)
     r["fraction_of_matmul_peak"] = r["achieved_gflops_per_s"] * 1e9 / peak
     results.append(r)
     print(f"T{size}: {r['median_s'] * 1e3:.1f} ms (compile {r['compile_s']:.1f} s), "

@@ -33,14 +33,14 @@ def measure(batch: int, size: int, steps: int) -> dict:
 
   from sk_jax import sharding, train
   from sk_jax.config import load_config
-  from sk_jax.models import vgg
+  from sk_jax import weights
 
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   cfg.data.batch_size, cfg.data.crop, cfg.mesh.data = batch, size, 1
   mesh = sharding.make_mesh(cfg.mesh)
   setup = train.make_setup(cfg, mesh)
   state = setup.init(0)
-  vgg_params = jax.device_put(vgg.load_vgg16(), sharding.replicated(mesh))
+  vgg_params = jax.device_put(weights.load_vgg16(), sharding.replicated(mesh))
   rng = np.random.default_rng(0)
   batches = [sharding.global_batch(mesh, {k: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
                                           for k in ("content", "style")}) for _ in range(2)]

@@ -25,7 +25,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from sk_jax import images
+from sk_jax import images, port
 from sk_jax.models import vgg
 from sk_jax.stylizer import Stylizer
 
@@ -53,11 +53,6 @@ class Row:
   tolerance: float
   ok: bool
   note: str = ""
-
-
-def _err(ours, ref) -> tuple[float, float]:
-  from sk_jax.port import relative_error
-  return relative_error(ours, ref)
 
 
 def _nchw_to_nhwc(t):
@@ -104,7 +99,7 @@ def compare(params, vgg_params, config, content, style, alpha: float = 1.0) -> l
   """
   import torch
 
-  from sk_jax import port, torch_ref
+  from sk_jax import torch_ref  # imports torch
 
   tol, band = TOLERANCES[config.dtype], GATE_BAND[config.dtype]
   content = np.asarray(content, np.float32)[None]
@@ -138,7 +133,7 @@ def compare(params, vgg_params, config, content, style, alpha: float = 1.0) -> l
 
   def add(name, ours, ref, tolerance, note=""):
     ours = np.asarray(ours, np.float32)
-    a, r = _err(ours, ref)
+    a, r = port.relative_error(ours, ref)
     rows.append(Row(name, tuple(ours.shape), a, r, tolerance, bool(r <= tolerance), note))
 
   for tap in vgg.TAPS:

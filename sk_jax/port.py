@@ -22,6 +22,7 @@ import numpy as np
 from sk_jax import images
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
+from sk_jax.models.generator import ModelConfig, init_params
 
 # torchvision's vgg16().features index of every convolution.
 TORCH_INDEX = dict(zip(vgg.CONVS, (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)))
@@ -238,7 +239,6 @@ def generator_from_state_dict(state_dict: dict, config, source: str = "state dic
 
   Missing, unexpected or mis-shaped tensors are an InputError naming the key and both shapes.
   """
-  from sk_jax.models.generator import init_params
 
   tensors = unwrap_state_dict(state_dict, source)
   abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
@@ -312,7 +312,6 @@ def load_torch_model(path: str):
 
 def read_export(path: str):
   """An `export_torch` file -> (generator params, ModelConfig, encoder params)."""
-  from sk_jax.models.generator import ModelConfig
 
   obj, meta = read_torch_file(path)
   if meta:  # safetensors
