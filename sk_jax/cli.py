@@ -9,7 +9,8 @@ import sys
 from sk_jax.errors import InputError
 
 # Modules that define `add_commands(subparsers)`; each parser sets `func(args)`.
-COMMAND_MODULES = ("sk_jax.stylize", "sk_jax.port", "sk_jax.parity", "sk_jax.video", "sk_jax.train")
+COMMAND_MODULES = ("sk_jax.stylize", "sk_jax.port", "sk_jax.parity", "sk_jax.video", "sk_jax.train",
+                   "sk_jax.deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:
