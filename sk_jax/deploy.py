@@ -249,16 +249,20 @@ def export_onnx(params, vgg_params, config, gate_output: bool = False):
 
   fn = stylizer_fn(params, vgg_params, config, gate_output)
   outputs = [OUTPUT_NAME, GATE_OUTPUT_NAME] if gate_output else [OUTPUT_NAME]
-  j2o_log = logging.getLogger("jax2onnx")
-  level = j2o_log.level
-  j2o_log.setLevel(logging.ERROR)  # its optional dm_pix plugins do not import with jax 0.10
+  # Quiet: jax2onnx's optional dm_pix plugins do not import with jax 0.10 (warnings),
+  # onnx_ir warns about untyped shape constants, and jax2onnx 0.13 prints debugging
+  # lines from its Flax Conv plugin on stdout.
+  loggers = [logging.getLogger(name) for name in ("jax2onnx", "onnx_ir")]
+  levels = [log.level for log in loggers]
+  for log in loggers:
+    log.setLevel(logging.ERROR)
   try:
-    # jax2onnx 0.13 prints debugging lines from its Flax Conv plugin on stdout.
     with contextlib.redirect_stdout(io.StringIO()):
       model = to_onnx(fn, list(input_specs()), model_name="sk_jax_stylizer",
                       input_names=list(INPUT_NAMES), output_names=outputs)
   finally:
-    j2o_log.setLevel(level)
+    for log, level in zip(loggers, levels):
+      log.setLevel(level)
   _fix_maxpool(model)
   _add_size_checks(model)
   return model
