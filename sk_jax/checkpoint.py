@@ -118,9 +118,17 @@ def _restore_arrays(path: str, abstract, what: str):
   return restored["params"]
 
 
-def save_generator(path: str, params, config) -> str:
-  """Writes a generator checkpoint (params + ModelConfig) that `sk-jax stylize` reads."""
+def save_generator(path: str, params, config, dtype: str | None = None) -> str:
+  """Writes a generator checkpoint (params + ModelConfig) that `sk-jax stylize` reads.
+
+  dtype "bfloat16" stores the parameters in bfloat16, half the size; `load_generator`
+  reads either and returns float32 (docs/interop.md has the output difference).
+  """
   params = jax.tree.map(np.asarray, jax.device_get(params))
+  if dtype not in (None, "float32", "bfloat16"):
+    raise InputError(f"checkpoint dtype must be float32 or bfloat16, got {dtype!r}")
+  if dtype == "bfloat16":
+    params = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), params)
   return _save(path, GENERATOR_FORMAT, params, config.to_dict())
 
 
@@ -135,6 +143,7 @@ def load_generator(path: str, expected=None):
   if expected is not None and config != expected:
     raise InputError(f"{path}: checkpoint of another model config ({'; '.join(expected.diff(config))})")
   abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+  # The float32 target also widens a bfloat16 checkpoint (save_generator(dtype=...)).
   return _restore_arrays(path, abstract, "generator checkpoint"), config
 
 

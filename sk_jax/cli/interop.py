@@ -1,4 +1,5 @@
-"""PyTorch interop commands: `port-vgg16`, `export-torch`, `import-torch` and `parity`."""
+"""Interop commands: `port-vgg16`, `export-torch`, `import-torch`, `parity` (PyTorch) and
+`export-model` (StableHLO, ONNX, bfloat16 Orbax)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 
 import jax
 
-from sk_jax import checkpoint, images, parity, port, weights
+from sk_jax import checkpoint, deploy, images, parity, port, weights
 from sk_jax.errors import InputError, ParityError
 
 
@@ -76,6 +77,32 @@ def run_parity(args) -> None:
   print(f"all {len(rows)} rows within tolerance")
 
 
+def run_export_model(args) -> None:
+  fmt = args.format
+  if fmt not in deploy.FORMATS:
+    raise InputError(f"--format must be one of {', '.join(deploy.FORMATS)}, got {fmt!r}")
+  platforms = deploy.check_platforms(args.platforms.split(","))
+  if args.dtype not in ("float32", "bfloat16"):
+    raise InputError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
+  if args.dtype != "float32" and fmt != "orbax":
+    raise InputError("--dtype bfloat16 applies to --format orbax (a smaller checkpoint); "
+                     "the StableHLO and ONNX stylizers embed float32 weights")
+  if fmt == "onnx" and not deploy.onnx_available():
+    raise InputError(deploy.ONNX_EXTRA_HINT)
+  deploy.check_output(args.output, fmt)
+  params, config = checkpoint.load_generator(args.checkpoint)
+
+  if fmt == "orbax":
+    print(checkpoint.save_generator(args.output, params, config, dtype=args.dtype))
+    return
+  vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
+  if fmt == "stablehlo":
+    path = deploy.save_stablehlo(args.output, deploy.export_stablehlo(params, vgg_params, config, platforms))
+  else:
+    path = deploy.save_onnx(args.output, deploy.export_onnx(params, vgg_params, config))
+  print(path)
+
+
 def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
       "port-vgg16", help="convert a PyTorch VGG-16 checkpoint into encoder weights for --vgg",
@@ -114,3 +141,20 @@ def add_commands(subparsers) -> None:
   p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off")
   p.add_argument("--vgg", help="encoder weights (default: the checkpoint's)")
   p.set_defaults(func=run_parity)
+
+  p = subparsers.add_parser(
+      "export-model", help="write the stylizer as StableHLO or ONNX, or rewrite a generator checkpoint",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      description="Serializes the whole stylizer (encoder, generator, decoder; weights embedded, "
+                  "alpha 1) as (content, style) -> stylized, float32 NHWC in [0, 1], sizes multiples "
+                  "of 8 (see docs/interop.md). --format orbax rewrites the generator checkpoint "
+                  "itself, optionally in bfloat16.")
+  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
+  p.add_argument("--format", required=True, help=f"one of {', '.join(deploy.FORMATS)}")
+  p.add_argument("--output", required=True, help="file to write (a directory for --format orbax)")
+  p.add_argument("--platforms", default="cpu",
+                 help=f"StableHLO: comma-separated, among {', '.join(deploy.PLATFORMS)}")
+  p.add_argument("--dtype", default="float32", help="orbax: parameter dtype, float32 or bfloat16")
+  p.add_argument("--vgg", help="VGG-16 weights to embed (an Orbax dir from port-vgg16); "
+                               "default: the checkpoint's")
+  p.set_defaults(func=run_export_model)

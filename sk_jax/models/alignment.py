@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sk_jax import ops
@@ -25,7 +26,10 @@ class GateNet(nn.Module):
                   kernel_init=nn.initializers.normal(1e-3),
                   bias_init=lambda *_: jnp.array([1.0, 0.0], jnp.float32))(h)
     out = out.astype(jnp.float32)
-    return out[..., 0], out[..., 1]
+    # lax.index_in_dim rather than out[..., 0]: under symbolic shapes (jax.export, ONNX)
+    # basic indexing becomes a gather, which converters handle poorly.
+    return (jax.lax.index_in_dim(out, 0, axis=-1, keepdims=False),
+            jax.lax.index_in_dim(out, 1, axis=-1, keepdims=False))
 
 
 class StyleAlignment(nn.Module):

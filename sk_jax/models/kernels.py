@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,7 +36,10 @@ class KernelHead(nn.Module):
                   kernel_init=nn.initializers.normal(self.init_std),
                   bias_init=_delta_bias(self.channels, k))(h)
     kern_BxHxWxCx2kp1 = out.astype(jnp.float32).reshape(*out.shape[:3], self.channels, 2 * k + 1)
-    return kern_BxHxWxCx2kp1[..., :k], kern_BxHxWxCx2kp1[..., k:2 * k], kern_BxHxWxCx2kp1[..., 2 * k]
+    # lax slices rather than basic indexing, which becomes a gather under symbolic shapes.
+    f_v = jax.lax.slice_in_dim(kern_BxHxWxCx2kp1, 0, k, axis=-1)
+    f_h = jax.lax.slice_in_dim(kern_BxHxWxCx2kp1, k, 2 * k, axis=-1)
+    return f_v, f_h, jax.lax.index_in_dim(kern_BxHxWxCx2kp1, 2 * k, axis=-1, keepdims=False)
 
 
 def apply_style_kernels(z_c, f_v, f_h, bias, groups: int):
