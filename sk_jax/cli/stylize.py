@@ -44,15 +44,15 @@ def _check_size(flag: str, value: int | None) -> None:
     raise InputError(f"{flag} must be 0 (keep) or a positive short side, got {value}")
 
 
-def _check_generator_args(args) -> None:
-  """The --alpha and --style-size checks shared by `stylize` and `stylize-video`; parses --alpha
-  into a list (several values make a strip)."""
-  args.alpha = [float(a) for a in controls.check_alphas(controls.parse_floats(args.alpha, "--alpha"))]
+def _check_generator_args(args) -> list[float]:
+  """The --alpha and --style-size checks shared by `stylize` and `stylize-video`; returns the
+  alphas (several make a strip)."""
   _check_size("--style-size", args.style_size)
+  return [float(a) for a in controls.check_alphas(controls.parse_floats(args.alpha, "--alpha"))]
 
 
 def run_stylize(args) -> None:
-  _check_generator_args(args)
+  alphas = _check_generator_args(args)
   contents, styles = images.list_images(args.content), _style_list(args.style)
   weights = None if args.style_weights is None else controls.parse_floats(args.style_weights, "--style-weights")
   mixed = weights is not None or args.mask is not None
@@ -74,7 +74,7 @@ def run_stylize(args) -> None:
     for c in contents:
       controls.mask_weights(mask, loaded[c].shape[:2], len(styles), f"--mask {args.mask}")
   stylizer = Stylizer.load(args.checkpoint, args.vgg)
-  alpha = args.alpha[0] if len(args.alpha) == 1 else args.alpha
+  alpha = alphas[0] if len(alphas) == 1 else alphas
   for c, group, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):
     image = stylizer.stylize(loaded[c], [loaded_styles[s] for s in group] if mixed else loaded_styles[group[0]],
                              size=None, alpha=alpha, style_weights=weights, mask=mask,
@@ -87,9 +87,9 @@ def run_stylize(args) -> None:
 
 
 def run_stylize_video(args) -> None:
-  _check_generator_args(args)
-  if len(args.alpha) != 1:
-    raise InputError(f"--alpha: stylize-video takes one value, got {len(args.alpha)}")
+  alphas = _check_generator_args(args)
+  if len(alphas) != 1:
+    raise InputError(f"--alpha: stylize-video takes one value, got {len(alphas)}")
   if args.fps is not None and args.fps <= 0:
     raise InputError(f"--fps must be positive, got {args.fps}")
   if not 0.0 <= args.smooth < 1.0:
@@ -99,7 +99,7 @@ def run_stylize_video(args) -> None:
   frames, fps = video.read_frames(args.input, args.size or None, args.max_frames)
   style = images.prepare(args.style, (args.size if args.style_size is None else args.style_size) or None)
   stylizer = Stylizer.load(args.checkpoint, args.vgg)
-  out, _ = video.stylize_frames(frames, style, stylizer, args.alpha[0], progress=True, smooth=args.smooth)
+  out, _ = video.stylize_frames(frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth)
   written = video.write_frames(out, args.output, args.fps or fps)
   print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
 
