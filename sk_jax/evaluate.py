@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import sk_jax
-from sk_jax import checkpoint, images, metrics, peers, video, weights
+from sk_jax import bundled, images, metrics, peers, video, weights
 from sk_jax.errors import InputError
 from sk_jax.models.generator import init_params
 from sk_jax.stylizer import Stylizer
@@ -40,7 +40,7 @@ class Settings:
   content: str                          # a directory, one image, a .txt list, or skimage:NAMES
   style: str
   output_dir: str
-  checkpoint: str | None = None         # sk-jax generator checkpoint
+  checkpoint: str | None = "bundled"    # sk-jax generator checkpoint; "bundled" (or None): the packaged one
   methods: tuple[str, ...] = DEFAULT_METHODS
   size: int = DEFAULT_SIZE              # short side of every input; 0 keeps it
   alpha: float = 1.0
@@ -63,9 +63,6 @@ class Settings:
     unknown = [m for m in self.methods if m != SKJAX and m not in peers.PEERS]
     if unknown:
       raise InputError(f"--method {unknown[0]!r}: unknown; choose from {', '.join((SKJAX, *peers.PEERS))}")
-    if SKJAX in self.methods and not self.checkpoint:
-      raise InputError("--checkpoint is required for --method sk-jax (write a random one with "
-                       "`sk-jax init --output DIR`)")
     if self.size and self.size < metrics.LPIPS_MIN_SIDE:
       raise InputError(f"--size must be 0 or at least {metrics.LPIPS_MIN_SIDE}, got {self.size}")
     if not 0.0 <= self.alpha <= 1.0:
@@ -403,12 +400,12 @@ def run(args: Settings) -> dict:
     metrics.load_lpips(net)
   main, encoder_params = None, vgg_params
   if SKJAX in available:
-    params, config = checkpoint.load_generator(args.checkpoint)
+    params, config = bundled.resolve(args.checkpoint)
     if config.vgg_weights != (args.vgg or "bundled"):
       encoder_params = weights.load_vgg16(config.vgg_weights)
     main = {"method": SkJax(Stylizer(params, config, encoder_params), args.alpha,
-                            os.path.abspath(args.checkpoint))}
-  sweep_checkpoints = [(path, *checkpoint.load_generator(path)) for path in args.sweep_checkpoints]
+                            bundled.describe(args.checkpoint))}
+  sweep_checkpoints = [(path, *bundled.resolve(path)) for path in args.sweep_checkpoints]
   for note in notes:  # after the checks, so that a bad input stays a one-line error
     print(f"eval: {note}", file=sys.stderr)
 
@@ -441,7 +438,7 @@ def run(args: Settings) -> dict:
     result["timing"] = timing(method, *timing_input, args.timing_sizes, args.timing_warmup, args.timing_repeats)
     entry = {"available": True, "label": name, "resolution": method.resolution, **result}
     if name == SKJAX:
-      entry.update(label=f"sk-jax ({os.path.basename(os.path.normpath(args.checkpoint))})",
+      entry.update(label=f"sk-jax ({bundled.NAME if bundled.is_bundled(args.checkpoint) else os.path.basename(os.path.normpath(args.checkpoint))})",
                    checkpoint=main["method"].source, model_config=main["method"].config.to_dict())
       main["result"] = result
     report["methods"][name] = entry

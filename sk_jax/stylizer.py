@@ -1,8 +1,10 @@
 """The one inference path: a generator and its encoder held on the device, stylizing images.
 
     from sk_jax.stylizer import Stylizer
-    st = Stylizer.load("CKPT")                       # a generator checkpoint directory
+    st = Stylizer.load()                             # the bundled generator, or .load("CKPT_DIR")
     out = st.stylize("photo.jpg", "painting.jpg")    # (H, W, 3) float32 in [0, 1]
+    out = st.stylize("photo.jpg", ["a.jpg", "b.jpg"], style_weights=[0.7, 0.3],
+                     preserve_color=True)            # the controls of `sk-jax stylize`
 
     z_s = st.encode_style(style)                     # a style encoded once ...
     frames_out = [st.apply(f, z_s)[0] for f in frames]   # ... applied to many contents
@@ -15,12 +17,16 @@ go through this class; training samples use the same pure function
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sk_jax import checkpoint, images, weights
+from sk_jax import bundled, controls, images, weights
+from sk_jax.errors import InputError
+from sk_jax.models.alignment import StyleAlignment
 from sk_jax.models.generator import (
   Generator,
   ModelConfig,
@@ -28,6 +34,7 @@ from sk_jax.models.generator import (
   pad_to_stride,
   stylize_images,
 )
+from sk_jax.models.kernels import KernelHead
 
 DEFAULT_SIZE = 512
 
@@ -60,6 +67,90 @@ def _device(x, dtype=np.float32) -> jax.Array:
   return x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x, dtype))
 
 
+def _is_call(context, module_type) -> bool:
+  return isinstance(context.module, module_type) and context.method_name == "__call__"
+
+
+def _mix_alignment(z_styles, w_BxHxWxS):
+  """An interceptor that runs the alignment (SAE + CGM) once per style and returns
+  Z_cs = sum_s w_s * Z_cs(Z_c, Z_s), per content position, to the kernel head.
+
+  Intercepting keeps `Generator` the one definition of the forward pass: the controls
+  change only what reaches the kernel head, whatever the alignment's own arguments are.
+  """
+  inside = []  # the per-style calls below pass through this interceptor
+
+  def interceptor(next_fun, args, kwargs, context):
+    if inside or not _is_call(context, StyleAlignment):
+      return next_fun(*args, **kwargs)
+    # A compact module cannot be called twice in one scope (its submodule names are taken),
+    # so each style runs an unbound copy with the same fields and the same variables.
+    module, variables = context.module.clone(parent=None), context.module.variables
+    z_c, _, *rest = args
+    inside.append(True)
+    try:
+      outs = [module.apply(variables, z_c, z_s.astype(z_c.dtype), *rest, **kwargs) for z_s in z_styles]
+    finally:
+      inside.pop()
+    w = w_BxHxWxS.astype(jnp.float32)
+    z_cs = sum(w[..., i:i + 1] * z.astype(jnp.float32) for i, (z, _) in enumerate(outs))
+    share = w.mean(axis=(1, 2))  # (B, S): each style's share of the positions
+    aux = dict(outs[0][1], kept_fraction=sum(share[:, i] * a["kept_fraction"] for i, (_, a) in enumerate(outs)))
+    return z_cs.astype(outs[0][0].dtype), aux
+  return interceptor
+
+
+def _smooth_kernels(previous, beta):
+  """An interceptor that replaces the kernel head's (F_v, F_h, B) by an exponential moving
+  average beta * previous + (1 - beta) * current (temporal smoothing of a clip)."""
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if not _is_call(context, KernelHead):
+      return out
+    return tuple((beta * p + (1.0 - beta) * k.astype(jnp.float32)).astype(k.dtype) for p, k in zip(previous, out))
+  return interceptor
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _apply_controls(params, vgg_params, config: ModelConfig, z_styles, content, weights_S, alphas_A):
+  """Several styles mixed by (S,) or (h, w, S) weights, for every alpha of (A,) in one program.
+
+  Returns (A, B, H, W, 3) in [0, 1] and the kept fraction (A, B). Under vmap over alpha only
+  what depends on alpha (Eq. 6's blend and the decoder) is batched: the encoder, the
+  alignment and the kernels are computed once.
+  """
+  content, (h, w) = pad_to_stride(content)
+  z_c = encode(vgg_params, content, config.compute_dtype)
+  z_styles = tuple(jnp.broadcast_to(z, (z_c.shape[0], *z.shape[1:])) for z in z_styles)
+  w_BxHxWxS = jnp.broadcast_to(weights_S, (*z_c.shape[:3], len(z_styles)))
+
+  def one(alpha):
+    with nn.intercept_methods(_mix_alignment(z_styles, w_BxHxWxS)):
+      image, aux = Generator(config).apply({"params": params}, z_c, z_styles[0], alpha)
+    return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux["kept_fraction"]
+
+  return jax.vmap(one)(alphas_A)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _apply_smoothed(params, vgg_params, config: ModelConfig, z_s, content, alpha, previous, beta):
+  """`_apply` with the kernels smoothed against `previous` (None: the first frame).
+
+  Returns the image (B, H, W, 3), the kept fraction (B,) and the kernels used (F_v, F_h, B).
+  """
+  content, (h, w) = pad_to_stride(content)
+  z_c = encode(vgg_params, content, config.compute_dtype)
+  z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
+  generator = Generator(config)
+  if previous is None:
+    image, aux = generator.apply({"params": params}, z_c, z_s, alpha)
+  else:
+    with nn.intercept_methods(_smooth_kernels(previous, beta)):
+      image, aux = generator.apply({"params": params}, z_c, z_s, alpha)
+  kernels = tuple(aux[k].astype(jnp.float32) for k in ("f_v", "f_h", "bias"))
+  return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux["kept_fraction"], kernels
+
+
 def _batch(x) -> jax.Array:
   x = _device(x)
   return x[None] if x.ndim == 3 else x
@@ -79,9 +170,10 @@ class Stylizer:
                                      else vgg_params)
 
   @classmethod
-  def load(cls, path: str, vgg: str | None = None) -> "Stylizer":
-    """From a generator checkpoint directory; `vgg` overrides the encoder weights it names."""
-    params, config = checkpoint.load_generator(path)
+  def load(cls, path: str | None = bundled.BUNDLED, vgg: str | None = None) -> "Stylizer":
+    """From a generator checkpoint directory, or the bundled generator (None or "bundled");
+    `vgg` overrides the encoder weights it names."""
+    params, config = bundled.resolve(path)
     return cls(params, config, weights.load_vgg16(vgg or config.vgg_weights))
 
   def encode_style(self, style) -> jax.Array:
@@ -98,6 +190,28 @@ class Stylizer:
     return _apply(self.params, self.vgg_params, self.config, style_features, _batch(content),
                   _device(alpha), return_aux=return_aux)
 
+  def apply_mixed(self, content, style_features: Sequence, weights=None, alphas=(1.0,)):
+    """Stylizes content with several encoded styles mixed in Z_cs, for several alphas at once.
+
+    weights: (S,) per style (None: equal), or (ceil(H/8), ceil(W/8), S) per content position
+    (`controls.mask_weights`); they are used as given. alphas: (A,). Returns (A, B, H, W, 3)
+    in [0, 1] and the kept fraction (A, B), from one compiled call.
+    """
+    z = tuple(style_features)
+    w = controls.style_weights(None, len(z)) if weights is None else np.asarray(weights, np.float32)
+    return _apply_controls(self.params, self.vgg_params, self.config, z, _batch(content),
+                           _device(w), _device(controls.check_alphas(alphas)))
+
+  def apply_smoothed(self, content, style_features, alpha=1.0, previous=None, beta=0.0):
+    """`apply` for one frame of a clip, with the kernels (F_v, F_h, B) averaged as
+    beta * previous + (1 - beta) * this frame's; previous=None for the first frame.
+
+    Returns (B, H, W, 3) in [0, 1], the kept fraction (B,) and the kernels used (pass them
+    as `previous` for the next frame).
+    """
+    return _apply_smoothed(self.params, self.vgg_params, self.config, style_features, _batch(content),
+                           _device(alpha), previous, _device(beta))
+
   def __call__(self, content, style, alpha=1.0) -> jax.Array:
     """Images in, images out, in one compiled program: (B, H, W, 3) in [0, 1]."""
     return _forward(self.params, self.vgg_params, self.config, _batch(content), _batch(style),
@@ -109,12 +223,36 @@ class Stylizer:
                           _device(alpha))
 
   def stylize(self, content, style, *, size: int | None = DEFAULT_SIZE, style_size: int | None = None,
-              alpha: float = 1.0, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One content with one style, from paths or (H, W, 3) arrays in [0, 1].
+              alpha: float | Sequence[float] = 1.0, style_weights: Sequence[float] | None = None,
+              mask=None, preserve_color: bool = False,
+              max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One content with one style or a mix of styles, from paths or (H, W, 3) arrays in [0, 1].
 
-    size: the content's short side (None or 0: as it is); style_size: the style's
-    (default: `size`). Returns (H, W, 3) float32 in [0, 1] at the resized content's size.
+    size: the content's short side (None or 0: as it is); style_size: the styles'
+    (default: `size`). style: one image, or a list of them mixed in Z_cs by
+    `style_weights` (non-negative, normalised; default equal) or, with `mask` (an
+    (H', W', 3) image or its path, one flat colour per style, darkest first), one style per
+    masked region. preserve_color keeps the content's colours (YIQ luminance-only transfer).
+    Returns (H, W, 3) float32 in [0, 1] at the resized content's size, or for a sequence
+    of alphas (A, H, W, 3), computed in one call with the styles encoded once.
     """
+    styles = list(style) if isinstance(style, (list, tuple)) else [style]
+    if not styles:
+      raise InputError("stylize: no style given")
+    alphas = controls.check_alphas(alpha)
     c = images.prepare(content, size, max_pixels)
-    s = images.prepare(style, size if style_size is None else style_size, max_pixels)
-    return np.asarray(self(c, s, alpha)[0])
+    s = [images.prepare(x, size if style_size is None else style_size, max_pixels) for x in styles]
+    if mask is not None:
+      if style_weights is not None:
+        raise InputError("--mask and --style-weights exclude each other (a mask gives each region one style)")
+      m = images.load_image(mask, max_pixels) if isinstance(mask, str) else mask
+      w = controls.mask_weights(m, c.shape[:2], len(s))
+    else:
+      w = controls.style_weights(style_weights, len(s))
+    if len(s) == 1 and mask is None and style_weights is None and np.ndim(alpha) == 0:
+      out = np.asarray(self(c, s[0], float(alphas[0])))  # (1, H, W, 3)
+    else:
+      out = np.asarray(self.apply_mixed(c, [self.encode_style(x) for x in s], w, alphas)[0][:, 0])
+    if preserve_color:
+      out = controls.preserve_color(out, c)
+    return out[0] if np.ndim(alpha) == 0 else out

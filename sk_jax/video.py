@@ -79,22 +79,62 @@ def _read_with_pillow(path: str, max_frames: int | None):
   return frames, fps
 
 
+def _read_with_pyav(path: str, max_frames: int | None):
+  import av
+  with av.open(path) as container:
+    if not container.streams.video:
+      raise InputError(f"{path}: has no video stream")
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    frames = []
+    for frame in container.decode(stream):
+      frames.append(frame.to_ndarray(format="rgb24"))
+      if max_frames and len(frames) >= max_frames:
+        break
+  return frames, float(rate) if rate else DEFAULT_FPS
+
+
 def _read_with_plugin(path: str, max_frames: int | None):
   plugin = _video_plugin()
   if plugin is None:
-    raise InputError(f"{path}: reading this video format needs PyAV or imageio-ffmpeg (pip install av); "
-                     "or give a directory of frames or a GIF")
-  import imageio.v3 as iio
+    raise InputError(f"{path}: reading this video format needs PyAV or imageio-ffmpeg "
+                     "(pip install 'sk-jax[video]'); or give a directory of frames or a GIF")
   try:
-    meta = iio.immeta(path, plugin="pyav" if plugin == "av" else "FFMPEG")
+    if plugin == "av":
+      return _read_with_pyav(path, max_frames)
+    import imageio.v3 as iio
+    meta = iio.immeta(path, plugin="FFMPEG")
     frames = []
-    for frame in iio.imiter(path, plugin="pyav" if plugin == "av" else "FFMPEG"):
+    for frame in iio.imiter(path, plugin="FFMPEG"):
       frames.append(np.asarray(frame, np.uint8)[..., :3])
       if max_frames and len(frames) >= max_frames:
         break
+  except InputError:
+    raise
   except Exception as e:  # the plugins raise many types for a damaged file
     raise InputError(f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
   return frames, float(meta.get("fps") or DEFAULT_FPS)
+
+
+def _write_with_pyav(path: str, frames: np.ndarray, fps: float, ext: str) -> None:
+  """H.264 (MPEG-4 Part 2 where the FFmpeg build lacks it) in yuv420p, which needs even sides:
+  odd frames get their last row or column repeated."""
+  import av
+  from fractions import Fraction
+  h, w = frames.shape[1:3]
+  if h % 2 or w % 2:
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+  codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+  with av.open(path, "w", format={".m4v": "mp4"}.get(ext)) as container:
+    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    if codec == "libx264":
+      stream.options = {"crf": "18"}
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
 
 
 def read_frames(path: str, size: int | None = None, max_frames: int | None = None):
@@ -134,7 +174,7 @@ def check_output(path: str) -> str:
     return "video"
   if ext in PLUGIN_VIDEO_EXTENSIONS:
     if _video_plugin() is None:
-      raise InputError(f"{path}: writing {ext} needs PyAV or imageio-ffmpeg (pip install av); "
+      raise InputError(f"{path}: writing {ext} needs PyAV or imageio-ffmpeg (pip install 'sk-jax[video]'); "
                        "write a .gif or a frames directory instead")
     return "video"
   raise InputError(f"{path}: unknown video extension {ext!r}; use a directory, "
@@ -164,9 +204,11 @@ def write_frames(frames, path: str, fps: float = DEFAULT_FPS) -> list[str]:
       fmt = {".apng": "PNG"}.get(ext, Image.registered_extensions()[ext])
       pil[0].save(tmp, format=fmt, save_all=True, append_images=pil[1:],
                   duration=max(1, round(1000.0 / fps)), loop=0)
+    elif _video_plugin() == "av":
+      _write_with_pyav(tmp, frames, fps, ext)
     else:
       import imageio.v3 as iio
-      iio.imwrite(tmp, frames, plugin="pyav" if _video_plugin() == "av" else "FFMPEG", fps=fps)
+      iio.imwrite(tmp, frames, plugin="FFMPEG", fps=fps)
 
   images.write_atomic(path, write)
   return [path]
@@ -203,20 +245,29 @@ def pan_zoom_clip(image, num_frames: int = 10, seed: int = 0, scales=(0.9, 0.75)
 # ----------------------------------------------------------------------------- stylizing
 
 def stylize_frames(frames, style, stylizer: Stylizer, alpha: float = 1.0,
-                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   progress: bool = False, smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Stylizes every frame of a clip with one style, whose features are computed once.
 
   Args:
     frames: (T, H, W, 3) uint8, or float in [0, 1].
     style: (Hs, Ws, 3) float in [0, 1].
+    smooth: temporal smoothing in [0, 1): frame t uses the style kernels
+      K_t = smooth * K_{t-1} + (1 - smooth) * (its own), an exponential moving average
+      per position (0: each frame on its own; docs/method.md, "Controls").
 
   Returns:
     (T, H, W, 3) uint8 frames and the kept fraction per frame (T,).
   """
+  if not 0.0 <= smooth < 1.0:
+    raise InputError(f"smooth must be in [0, 1), got {smooth}")
   z_s = stylizer.encode_style(_as_float(style))
   out = np.empty((len(frames), *np.shape(frames)[1:3], 3), np.uint8)
   kept = np.empty(len(frames), np.float64)
+  kernels = None
   for t in tqdm(range(len(frames)), desc="frames", unit="frame", disable=not progress):
-    image, k = stylizer.apply(_as_float(frames[t]), z_s, alpha)
+    if smooth:
+      image, k, kernels = stylizer.apply_smoothed(_as_float(frames[t]), z_s, alpha, kernels, smooth)
+    else:
+      image, k = stylizer.apply(_as_float(frames[t]), z_s, alpha)
     out[t], kept[t] = images.to_uint8(image[0]), float(k[0])
   return out, kept

@@ -47,3 +47,19 @@ def tiny_checkpoint(tmp_path_factory, tiny_generator):
   """`tiny_generator` saved as a generator checkpoint directory; returns its path."""
   from sk_jax import checkpoint
   return checkpoint.save_generator(str(tmp_path_factory.mktemp("tiny") / "gen"), *tiny_generator)
+
+
+@pytest.fixture
+def damaged_bundle(tmp_path, monkeypatch):
+  """The bundled generator copied to tmp with one byte of params.npz flipped, and made the
+  package's bundled generator for the test; returns the copy's directory."""
+  import shutil
+  from sk_jax import bundled
+  copy = tmp_path / "damaged_bundle"
+  shutil.copytree(bundled.DIRECTORY, copy)
+  params = copy / "params.npz"
+  data = bytearray(params.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  params.write_bytes(bytes(data))
+  monkeypatch.setattr(bundled, "DIRECTORY", str(copy))
+  return copy

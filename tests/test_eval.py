@@ -137,7 +137,7 @@ def test_missing_peer_is_a_one_line_note(inputs, tiny_checkpoint, tmp_path, monk
     ("missing_content", "no such file or directory"),
     ("corrupt_style", "not an image file"),
     ("unknown_method", "--method 'adain': unknown"),
-    ("no_checkpoint", "--checkpoint is required"),
+    ("damaged_bundled_generator", "params.npz fails its integrity check"),
     ("bad_checkpoint", "no such generator checkpoint directory"),
     ("output_is_file", "exists and is not a directory"),
     ("tiny_size", "--size must be 0 or at least 32"),
@@ -145,7 +145,7 @@ def test_missing_peer_is_a_one_line_note(inputs, tiny_checkpoint, tmp_path, monk
     ("unpackaged_image", "'brain' is not a packaged scikit-image image"),
     ("corrupt_clip", "not a video or image file"),
 ])
-def test_bad_inputs_exit_2_and_write_nothing(case, message, inputs, tiny_checkpoint, tmp_path, capsys):
+def test_bad_inputs_exit_2_and_write_nothing(case, message, inputs, tiny_checkpoint, tmp_path, capsys, request):
   out, ckpt = tmp_path / "out", tiny_checkpoint
   argv = {"--content_dir": inputs / "content", "--style_dir": inputs / "style", "--output_dir": out}
   extra = ["--method", "sk-jax"]
@@ -157,7 +157,8 @@ def test_bad_inputs_exit_2_and_write_nothing(case, message, inputs, tiny_checkpo
     argv["--style_dir"] = tmp_path / "styles"
   elif case == "unknown_method":
     extra = ["--method", "sk-jax,adain"]
-  elif case == "no_checkpoint":
+  elif case == "damaged_bundled_generator":  # no --checkpoint: the bundled generator
+    request.getfixturevalue("damaged_bundle")
     ckpt = None
   elif case == "bad_checkpoint":
     ckpt = tmp_path / "no_ckpt"

@@ -136,8 +136,8 @@ def test_max_pixels_names_the_flag(capsys, ckpt, inputs, tmp_path):
 def test_bad_checkpoints(capsys, inputs, tmp_path):
   common = ["stylize", "--content", inputs / "content" / "astronaut.png", "--style",
             inputs / "style" / "brick.png", "--output", tmp_path / "o.png", "--size", 32]
-  rc, io = run(capsys, *common)
-  assert rc == 2 and "sk-jax init" in io.err  # says how to get one
+  rc, io = run(capsys, *common, "--checkpoint", tmp_path / "missing")  # (none given: the bundled one)
+  assert rc == 2 and "no such generator checkpoint directory" in io.err and "sk-jax init" in io.err
   (tmp_path / "empty").mkdir()
   rc, io = run(capsys, *common, "--checkpoint", tmp_path / "empty")
   assert rc == 2 and "empty directory" in io.err and str(tmp_path / "empty") in io.err

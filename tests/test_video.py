@@ -82,11 +82,13 @@ def test_stylize_video_cli_to_gif_and_directory(tiny_checkpoint, clip_files, tmp
     ("still_image", "a single still image, not a video"),
     ("corrupt_gif", "not a video or image file"),
     ("bad_extension", "unknown video extension"),
-    ("no_checkpoint", "--checkpoint is required"),
+    ("damaged_bundled_generator", "params.npz fails its integrity check"),
+    ("bad_smooth", "--smooth must be in [0, 1)"),
+    ("alpha_list", "stylize-video takes one value"),
     ("bad_checkpoint", "no such generator checkpoint directory"),
 ])
 def test_stylize_video_bad_inputs_exit_2_and_write_nothing(case, message, tiny_checkpoint, clip_files,
-                                                           tmp_path, capsys):
+                                                           tmp_path, capsys, request):
   inp, out, ck = clip_files / "in.gif", tmp_path / "out" / "x.gif", tiny_checkpoint
   if case == "missing_input":
     inp = tmp_path / "nope.gif"
@@ -100,9 +102,51 @@ def test_stylize_video_bad_inputs_exit_2_and_write_nothing(case, message, tiny_c
   elif case == "bad_checkpoint":
     ck = tmp_path / "missing_ckpt"
   argv = ["stylize-video", "--input", inp, "--style", clip_files / "style.png", "--output", out, "--size", 32]
-  if case != "no_checkpoint":
+  if case == "damaged_bundled_generator":  # no --checkpoint: the bundled generator
+    request.getfixturevalue("damaged_bundle")
+  else:
     argv += ["--checkpoint", ck]
+  argv += {"bad_smooth": ["--smooth", 1], "alpha_list": ["--alpha", "0,1"]}.get(case, [])
   assert cli.main([str(a) for a in argv]) == 2
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
   assert not (tmp_path / "out").exists()
+
+
+def test_mp4_round_trip_keeps_frame_rate_and_frames(tmp_path, photo):
+  clip = video.pan_zoom_clip(photo[::8, ::8], num_frames=5, seed=2)  # 64 x 64
+  path = str(tmp_path / "clip.mp4")
+  assert video.write_frames(clip, path, fps=12.5) == [path]
+  frames, fps = video.read_frames(path)
+  assert fps == pytest.approx(12.5) and frames.shape == clip.shape
+  assert np.abs(frames.astype(float) - clip).mean() < 6  # lossy (H.264 at crf 18, yuv420p)
+  odd = str(tmp_path / "odd.mp4")  # yuv420p needs even sides: the last row/column is repeated
+  video.write_frames(clip[:, :63, :61], odd, fps=7)
+  frames, fps = video.read_frames(odd)
+  assert fps == pytest.approx(7) and frames.shape == (5, 64, 62, 3)
+
+
+def test_kernel_smoothing_off_is_unchanged_and_on_steadies_the_clip(photo, texture):
+  st = Stylizer.load()  # the bundled generator: a random one's kernels barely depend on the frame
+  clip = video.pan_zoom_clip(photo[::8, ::8], num_frames=4, seed=3)
+  style = texture[::8, ::8]
+  plain, _ = video.stylize_frames(clip, style, st)
+  same, _ = video.stylize_frames(clip, style, st, smooth=1e-12)  # the smoothed path, ~no smoothing
+  assert np.abs(same.astype(int) - plain).max() <= 1
+  smooth, _ = video.stylize_frames(clip, style, st, smooth=0.8)
+  np.testing.assert_array_equal(smooth[0], plain[0])  # the first frame has nothing to average with
+  assert np.abs(smooth[1:].astype(int) - plain[1:]).mean() > 0.5
+  flicker = lambda f: np.abs(np.diff(f.astype(float), axis=0)).mean()
+  assert flicker(smooth) < flicker(plain)
+  with pytest.raises(InputError, match="smooth must be in"):
+    video.stylize_frames(clip, style, st, smooth=1.0)
+
+
+def test_stylize_video_mp4_with_the_bundled_generator(clip_files, tmp_path, capsys):
+  inp = str(tmp_path / "in.mp4")
+  video.write_frames(video.read_frames(str(clip_files / "in.gif"))[0], inp, fps=9)
+  out = tmp_path / "out.mp4"
+  assert cli.main(["stylize-video", "--input", inp, "--style", str(clip_files / "style.png"),
+                   "--output", str(out), "--size", "32", "--smooth", "0.5"]) == 0
+  frames, fps = video.read_frames(str(out))
+  assert fps == pytest.approx(9) and frames.shape == (3, 32, 32, 3)

@@ -50,7 +50,8 @@ def _flag(name: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--checkpoint", help="sk-jax generator checkpoint directory")
+  p.add_argument("--checkpoint", default="bundled",
+                 help="sk-jax generator checkpoint directory; 'bundled' is the generator inside the package")
   p.add_argument(*_flag("content_dir"), dest="content_dir", required=True,
                  help="content images: a directory, one image, a .txt list of paths, or skimage:NAME,...")
   p.add_argument(*_flag("style_dir"), dest="style_dir", required=True, help="style images, same forms")

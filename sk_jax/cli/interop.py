@@ -9,7 +9,7 @@ import os
 
 import jax
 
-from sk_jax import checkpoint, deploy, images, parity, port, weights
+from sk_jax import bundled, checkpoint, deploy, images, parity, port, weights
 from sk_jax.errors import InputError, ParityError
 
 
@@ -34,7 +34,7 @@ def run_port_vgg16(args) -> None:
 
 
 def run_export_torch(args) -> None:
-  params, config = checkpoint.load_generator(args.checkpoint)
+  params, config = bundled.resolve(args.checkpoint)
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
   if os.path.isdir(args.output):
     raise InputError(f"{args.output}: is a directory, expected a .pth or .safetensors file name")
@@ -55,7 +55,7 @@ def run_parity(args) -> None:
     raise InputError("parity needs PyTorch: pip install 'sk-jax[torch]' (torch==2.13.0)") from None
   if args.size < 16:
     raise InputError(f"--size must be at least 16, got {args.size}")
-  params, config = checkpoint.load_generator(args.checkpoint)
+  params, config = bundled.resolve(args.checkpoint)
   config = dataclasses.replace(config, dtype=args.dtype or config.dtype)
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
   content, style = parity.default_images()
@@ -90,7 +90,7 @@ def run_export_model(args) -> None:
   if fmt == "onnx" and not deploy.onnx_available():
     raise InputError(deploy.ONNX_EXTRA_HINT)
   deploy.check_output(args.output, fmt)
-  params, config = checkpoint.load_generator(args.checkpoint)
+  params, config = bundled.resolve(args.checkpoint)
 
   if fmt == "orbax":
     print(checkpoint.save_generator(args.output, params, config, dtype=args.dtype))
@@ -119,7 +119,7 @@ def add_commands(subparsers) -> None:
 
   p = subparsers.add_parser("export-torch", help="write a generator checkpoint as a PyTorch file "
                             "for sk_jax.torch_ref", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
+  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory, or \"bundled\"")
   p.add_argument("--output", required=True, help="file to write: .pth or .safetensors")
   p.add_argument("--vgg", help="encoder weights to include (default: the checkpoint's)")
   p.set_defaults(func=run_export_torch)
@@ -133,7 +133,7 @@ def add_commands(subparsers) -> None:
 
   p = subparsers.add_parser("parity", help="compare JAX with the PyTorch reference, module by module",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
+  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory, or \"bundled\"")
   p.add_argument("--size", type=int, default=128, help="short side of both images")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
   p.add_argument("--content", help="content image (default: scikit-image's astronaut)")
@@ -149,7 +149,7 @@ def add_commands(subparsers) -> None:
                   "alpha 1) as (content, style) -> stylized, float32 NHWC in [0, 1], sizes multiples "
                   "of 8 (see docs/interop.md). --format orbax rewrites the generator checkpoint "
                   "itself, optionally in bfloat16.")
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory")
+  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory, or \"bundled\"")
   p.add_argument("--format", required=True, help=f"one of {', '.join(deploy.FORMATS)}")
   p.add_argument("--output", required=True, help="file to write (a directory for --format orbax)")
   p.add_argument("--platforms", default="cpu",

@@ -6,22 +6,25 @@ import argparse
 import os
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
-from sk_jax import checkpoint, images, video
+from sk_jax import bundled, checkpoint, controls, images, video
 from sk_jax.config import load_config
 from sk_jax.errors import InputError
 from sk_jax.models.generator import ModelConfig, init_params
 from sk_jax.stylizer import DEFAULT_SIZE, Stylizer
 
 
-def output_name(content_path: str, style_path: str) -> str:
+def output_name(content_path: str, style_path: str | tuple[str, ...]) -> str:
   stem = lambda p: os.path.splitext(os.path.basename(p.split(":", 1)[-1] if images.is_packaged(p) else p))[0]
-  return f"{stem(content_path)}_stylized_{stem(style_path)}.png"
+  styles = (style_path,) if isinstance(style_path, str) else style_path
+  return f"{stem(content_path)}_stylized_{'+'.join(stem(s) for s in styles)}.png"
 
 
 def _plan_outputs(contents, styles, output: str, single: bool) -> list[tuple[str, str, str]]:
-  """(content, style, output path) for every pair; a single pair may name an output file."""
+  """(content, style, output path) for every pair; a single pair may name an output file.
+  A style may be a tuple of styles mixed into one output."""
   if single and os.path.splitext(output)[1] and not os.path.isdir(output):
     return [(contents[0], styles[0], output)]
   if os.path.exists(output) and not os.path.isdir(output):
@@ -29,40 +32,74 @@ def _plan_outputs(contents, styles, output: str, single: bool) -> list[tuple[str
   return [(c, s, os.path.join(output, output_name(c, s))) for c in contents for s in styles]
 
 
-def _check_generator_args(args) -> None:
-  """The --checkpoint and --alpha checks shared by `stylize` and `stylize-video`."""
-  if not args.checkpoint:
-    raise InputError("--checkpoint is required: train one (python train.py ...), or write a "
-                     "random one to try the pipeline with `sk-jax init --output DIR`")
-  if not 0.0 <= args.alpha <= 1.0:
-    raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+def _style_list(spec: str) -> list[str]:
+  """--style: a file, a directory, skimage:NAMES, or a comma-separated list of any of them."""
+  if images.is_packaged(spec) or os.path.exists(spec) or "," not in spec:
+    return images.list_images(spec)
+  return [p for part in spec.split(",") if part.strip() for p in images.list_images(part.strip())]
+
+
+def _check_size(flag: str, value: int | None) -> None:
+  if value is not None and value < 0:
+    raise InputError(f"{flag} must be 0 (keep) or a positive short side, got {value}")
+
+
+def _check_generator_args(args) -> list[float]:
+  """The --alpha and --style-size checks shared by `stylize` and `stylize-video`; returns the
+  alphas (several make a strip)."""
+  _check_size("--style-size", args.style_size)
+  return [float(a) for a in controls.check_alphas(controls.parse_floats(args.alpha, "--alpha"))]
 
 
 def run_stylize(args) -> None:
-  _check_generator_args(args)
-  contents, styles = images.list_images(args.content), images.list_images(args.style)
-  single = (len(contents) == len(styles) == 1 and not os.path.isdir(args.content)
-            and not os.path.isdir(args.style))
-  jobs = _plan_outputs(contents, styles, args.output, single)
+  alphas = _check_generator_args(args)
+  contents, styles = images.list_images(args.content), _style_list(args.style)
+  weights = None if args.style_weights is None else controls.parse_floats(args.style_weights, "--style-weights")
+  mixed = weights is not None or args.mask is not None
+  if weights is not None and args.mask is not None:
+    raise InputError("--mask and --style-weights exclude each other (a mask gives each region one style)")
+  if weights is not None:
+    controls.style_weights(weights, len(styles))
+  groups = [tuple(styles)] if mixed else [(s,) for s in styles]
+  single = (len(contents) == len(groups) == 1 and not os.path.isdir(args.content)
+            and (mixed or not os.path.isdir(args.style)))
+  jobs = _plan_outputs(contents, groups, args.output, single)
+  # Read and check every input before writing anything: a bad file stops the run with no output.
+  style_size = args.size if args.style_size is None else args.style_size
+  loaded = {p: images.prepare(p, args.size, args.max_pixels) for p in dict.fromkeys(contents)}
+  loaded_styles = {p: images.prepare(p, style_size, args.max_pixels) for p in dict.fromkeys(styles)}
+  mask = None
+  if args.mask is not None:
+    mask = images.load_image(args.mask, args.max_pixels)
+    for c in contents:
+      controls.mask_weights(mask, loaded[c].shape[:2], len(styles), f"--mask {args.mask}")
   stylizer = Stylizer.load(args.checkpoint, args.vgg)
-  # Read every input before writing anything: a bad file stops the run with no output.
-  loaded = {p: images.prepare(p, args.size, args.max_pixels) for p in dict.fromkeys(contents + styles)}
-  for c, s, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):
-    images.save_image(stylizer.stylize(loaded[c], loaded[s], size=None, alpha=args.alpha), out)
+  alpha = alphas[0] if len(alphas) == 1 else alphas
+  for c, group, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):
+    image = stylizer.stylize(loaded[c], [loaded_styles[s] for s in group] if mixed else loaded_styles[group[0]],
+                             size=None, alpha=alpha, style_weights=weights, mask=mask,
+                             preserve_color=args.preserve_color)
+    if image.ndim == 4:  # an alpha strip, left to right
+      image = np.concatenate(list(image), axis=1)
+    images.save_image(image, out)
     if len(jobs) < 2:
       print(out)
 
 
 def run_stylize_video(args) -> None:
-  _check_generator_args(args)
+  alphas = _check_generator_args(args)
+  if len(alphas) != 1:
+    raise InputError(f"--alpha: stylize-video takes one value, got {len(alphas)}")
   if args.fps is not None and args.fps <= 0:
     raise InputError(f"--fps must be positive, got {args.fps}")
+  if not 0.0 <= args.smooth < 1.0:
+    raise InputError(f"--smooth must be in [0, 1), got {args.smooth}")
   video.check_output(args.output)
   # Everything is read and checked before anything is written.
   frames, fps = video.read_frames(args.input, args.size or None, args.max_frames)
-  style = images.prepare(args.style, args.size or None)
+  style = images.prepare(args.style, (args.size if args.style_size is None else args.style_size) or None)
   stylizer = Stylizer.load(args.checkpoint, args.vgg)
-  out, _ = video.stylize_frames(frames, style, stylizer, args.alpha, progress=True)
+  out, _ = video.stylize_frames(frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth)
   written = video.write_frames(out, args.output, args.fps or fps)
   print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
 
@@ -75,14 +112,22 @@ def run_init(args) -> None:
 
 
 def add_commands(subparsers) -> None:
-  p = subparsers.add_parser("stylize", help="stylize images with a generator checkpoint",
+  p = subparsers.add_parser("stylize", help="stylize images (with the bundled generator or a checkpoint)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--content", required=True, help="content image or directory (or skimage:NAME,...)")
   p.add_argument("--style", required=True, help="style image or directory (or skimage:NAME,...)")
   p.add_argument("--output", required=True, help="output image, or directory for many pairs")
-  p.add_argument("--checkpoint", help="generator checkpoint directory")
+  p.add_argument("--checkpoint", default=bundled.BUNDLED,
+                 help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})")
   p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side to resize to; 0 keeps it")
-  p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off, 1 = full style")
+  p.add_argument("--style-size", type=int, help="the style's short side (default: --size); 0 keeps it")
+  p.add_argument("--alpha", default="1",
+                 help="content-style trade-off, 1 = full style; a comma list (0,0.5,1) writes a strip, left to right")
+  p.add_argument("--style-weights", help="mix the styles of --style (a,b or a dir) with these weights, e.g. 0.7,0.3")
+  p.add_argument("--mask", help="an image with one flat colour per style (darkest = first style): "
+                                "each region of the content takes its style")
+  p.add_argument("--preserve-color", action="store_true",
+                 help="keep the content's colours (luminance-only transfer in YIQ)")
   p.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
                  help="refuse input images with more pixels than this")
   p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
@@ -95,9 +140,14 @@ def add_commands(subparsers) -> None:
                       "MP4/MOV/... when PyAV or imageio-ffmpeg is installed")
   p.add_argument("--style", required=True, help="style image")
   p.add_argument("--output", required=True, help="output directory (frame_00000.png, ...) or video file")
-  p.add_argument("--checkpoint", help="generator checkpoint directory")
+  p.add_argument("--checkpoint", default=bundled.BUNDLED,
+                 help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})")
   p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side of frames and style; 0 keeps it")
-  p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off, 1 = full style")
+  p.add_argument("--style-size", type=int, help="the style's short side (default: --size); 0 keeps it")
+  p.add_argument("--alpha", default="1", help="content-style trade-off, 1 = full style")
+  p.add_argument("--smooth", type=float, default=0.0,
+                 help="temporal smoothing in [0, 1): each frame's style kernels are averaged as "
+                      "smooth * previous + (1 - smooth) * its own; 0 is off")
   p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 10)")
   p.add_argument("--max-frames", type=int, help="stylize only the first N frames")
   p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
