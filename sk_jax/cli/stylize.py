@@ -40,10 +40,12 @@ def _check_generator_args(args) -> None:
 
 def run_stylize(args) -> None:
   _check_generator_args(args)
+  images.check_size_args(args.size, args.max_pixels)
   contents, styles = images.list_images(args.content), images.list_images(args.style)
   single = (len(contents) == len(styles) == 1 and not os.path.isdir(args.content)
             and not os.path.isdir(args.style))
   jobs = _plan_outputs(contents, styles, args.output, single)
+  images.check_outputs([out for _, _, out in jobs], contents + styles)
   stylizer = Stylizer.load(args.checkpoint, args.vgg)
   # Read every input before writing anything: a bad file stops the run with no output.
   loaded = {p: images.prepare(p, args.size, args.max_pixels) for p in dict.fromkeys(contents + styles)}
@@ -57,6 +59,7 @@ def run_stylize_video(args) -> None:
   _check_generator_args(args)
   if args.fps is not None and args.fps <= 0:
     raise InputError(f"--fps must be positive, got {args.fps}")
+  images.check_size_args(args.size, None)
   video.check_output(args.output)
   # Everything is read and checked before anything is written.
   frames, fps = video.read_frames(args.input, args.size or None, args.max_frames)
@@ -71,7 +74,7 @@ def run_init(args) -> None:
   model = load_config(args.config).model.to_dict() if args.config else {}
   config = ModelConfig.from_dict(model, source=args.config or "defaults")
   params = init_params(config, jax.random.key(args.seed))
-  print(checkpoint.save_generator(args.output, params, config))
+  print(checkpoint.save_generator(args.output, params, config, overwrite=args.overwrite))
 
 
 def add_commands(subparsers) -> None:
@@ -107,4 +110,5 @@ def add_commands(subparsers) -> None:
   p.add_argument("--output", required=True, help="checkpoint directory to write")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--config", help="a config file (configs/*.py) whose `model` group to use")
+  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
   p.set_defaults(func=run_init)
