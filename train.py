@@ -6,21 +6,59 @@ checkpoint. `--export OUT` writes the generator of the latest checkpoint for
 in sk_jax/train.py.
 """
 
+import difflib
 import logging as py_logging
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "training config file",
+# The default is found from any working directory.
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "training config file",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and samples")
 _EXPORT = flags.DEFINE_string("export", None, "write the latest checkpoint's generator to this "
                               "directory and exit (no training)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "with --export: replace an existing sk-jax checkpoint "
+                               "directory (anything else is never replaced)")
 
 
 def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
+
+
+def _config_path(argv) -> str:
+  """The --config file named on the command line (without a ':ARG' suffix), else the default."""
+  path = _DEFAULT_CONFIG
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+  return path.split(":", 1)[0]
+
+
+def _unknown_field(argv, key: str) -> str | None:
+  """"unknown config field 'opt.lrr'; close matches: ..." for the override that names `key`."""
+  names = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  name = next((n for n in names if key in n.split(".")), None)
+  if name is None:
+    return None
+  fields = []
+  try:  # the config's fields, for the suggestions
+    from sk_jax.config import load_config
+    def walk(d, prefix=""):
+      for k, v in d.items():
+        fields.append(prefix + k)
+        if hasattr(v, "items"):
+          walk(v, f"{prefix}{k}.")
+    walk(load_config(_config_path(argv)))
+  except Exception:
+    pass
+  close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
+  return f"unknown config field '{name}'" + (f"; close matches: {', '.join(close)}" if close else "")
 
 
 def _parse_flags(argv):
@@ -28,7 +66,22 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, or whatever the config file raised while loading
-    print(f"train.py: error: {_one_line(e)}", file=sys.stderr)
+    cause = e if isinstance(e, KeyError) else e.__context__ or e.__cause__
+    message = _unknown_field(argv, str(cause.args[0]).strip("'")) if isinstance(cause, KeyError) else None
+    print(f"train.py: error: {message or _one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _load_config():
+  """The --config file, loaded here (absl loads it lazily): a missing or broken one is one line, exit 2."""
+  try:
+    return _CONFIG.value
+  except Exception as e:
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
+    if not os.path.isfile(path):
+      print(f"train.py: error: {path}: no such config file (pass --config configs/NAME.py)", file=sys.stderr)
+    else:
+      print(f"train.py: error: {path}: malformed config ({_one_line(e)})", file=sys.stderr)
     sys.exit(2)
 
 
@@ -48,6 +101,7 @@ def main(argv):
     print("train.py: error: --workdir is required", file=sys.stderr)
     sys.exit(2)
   # Imported here so that --help and flag errors do not wait for JAX.
+  cfg = None if _EXPORT.value else _load_config()
   from sk_jax import checkpoint, cli, train
 
   if not flags.FLAGS["verbosity"].present:
@@ -56,9 +110,9 @@ def main(argv):
   try:
     with cli.exit_codes("train.py"):
       if _EXPORT.value:
-        print(checkpoint.export_generator(_WORKDIR.value, _EXPORT.value))
+        print(checkpoint.export_generator(_WORKDIR.value, _EXPORT.value, overwrite=_OVERWRITE.value))
       else:
-        train.train(_CONFIG.value, _WORKDIR.value)
+        train.train(cfg, _WORKDIR.value)
   except cli.Exit as e:
     sys.exit(e.code)
 
