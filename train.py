@@ -14,17 +14,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-# The default is found from any working directory.
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "training config file",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and samples")
-_EXPORT = flags.DEFINE_string("export", None, "write the latest checkpoint's generator to this "
-                              "directory and exit (no training)")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "with --export: replace an existing sk-jax checkpoint "
-                               "directory (anything else is never replaced)")
-
-
 def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
@@ -61,21 +50,42 @@ def _unknown_field(argv, key: str) -> str | None:
   return f"unknown config field '{name}'" + (f"; close matches: {', '.join(close)}" if close else "")
 
 
+def _flag_error(e: BaseException, argv):
+  cause = e if isinstance(e, KeyError) else e.__context__ or e.__cause__
+  key = str(cause.args[0]).splitlines()[0].strip("'\"") if isinstance(cause, KeyError) and cause.args else None
+  message = _unknown_field(argv, key) if key else None
+  print(f"train.py: error: {message or _one_line(e)}", file=sys.stderr)
+  sys.exit(2)
+
+
 def _parse_flags(argv):
   """absl's parser, but a malformed config or flag is one line on stderr and exit code 2."""
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, or whatever the config file raised while loading
-    cause = e if isinstance(e, KeyError) else e.__context__ or e.__cause__
-    message = _unknown_field(argv, str(cause.args[0]).strip("'")) if isinstance(cause, KeyError) else None
-    print(f"train.py: error: {message or _one_line(e)}", file=sys.stderr)
-    sys.exit(2)
+    _flag_error(e, argv)
+
+
+# The default is found from any working directory.
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+try:  # the default config is loaded here already, with the --config.* overrides of sys.argv
+  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "training config file",
+                                            lock_config=True)
+except Exception as e:
+  _flag_error(e, sys.argv)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and samples")
+_EXPORT = flags.DEFINE_string("export", None, "write the latest checkpoint's generator to this "
+                              "directory and exit (no training)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "with --export: replace an existing sk-jax checkpoint "
+                               "directory (anything else is never replaced)")
 
 
 def _load_config():
   """The --config file, loaded here (absl loads it lazily): a missing or broken one is one line, exit 2."""
   try:
-    return _CONFIG.value
+    cfg = _CONFIG.value
+    cfg.keys()  # absl's stand-in for a config that failed to load raises here
+    return cfg
   except Exception as e:
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
     if not os.path.isfile(path):
@@ -86,9 +96,12 @@ def _load_config():
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Drops the INFO chatter of Orbax, grain and JAX (several lines per save); warnings still show."""
+  """Drops the INFO chatter of Orbax, grain and JAX (several lines per save); warnings still show,
+  except Orbax's tracebacks of a full disk, which the run reports in one line as it stops."""
 
   def filter(self, record):
+    if "/orbax/" in record.pathname and "No space left" in record.getMessage():
+      return False
     return record.levelno >= py_logging.WARNING or not any(
         f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import time
 import uuid
 
 import grain
@@ -91,6 +92,24 @@ def check_target(path: str, overwrite: bool = False) -> None:
                      "replace it")
 
 
+def _remove_partial(pattern: str, settle_s: float = 0.5, limit_s: float = 30.0) -> None:
+  """Removes what a failed write left, waiting for writer threads that are still finishing (when one
+  item fails, Orbax's other items keep writing for a moment): until nothing matches for `settle_s`."""
+  deadline, quiet_since = time.monotonic() + limit_s, None
+  while time.monotonic() < deadline:
+    found = glob.glob(pattern)
+    for path in found:
+      shutil.rmtree(path, ignore_errors=True)
+    now = time.monotonic()
+    if found:
+      quiet_since = None
+    elif quiet_since is None:
+      quiet_since = now
+    elif now - quiet_since >= settle_s:
+      return
+    time.sleep(0.05)
+
+
 def _remove_stale_temporaries(parent: str, name: str) -> None:
   """Temporaries of earlier writes to the same target that were killed before their swap."""
   for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.tmp-*")):
@@ -115,7 +134,7 @@ def _save(path: str, fmt: str, arrays, config: dict, *, overwrite: bool = False)
           model_config=ocp.args.JsonSave(config),
           params=ocp.args.StandardSave(arrays)))
   except Exception as e:
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_partial(glob.escape(tmp) + "*")  # also Orbax's own "*.orbax-checkpoint-tmp"
     if is_disk_full(e):
       raise SaveError(f"{path}: no space left on the device; nothing was written") from None
     raise
@@ -395,8 +414,7 @@ def _set_aside(mngr, steps) -> None:
 
 def _disk_full_error(mngr, e: BaseException, step=None) -> SaveError:
   """Removes the half-written step(s) and names the directory; the complete checkpoints stay."""
-  for tmp in glob.glob(os.path.join(glob.escape(str(mngr.directory)), "*.orbax-checkpoint-tmp*")):
-    shutil.rmtree(tmp, ignore_errors=True)
+  _remove_partial(os.path.join(glob.escape(str(mngr.directory)), "*.orbax-checkpoint-tmp*"))
   what = f"checkpoint {step}" if step is not None else "a checkpoint"
   return SaveError(f"{mngr.directory}: no space left on the device while saving {what}; the earlier "
                    "checkpoints are intact: free space and run the same command again to resume")
