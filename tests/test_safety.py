@@ -19,10 +19,10 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data
+from skimage import data as skdata
 
 import sk_jax
-from sk_jax import checkpoint, cli, images, logger, port, sharding
+from sk_jax import checkpoint, cli, data, images, logger, port, sharding
 from sk_jax import train as train_lib
 from sk_jax import workdir as workdir_lib
 from sk_jax.errors import InputError, SaveError
@@ -85,7 +85,7 @@ def test_checkpoint_writers_never_replace_what_they_did_not_write(capsys, tmp_pa
   # `.` from inside a photo folder
   photos = tmp_path / "photos"
   photos.mkdir()
-  Image.fromarray(data.astronaut()[::16, ::16]).save(photos / "holiday.png")
+  Image.fromarray(skdata.astronaut()[::16, ::16]).save(photos / "holiday.png")
   monkeypatch.chdir(photos)
   rc, io = run(capsys, "init", "--output", ".")
   assert rc == 2 and (photos / "holiday.png").exists()
@@ -129,8 +129,8 @@ def test_export_never_replaces_foreign_data(capsys, trained, tmp_path):
 
 def test_stylize_refuses_an_output_that_is_an_input(capsys, gen, tmp_path, monkeypatch):
   monkeypatch.setattr(Stylizer, "load", lambda *a, **k: pytest.fail("computed before refusing"))
-  Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "a.png")
-  Image.fromarray(data.brick()[::8, ::8]).save(tmp_path / "s.png")
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  Image.fromarray(skdata.brick()[::8, ::8]).save(tmp_path / "s.png")
   before = (tmp_path / "a.png").read_bytes()
   os.symlink(tmp_path / "a.png", tmp_path / "link.png")
   common = ("stylize", "--checkpoint", gen, "--size", 32, "--style", tmp_path / "s.png")
@@ -151,7 +151,7 @@ def test_stylize_refuses_an_output_that_is_an_input(capsys, gen, tmp_path, monke
 
 
 def test_size_and_max_pixels_are_validated_before_allocating(capsys, gen, tmp_path):
-  Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
   common = ("stylize", "--checkpoint", gen, "--content", tmp_path / "a.png", "--style", tmp_path / "a.png",
             "--output", tmp_path / "o.png")
   for flags, needle in (((("--size", -5)), "--size must be 0"), (("--size", 8), "--size must be 0"),
@@ -228,13 +228,17 @@ def test_restore_falls_back_from_each_damaged_item(trained, tmp_path, damage):
   cfg = tiny_config()
   setup = train_lib.make_setup(cfg, sharding.make_mesh(cfg.mesh))
   mngr = checkpoint.make_manager(workdir, cfg.ckpt)
+  streams = data.build_streams(cfg.data, data.open_sources(cfg.data), int(cfg.seed), 0, 1)
+  iterators = [iter(ds) for ds in streams]
   try:
     state, step = checkpoint.restore_newest(mngr, setup.abstract_with_shardings(), setup.model, setup.disc,
-                                            cfg)
+                                            cfg, *iterators)
     assert step == 1 and int(state.step) == 1
     assert mngr.all_steps() == [1]
   finally:
     mngr.close()
+    for it in iterators:
+      it.close()
   # Nothing readable: one line naming every checkpoint tried.
   for f in glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "1", "config", "metadata")):
     _truncate(f)
@@ -314,7 +318,7 @@ def _params_files(ckpt):
 
 
 def test_damaged_generator_is_one_line(capsys, gen, tmp_path):
-  Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
   common = ("stylize", "--content", tmp_path / "a.png", "--style", tmp_path / "a.png", "--size", 32)
   truncated = shutil.copytree(gen, tmp_path / "truncated")
   _truncate(_params_files(truncated)[-1])
@@ -352,7 +356,7 @@ def test_checkpoints_without_a_checksum_still_load(tmp_path):
 
 def test_unwritable_output_directory_fails_before_computing(capsys, gen, tmp_path, monkeypatch):
   monkeypatch.setattr(Stylizer, "load", lambda *a, **k: pytest.fail("computed before the check"))
-  Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
   if os.geteuid() == 0:  # root writes through permissions; the kernel's /proc refuses it
     out_dir = "/proc/sk-jax-test"
   else:
@@ -411,3 +415,66 @@ def test_a_killed_export_leaves_no_temporary_for_good(gen, tmp_path):
   (tmp_path / ".other.tmp-12345678").mkdir()  # another target's: not ours to remove
   checkpoint.save_generator(str(tmp_path / "gen"), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
   assert sorted(os.listdir(tmp_path)) == [".other.tmp-12345678", "gen"]
+
+
+# ----------------------------------------------------------------------------- fuzzing the loader
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# A few seconds in CI; SK_JAX_FUZZ_EXAMPLES=5000 for a longer local run (then also random).
+_FUZZ_EXAMPLES = int(os.environ.get("SK_JAX_FUZZ_EXAMPLES", "60"))
+
+
+def _seed_files() -> dict:
+  rgb = skdata.astronaut()[::16, ::16]  # 32 x 32
+  out = {}
+  for fmt, img in (("PNG", Image.fromarray(rgb)), ("JPEG", Image.fromarray(rgb)),
+                   ("GIF", Image.fromarray(rgb).convert("P")), ("PNG", Image.fromarray(rgb).convert("LA"))):
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    out[f"{fmt}-{img.mode}"] = buf.getvalue()
+  return out
+
+
+_SEEDS = _seed_files()
+
+
+@st.composite
+def _mutated(draw):
+  name = draw(st.sampled_from(sorted(_SEEDS)))
+  raw = bytearray(_SEEDS[name])
+  for _ in range(draw(st.integers(1, 8))):
+    if not raw:
+      break
+    kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+    # half of the edits in the headers, where the decoders' bookkeeping is
+    pos = draw(st.one_of(st.integers(0, min(63, len(raw) - 1)), st.integers(0, len(raw) - 1)))
+    if kind == "flip":
+      raw[pos] ^= 1 << draw(st.integers(0, 7))
+    elif kind == "set":
+      raw[pos] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80]))
+    elif kind == "truncate":
+      del raw[pos:]
+    elif kind == "insert":
+      raw[pos:pos] = draw(st.binary(min_size=1, max_size=16))
+    else:
+      del raw[pos:pos + draw(st.integers(1, 16))]
+  return name, bytes(raw)
+
+
+@settings(max_examples=_FUZZ_EXAMPLES, deadline=None, derandomize="SK_JAX_FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_mutated())
+def test_mutated_image_files_decode_or_are_one_line_errors(case, tmp_path):
+  name, raw = case
+  path = tmp_path / f"fuzz.{name.split('-')[0].lower()}"
+  path.write_bytes(raw)
+  try:
+    image = images.load_image(str(path), max_pixels=1_000_000)
+  except InputError as e:
+    assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
+  else:
+    assert isinstance(image, np.ndarray) and image.dtype == np.float32
+    assert image.ndim == 3 and image.shape[-1] == 3 and min(image.shape[:2]) >= images.MIN_SIDE
