@@ -244,8 +244,8 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def check_outputs(outputs, inputs) -> None:
-  """Before any compute: no output may be one of the inputs, and every output's directory must be
-  writable (created if missing). InputError otherwise, naming the path."""
+  """Before any compute: no output may be one of the inputs (also through links), and every output's
+  directory must be writable. InputError otherwise, naming the path."""
   files = [p for p in dict.fromkeys(inputs) if not is_packaged(p)]
   for out in dict.fromkeys(outputs):
     for src in files:

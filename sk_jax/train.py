@@ -236,6 +236,8 @@ def train(cfg, workdir: str, devices=None) -> dict:
   Bad config, data or checkpoint -> InputError before anything compiles. Writes
   WORKDIR/checkpoints (Orbax), metrics.jsonl, tensorboard/, samples/*.png and, at
   the end of a single-process run, the generator for `sk-jax stylize` in WORKDIR/generator.
+  Holds WORKDIR/.lock while it runs (a second trainer -> InputError naming the PID); resumes
+  from the newest readable checkpoint; a full disk -> SaveError, earlier checkpoints intact.
   """
   models = validate_config(cfg)
   sources = data.open_sources(cfg.data)  # bad data paths fail before any device is touched
