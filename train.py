@@ -100,10 +100,29 @@ class _QuietLibraries(py_logging.Filter):
   except Orbax's tracebacks of a full disk, which the run reports in one line as it stops."""
 
   def filter(self, record):
-    if "/orbax/" in record.pathname and "No space left" in record.getMessage():
+    if "/orbax/" in record.pathname and ("No space left" in record.getMessage() or (
+        record.exc_info and _is_disk_full(record.exc_info[1]))):
       return False
     return record.levelno >= py_logging.WARNING or not any(
         f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
+
+
+def _is_disk_full(e) -> bool:
+  from sk_jax.errors import is_disk_full
+  return is_disk_full(e)
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """After a failed asynchronous save, TensorStore completes its remaining writes into Orbax's
+  closed event loop, and each reports one traceback (hundreds); they say nothing the one-line error
+  does not, so they are dropped. Every other unraisable exception is printed as usual."""
+  default = sys.unraisablehook  # TensorStore reports them as unraisable exceptions
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+      default(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def main(argv):
@@ -120,6 +139,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    _quiet_closed_loop_callbacks()
   try:
     with cli.exit_codes("train.py"):
       if _EXPORT.value:
