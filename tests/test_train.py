@@ -181,9 +181,9 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
   script = textwrap.dedent("""
       import glob, json, os, signal, sys, time
       import ml_collections
-      from sk_jax import train
+      from sk_jax import checkpoint, train
 
-      original = train.save
+      original = checkpoint.save
       def save_then_die(mngr, step, *args, **kwargs):
         result = original(mngr, step, *args, **kwargs)
         if step == 4:  # die while the asynchronous write of step 4 is in flight
@@ -193,7 +193,7 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
             time.sleep(0.001)
           os.kill(os.getpid(), signal.SIGKILL)
         return result
-      train.save = save_then_die
+      checkpoint.save = save_then_die
       train.train(ml_collections.ConfigDict(json.load(open(sys.argv[1]))), sys.argv[2])
   """)
   proc = subprocess.run([sys.executable, "-c", script, str(cfg_path), workdir], capture_output=True,
@@ -276,7 +276,7 @@ def test_export_subcommand_writes_a_stylize_checkpoint(tmp_path, trained):
   assert model == ModelConfig.from_dict(cfg.model)
   _, state = _restore_latest(workdir, cfg)
   _assert_trees_equal(params, state.g.params)
-  assert cli.main(["export", "--workdir", workdir, "--output", out, "--step", "7"]) == 2
+  assert cli.main(["export", "--workdir", workdir, "--output", out, "--step", "7", "--overwrite"]) == 2
 
 
 def _run_train_py(*args, timeout=120):
