@@ -1,10 +1,13 @@
 """Every checkpoint sk-jax reads or writes, and the checks that come with them.
 
 A generator checkpoint (what `sk-jax stylize` reads) is a directory with three Orbax items:
-  meta          JSON {"format": "sk-jax-generator", "version": 1}
+  meta          JSON {"format": "sk-jax-generator", "version": 1, "sha256": checksum of params}
   model_config  JSON of sk_jax.ModelConfig
   params        the generator's Flax parameters (StandardSave)
 A VGG-16 weight directory (`sk-jax port-vgg16`) has the same layout with format "sk-jax-vgg16".
+Writers never replace what they did not write: an existing non-empty directory must be one of
+these checkpoints, and is replaced (atomically) only with `overwrite=True`. Readers verify the
+checksum when the meta item has one (checkpoints written before it was added have none).
 
 Training checkpoints live in WORKDIR/checkpoints/<step>/, written by an async Orbax
 CheckpointManager with the items of ITEMS: the whole TrainState (G, D, both optimiser
@@ -14,10 +17,13 @@ reads only the generator's parameters out of one.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import math
 import os
 import shutil
+import time
 import uuid
 
 import grain
@@ -26,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from sk_jax.errors import InputError
+from sk_jax.errors import InputError, SaveError, is_disk_full
 from sk_jax.models import vgg
 from sk_jax.models.discriminator import DiscriminatorConfig
 from sk_jax.models.generator import ModelConfig, init_params
@@ -42,19 +48,98 @@ def _checkpointer():
       params=ocp.StandardCheckpointHandler()))
 
 
-def _save(path: str, fmt: str, arrays, config: dict) -> str:
-  """Writes {meta, config, arrays} next to `path`, then swaps it in, so a crash loses nothing."""
+OVERWRITE_HELP = "replace an existing sk-jax checkpoint directory (anything else is never replaced)"
+
+
+def params_checksum(arrays) -> str:
+  """SHA-256 over every leaf (key path, dtype, shape and bytes, in tree order), as saved."""
+  h = hashlib.sha256()
+  for key, leaf in jax.tree_util.tree_leaves_with_path(arrays):
+    a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    h.update(f"{jax.tree_util.keystr(key)}|{a.dtype.name}|{a.shape};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _own_format(path: str) -> str | None:
+  """The format of an sk-jax checkpoint directory at `path`, else None."""
+  if not os.path.isdir(os.path.join(path, "meta")):
+    return None
+  try:
+    meta = _read_json_item(path, "meta")
+  except Exception:  # a damaged meta item: not provably ours
+    return None
+  fmt = meta.get("format") if isinstance(meta, dict) else None
+  return fmt if fmt in (GENERATOR_FORMAT, VGG16_FORMAT) else None
+
+
+def check_target(path: str, overwrite: bool = False) -> None:
+  """InputError unless `path` may be written: missing, an empty directory, or (with `overwrite`)
+  a checkpoint of ours. A file or a directory holding anything else is never replaced."""
+  if not os.path.lexists(path):
+    return
+  if not os.path.isdir(path):
+    raise InputError(f"{path}: exists and is not a directory; refusing to replace it "
+                     "(choose another output)")
+  if not os.listdir(path):
+    return
+  fmt = _own_format(path)
+  if fmt is None:
+    raise InputError(f"{path}: is a non-empty directory that is not an sk-jax checkpoint; refusing "
+                     "to replace it (choose a new or empty directory)")
+  if not overwrite:
+    raise InputError(f"{path}: already holds an sk-jax checkpoint ({fmt}); pass --overwrite to "
+                     "replace it")
+
+
+def _remove_partial(pattern: str, settle_s: float = 0.5, limit_s: float = 30.0) -> None:
+  """Removes what a failed write left, waiting for writer threads that are still finishing (when one
+  item fails, Orbax's other items keep writing for a moment): until nothing matches for `settle_s`."""
+  deadline, quiet_since = time.monotonic() + limit_s, None
+  while time.monotonic() < deadline:
+    found = glob.glob(pattern)
+    for path in found:
+      shutil.rmtree(path, ignore_errors=True)
+    now = time.monotonic()
+    if found:
+      quiet_since = None
+    elif quiet_since is None:
+      quiet_since = now
+    elif now - quiet_since >= settle_s:
+      return
+    time.sleep(0.05)
+
+
+def _remove_stale_temporaries(parent: str, name: str) -> None:
+  """Temporaries of earlier writes to the same target that were killed before their swap."""
+  for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.tmp-*")):
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def _save(path: str, fmt: str, arrays, config: dict, *, overwrite: bool = False) -> str:
+  """Writes {meta, config, arrays} next to `path`, then swaps it in, so a crash loses nothing.
+
+  A full disk is a SaveError naming `path`; the temporary is removed and `path` is untouched.
+  """
+  check_target(path, overwrite)
   path = os.path.abspath(path)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
+  _remove_stale_temporaries(parent, os.path.basename(path))
   tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
-  with _checkpointer() as ckptr:
-    ckptr.save(tmp, args=ocp.args.Composite(
-        meta=ocp.args.JsonSave({"format": fmt, "version": VERSION}),
-        model_config=ocp.args.JsonSave(config),
-        params=ocp.args.StandardSave(arrays)))
+  try:
+    with _checkpointer() as ckptr:
+      ckptr.save(tmp, args=ocp.args.Composite(
+          meta=ocp.args.JsonSave({"format": fmt, "version": VERSION, "sha256": params_checksum(arrays)}),
+          model_config=ocp.args.JsonSave(config),
+          params=ocp.args.StandardSave(arrays)))
+  except Exception as e:
+    _remove_partial(glob.escape(tmp) + "*")  # also Orbax's own "*.orbax-checkpoint-tmp"
+    if is_disk_full(e):
+      raise SaveError(f"{path}: no space left on the device; nothing was written") from None
+    raise
   old = None
-  if os.path.exists(path):
+  if os.path.isdir(path):
     old = f"{tmp}.old"
     os.rename(path, old)
   os.rename(tmp, path)
@@ -113,23 +198,38 @@ def _restore_arrays(path: str, abstract, what: str):
       raise InputError(f"{path}: unexpected parameter {key} in the {what}, which its model config does not have")
     if got[key] != want[key]:
       raise InputError(f"{path}: parameter {key} has shape {got[key]}, its model config implies {want[key]}")
-  with _checkpointer() as ckptr:
-    restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
-  return restored["params"]
+  # Restored in the saved dtypes (the checksum is over those), then cast to the expected ones.
+  saved_dtype = {jax.tree_util.keystr(k): getattr(v, "dtype", None)
+                 for k, v in jax.tree_util.tree_leaves_with_path(meta_tree)}
+  as_saved = jax.tree_util.tree_map_with_path(
+      lambda k, a: jax.ShapeDtypeStruct(a.shape, saved_dtype[jax.tree_util.keystr(k)] or a.dtype), abstract)
+  try:
+    with _checkpointer() as ckptr:
+      params = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(as_saved)))["params"]
+  except Exception as e:  # truncated or missing array files: TensorStore raises several types
+    raise InputError(f"{path}: unreadable {what} parameters, truncated or damaged "
+                     f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+  meta = _read_json_item(path, "meta")
+  if meta.get("sha256") and params_checksum(params) != meta["sha256"]:
+    raise InputError(f"{path}: the {what}'s parameters do not match the checksum in its meta item "
+                     "(damaged file); restore it from a backup or export it again")
+  return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype), params, abstract)
 
 
-def save_generator(path: str, params, config, dtype: str | None = None) -> str:
+def save_generator(path: str, params, config, dtype: str | None = None, *,
+                   overwrite: bool = False) -> str:
   """Writes a generator checkpoint (params + ModelConfig) that `sk-jax stylize` reads.
 
   dtype "bfloat16" stores the parameters in bfloat16, half the size; `load_generator`
   reads either and returns float32 (docs/interop.md has the output difference).
+  `path` must be new, empty, or (with `overwrite`) an sk-jax checkpoint; else InputError.
   """
   params = jax.tree.map(np.asarray, jax.device_get(params))
   if dtype not in (None, "float32", "bfloat16"):
     raise InputError(f"checkpoint dtype must be float32 or bfloat16, got {dtype!r}")
   if dtype == "bfloat16":
     params = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), params)
-  return _save(path, GENERATOR_FORMAT, params, config.to_dict())
+  return _save(path, GENERATOR_FORMAT, params, config.to_dict(), overwrite=overwrite)
 
 
 def load_generator(path: str, expected=None):
@@ -147,10 +247,10 @@ def load_generator(path: str, expected=None):
   return _restore_arrays(path, abstract, "generator checkpoint"), config
 
 
-def save_vgg16_dir(path: str, params, source: str = "") -> str:
-  """Writes encoder parameters (from `sk_jax.port`) as an Orbax directory."""
+def save_vgg16_dir(path: str, params, source: str = "", *, overwrite: bool = False) -> str:
+  """Writes encoder parameters (from `sk_jax.port`) as an Orbax directory (`overwrite` as in save_generator)."""
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  return _save(path, VGG16_FORMAT, params, {"source": source})
+  return _save(path, VGG16_FORMAT, params, {"source": source}, overwrite=overwrite)
 
 
 def load_vgg16_dir(path: str) -> dict:
@@ -197,9 +297,39 @@ def make_manager(workdir: str, ckpt_cfg, read_only: bool = False) -> ocp.Checkpo
                                options=options, item_names=ITEMS)
 
 
+class UnreadableCheckpoint(InputError):
+  """A training checkpoint whose files cannot be read (truncated, damaged); an older one may be."""
+
+
+_READ_ERROR_MARKS = ("DATA_LOSS", "OUT_OF_RANGE", "Error reading", "Failed to json parse", "Unterminated",
+                     "Expecting", "corrupt", "truncated")
+
+
+def _is_read_error(e: BaseException) -> bool:
+  """Damaged files (vs a checkpoint of another structure, which Orbax reports as a ValueError)."""
+  if not isinstance(e, ValueError):
+    return True  # TensorStore's and the file system's errors, KeyError of a missing item, ...
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, (json.JSONDecodeError, OSError)) or any(m in str(e) for m in _READ_ERROR_MARKS):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 def read_config(mngr, step: int) -> dict:
-  """The config JSON saved with checkpoint `step`."""
-  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  """The config JSON saved with checkpoint `step` (UnreadableCheckpoint if it cannot be read)."""
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  except Exception as e:
+    raise UnreadableCheckpoint(f"{os.path.join(str(mngr.directory), str(step))}: unreadable config "
+                               f"({_first_line(e)})") from None
 
 
 def _saved_model_configs(saved_cfg: dict, where: str) -> tuple[ModelConfig, DiscriminatorConfig]:
@@ -237,25 +367,102 @@ def restore(mngr, abstract_state, step: int, content_it=None, style_it=None):
     args["style_iter"] = grain.checkpoint.CheckpointRestore(style_it)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
-  except ValueError as e:
+  except Exception as e:
+    if _is_read_error(e):
+      raise UnreadableCheckpoint(f"{where}: unreadable, truncated or damaged ({_first_line(e)})") from None
     raise InputError(f"{where}: does not match this config ({str(e).splitlines()[0][:300]})") from None
   return restored["state"]
 
 
+UNREADABLE_DIR = "unreadable_checkpoints"
+
+
+def restore_newest(mngr, abstract_state, model: ModelConfig, disc: DiscriminatorConfig, cfg,
+                   content_it=None, style_it=None):
+  """Restores the newest checkpoint that can be read -> (state, step), or (None, None) if none exists.
+
+  A checkpoint that cannot be read is skipped with a one-line warning and moved (never deleted)
+  to WORKDIR/unreadable_checkpoints/, so that training can save that step again; one of
+  another model is an InputError. None readable -> UnreadableCheckpoint listing why.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  bad = []
+  for step in steps:
+    where = os.path.join(str(mngr.directory), str(step))
+    try:
+      check_compatible(read_config(mngr, step), model, disc, cfg, where)
+      state = restore(mngr, abstract_state, step, content_it, style_it)
+    except UnreadableCheckpoint as e:
+      logging.warning("skipping checkpoint %s: %s", where, " ".join(str(e).split()))
+      bad.append((step, e))
+      continue
+    if bad and jax.process_index() == 0:
+      _set_aside(mngr, [s for s, _ in bad])
+    if bad:
+      mngr.reload()
+      logging.warning("resumed from the older checkpoint %s; the unreadable ones are kept in %s",
+                      where, os.path.join(os.path.dirname(str(mngr.directory)), UNREADABLE_DIR))
+    return state, step
+  if bad:
+    raise UnreadableCheckpoint(f"{mngr.directory}: no readable checkpoint ("
+                               + "; ".join(f"{s}: {' '.join(str(e).split())}" for s, e in bad)
+                               + "); move that directory away to start afresh")
+  return None, None
+
+
+def _set_aside(mngr, steps) -> None:
+  aside = os.path.join(os.path.dirname(str(mngr.directory)), UNREADABLE_DIR)
+  os.makedirs(aside, exist_ok=True)
+  for step in steps:
+    target, n = os.path.join(aside, str(step)), 1
+    while os.path.exists(target):
+      target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+    os.rename(os.path.join(str(mngr.directory), str(step)), target)
+
+
+def _disk_full_error(mngr, e: BaseException, step=None) -> SaveError:
+  """Removes the half-written step(s) and names the directory; the complete checkpoints stay."""
+  _remove_partial(os.path.join(glob.escape(str(mngr.directory)), "*.orbax-checkpoint-tmp*"))
+  what = f"checkpoint {step}" if step is not None else "a checkpoint"
+  return SaveError(f"{mngr.directory}: no space left on the device while saving {what}; the earlier "
+                   "checkpoints are intact: free space and run the same command again to resume")
+
+
+def wait(mngr) -> None:
+  """Waits for the asynchronous save in flight; a full disk -> SaveError (see `save`)."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    if is_disk_full(e):
+      raise _disk_full_error(mngr, e) from None
+    raise
+
+
 def save(mngr, step: int, state, content_it, style_it, cfg, metrics=None, force=False) -> bool:
-  """Starts an asynchronous save of everything a resume needs (the arrays are copied first)."""
-  return mngr.save(step, metrics=metrics, force=force, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      content_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(content_it)),
-      style_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(style_it)),
-      config=ocp.args.JsonSave(json.loads(cfg.to_json_best_effort()))))
+  """Starts an asynchronous save of everything a resume needs (the arrays are copied first).
+
+  A full disk, here or in the previous save still in flight, is a SaveError: the half-written
+  step is removed and the complete checkpoints are left as they were.
+  """
+  try:
+    return mngr.save(step, metrics=metrics, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        content_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(content_it)),
+        style_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(style_it)),
+        config=ocp.args.JsonSave(json.loads(cfg.to_json_best_effort()))))
+  except Exception as e:
+    if is_disk_full(e):
+      raise _disk_full_error(mngr, e, step) from None
+    raise
 
 
-def export_generator(workdir: str, output: str, step: int | None = None) -> str:
+def export_generator(workdir: str, output: str, step: int | None = None, *, overwrite: bool = False) -> str:
   """Writes the generator of a training checkpoint in the format `sk-jax stylize` reads.
 
   Reads only the generator's parameters (not D, the optimiser states or the data iterators).
+  `output` must be new, empty, or (with `overwrite`) an sk-jax checkpoint.
   """
+  check_target(output, overwrite)
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   if not os.path.isdir(ckpt_dir):
     raise InputError(f"{workdir}: no training checkpoints (expected {ckpt_dir})")
@@ -272,8 +479,11 @@ def export_generator(workdir: str, output: str, step: int | None = None) -> str:
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
-    except ValueError as e:
+    except Exception as e:
+      if _is_read_error(e):
+        raise UnreadableCheckpoint(f"{where}: unreadable, truncated or damaged ({_first_line(e)}); "
+                                   "choose another --step") from None
       raise InputError(f"{where}: does not match its own config ({str(e).splitlines()[0][:300]})") from None
   finally:
     mngr.close()
-  return save_generator(output, restored["state"]["g"]["params"], model)
+  return save_generator(output, restored["state"]["g"]["params"], model, overwrite=overwrite)

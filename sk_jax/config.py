@@ -29,6 +29,9 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return cfg
 
 
+# The groups training reads.
+GROUPS = ("model", "disc", "loss", "opt", "data", "train", "ckpt", "log", "mesh")
+
 # Per-step metrics a checkpoint can be ranked by (ckpt.best_metric).
 STEP_METRICS = tuple(f"loss/{k}" for k in ("total", "content", "style", "remd", "rec", "rec_pixel",
                                            "rec_feature", "adv_g", "d")) + (
@@ -37,6 +40,10 @@ STEP_METRICS = tuple(f"loss/{k}" for k in ("total", "content", "style", "remd", 
 
 def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
   """Checks the fields training reads; returns the frozen model configs. Raises InputError."""
+  missing = [g for g in GROUPS if not hasattr(cfg, "keys") or g not in cfg]
+  if missing:
+    raise InputError(f"config: no {', '.join(repr(g) for g in missing)} group (see configs/default.py; "
+                     "variants call its get_config() and change a few fields)")
   model = ModelConfig.from_dict(cfg.model)
   disc = DiscriminatorConfig.from_dict(cfg.disc)
   checks = [

@@ -11,3 +11,22 @@ class ParityError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
   """Training stopped after too many non-finite updates in a row; names the last good checkpoint. Exit 1."""
+
+
+class SaveError(RuntimeError):
+  """A checkpoint or export could not be written (e.g. no space left on the device); names the path.
+  The previous checkpoints are intact. Exit 1."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """True when `e` or anything in its cause/context chain is 'no space left on device' (ENOSPC/EDQUOT)."""
+  import errno
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left" in str(e) or "Disk quota exceeded" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False

@@ -142,13 +142,26 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   return rgb
 
 
+def check_size_args(size: int | None, max_pixels: int | None, flag: str = "--size") -> None:
+  """--size must be 0 (keep) or at least MIN_SIDE; --max-pixels must be 0 (no limit) or positive."""
+  if size is not None and size != 0 and size < MIN_SIDE:
+    raise InputError(f"{flag} must be 0 (keep the size) or at least {MIN_SIDE}, got {size}")
+  if max_pixels is not None and max_pixels < 0:
+    raise InputError(f"--max-pixels must be 0 (no limit) or positive, got {max_pixels}")
+
+
+def _resized(h: int, w: int, size: int) -> tuple[int, int]:
+  """(new_w, new_h) for a short side of `size`."""
+  scale = size / min(h, w)
+  return max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale))
+
+
 def resize_short_side(image: np.ndarray, size: int | None) -> np.ndarray:
   """Resizes (H, W, 3) float so that its short side is `size` (None or 0: unchanged)."""
   if not size:
     return image
   h, w = image.shape[:2]
-  scale = size / min(h, w)
-  new = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
+  new = _resized(h, w, size)
   if new == (w, h):
     return image
   pil = Image.fromarray(to_uint8(image))
@@ -195,6 +208,12 @@ def prepare(image, size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
   image = np.asarray(image, np.float32)
   if image.ndim != 3 or image.shape[-1] != 3:
     raise InputError(f"expected an (H, W, 3) image, got shape {image.shape}")
+  check_size_args(size, max_pixels)
+  if size and max_pixels:  # checked before the resized copy is allocated
+    w, h = _resized(*image.shape[:2], size)
+    if w * h > max_pixels:
+      raise InputError(f"--size {size} makes a {image.shape[1]}x{image.shape[0]} image {w}x{h}, "
+                       f"{w * h} pixels, more than --max-pixels={max_pixels}")
   return resize_short_side(image, size)
 
 
@@ -212,3 +231,42 @@ def list_images(path: str) -> list[str]:
   if not found:
     raise InputError(f"{path}: no images found (looked for {', '.join(EXTENSIONS)})")
   return found
+
+
+def _same_file(a: str, b: str) -> bool:
+  """True when a and b name one file: through symbolic links, `..` and hard links."""
+  if os.path.realpath(a) == os.path.realpath(b):
+    return True
+  try:
+    return os.path.samefile(a, b)
+  except OSError:  # one of them does not exist (yet)
+    return False
+
+
+def check_outputs(outputs, inputs) -> None:
+  """Before any compute: no output may be one of the inputs (also through links), and every output's
+  directory must be writable. InputError otherwise, naming the path."""
+  files = [p for p in dict.fromkeys(inputs) if not is_packaged(p)]
+  for out in dict.fromkeys(outputs):
+    for src in files:
+      if _same_file(out, src):
+        raise InputError(f"{out}: is the input {src}; refusing to overwrite an input "
+                         "(choose another --output)")
+  for directory in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in outputs):
+    check_writable_dir(directory)
+
+
+def check_writable_dir(directory: str) -> None:
+  """InputError unless files can be created in `directory` (or, while it does not exist yet, in its
+  nearest existing ancestor): a probe file is written and removed; nothing else is created."""
+  existing = os.path.abspath(directory)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise InputError(f"{directory}: cannot write output there ({existing} is not a directory)")
+  try:
+    fd, probe = tempfile.mkstemp(dir=existing, prefix=".tmp-probe-")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise InputError(f"{directory}: cannot write output there ({e.strerror or type(e).__name__})") from None

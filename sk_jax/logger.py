@@ -23,22 +23,47 @@ def sample_grid(content, style, stylized, gap: int = 2) -> np.ndarray:
   return grid
 
 
+def _truncate_after(path: str, start: int) -> dict:
+  """Cuts metrics.jsonl after the last line of a step <= `start` (the checkpoint resumed from), in place.
+
+  Lines of later steps and a torn last line (power loss, full disk) are dropped; earlier lines
+  are kept byte for byte (an unparseable one in the middle too). Returns the last kept record.
+  """
+  keep_end, last, offset = 0, {}, 0
+  with open(path, "rb") as f:
+    for line in f:
+      offset += len(line)
+      try:
+        record = json.loads(line)
+      except ValueError:
+        if not line.endswith(b"\n"):
+          break  # torn final line
+        continue
+      if not isinstance(record, dict) or not isinstance(record.get("step", 0), (int, float)):
+        continue
+      if record.get("step", 0) > start:
+        break
+      keep_end, last = offset, record
+  with open(path, "r+b") as f:
+    f.truncate(keep_end)
+    if keep_end and (f.seek(keep_end - 1), f.read(1))[1] != b"\n":
+      f.write(b"\n")  # a complete record whose newline was lost
+  return last
+
+
 class MetricLogger:
   """tqdm bar, TensorBoard event files and a JSON-lines file; only process 0 writes."""
 
   def __init__(self, workdir: str, start: int, total: int, enabled: bool):
     self.enabled, self.workdir = enabled, workdir
     self.bar = self.writer = self.file = None
+    self.last_record = {}  # the last line kept from an earlier run (a resume), else {}
     if not enabled:
       return
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
     path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):  # drop lines from steps after the checkpoint we resume from
-      with open(path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start]
-      with open(path, "w") as f:
-        f.writelines(kept)
+    self.last_record = _truncate_after(path, start) if os.path.exists(path) else {}
     self.file = open(path, "a")
     self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train",

@@ -56,8 +56,18 @@ def _refusal(path: str, err: Exception) -> InputError:
                     "nothing was executed; save model.state_dict() rather than the model object")
 
 
+def _looks_like_torch_file(path: str) -> bool:
+  """torch.save writes a zip archive; files of torch < 1.6 and bare pickles start with a pickle
+  protocol opcode (0x80). Anything else is not a PyTorch checkpoint, whatever torch.load says."""
+  with open(path, "rb") as f:
+    head = f.read(4)
+  return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def _load_pth(path: str):
   torch = _import_torch(f"reading {path}")
+  if not _looks_like_torch_file(path):
+    raise InputError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:

@@ -33,8 +33,9 @@ from absl import logging
 from flax.training import train_state
 
 from sk_jax import checkpoint, data, losses, sharding, weights
+from sk_jax import workdir as workdir_lock
 from sk_jax.config import validate_config
-from sk_jax.errors import NonFiniteError
+from sk_jax.errors import NonFiniteError, SaveError, is_disk_full
 from sk_jax.logger import MetricLogger, sample_grid
 from sk_jax.models import vgg
 from sk_jax.models.discriminator import (
@@ -235,10 +236,20 @@ def train(cfg, workdir: str, devices=None) -> dict:
   Bad config, data or checkpoint -> InputError before anything compiles. Writes
   WORKDIR/checkpoints (Orbax), metrics.jsonl, tensorboard/, samples/*.png and, at
   the end of a single-process run, the generator for `sk-jax stylize` in WORKDIR/generator.
+  Holds WORKDIR/.lock while it runs (a second trainer -> InputError naming the PID); resumes
+  from the newest readable checkpoint; a full disk -> SaveError, earlier checkpoints intact.
   """
   models = validate_config(cfg)
   sources = data.open_sources(cfg.data)  # bad data paths fail before any device is touched
   sharding.maybe_initialize_distributed(cfg.mesh)
+  os.makedirs(workdir, exist_ok=True)
+  # One trainer per workdir (per host; process 0 owns it): a second one refuses, naming the PID.
+  with workdir_lock.lock(workdir, enabled=jax.process_index() == 0):
+    return _train(cfg, workdir, devices, models, sources)
+
+
+def _train(cfg, workdir: str, devices, models, sources) -> dict:
+  checkpoint.check_target(os.path.join(workdir, EXPORT_DIR), overwrite=True)  # fails now, not at the end
   mesh = sharding.make_mesh(cfg.mesh, devices)
   setup = make_setup(cfg, mesh, models)
   pidx, pcount = jax.process_index(), jax.process_count()
@@ -246,13 +257,11 @@ def train(cfg, workdir: str, devices=None) -> dict:
   content_it, style_it = iter(content_ds), iter(style_ds)
   vgg_params = jax.device_put(weights.load_vgg16(setup.model.vgg_weights), sharding.replicated(mesh))
 
-  os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint.make_manager(workdir, cfg.ckpt)
-  start = mngr.latest_step()
+  # The newest readable checkpoint: a damaged one is skipped with a warning (and kept).
+  state, start = checkpoint.restore_newest(mngr, setup.abstract_with_shardings(), setup.model, setup.disc,
+                                           cfg, content_it, style_it)
   if start is not None:
-    where = os.path.join(str(mngr.directory), str(start))
-    checkpoint.check_compatible(checkpoint.read_config(mngr, start), setup.model, setup.disc, cfg, where)
-    state = checkpoint.restore(mngr, setup.abstract_with_shardings(), start, content_it, style_it)
     logging.info("resumed from %s/%d", mngr.directory, start)
   else:
     state, start = setup.init(int(cfg.seed)), 0
@@ -261,7 +270,8 @@ def train(cfg, workdir: str, devices=None) -> dict:
   batch_size, max_bad = int(cfg.data.batch_size), int(cfg.opt.max_nonfinite)
   last_saved = mngr.latest_step()
   skipped_images, last_metrics, pending = 0, {}, None
-  last_d = {}
+  # D metrics are logged from the latest D step, also across a resume.
+  last_d = {k: logger.last_record[k] for k in ("loss/d", "grad_norm/d") if k in logger.last_record}
   t_log, steps_since_log = time.perf_counter(), 0
 
   def fetch(pending_step, pending_metrics):
@@ -315,13 +325,21 @@ def train(cfg, workdir: str, devices=None) -> dict:
           last_saved = done
     if pending is not None:
       fetch(*pending)
+  except OSError as e:  # metrics, samples or TensorBoard on a full disk
+    if is_disk_full(e):
+      raise SaveError(f"{workdir}: no space left on the device while writing logs ({e.filename or e}); "
+                      "free space and run the same command again to resume") from None
+    raise
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
-    logger.close()
-    content_it.close()  # stops grain's worker processes
-    style_it.close()
+    try:
+      checkpoint.wait(mngr)
+    finally:
+      mngr.close()
+      logger.close()
+      content_it.close()  # stops grain's worker processes
+      style_it.close()
   if pcount == 1:  # Orbax's single-directory writer; multi-host runs use `sk-jax export`
-    path = checkpoint.save_generator(os.path.join(workdir, EXPORT_DIR), state.g.params, setup.model)
+    path = checkpoint.save_generator(os.path.join(workdir, EXPORT_DIR), state.g.params, setup.model,
+                                     overwrite=True)
     logging.info("generator exported to %s", path)
   return last_metrics

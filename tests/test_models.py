@@ -172,7 +172,9 @@ def test_generator_checkpoint_round_trip_and_refusals(tmp_path, small_config, sm
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, small_params)
   with pytest.raises(InputError, match="another model config"):
     checkpoint.load_generator(path, expected=sk_jax.ModelConfig())
-  # Saving over an existing checkpoint replaces it whole.
-  checkpoint.save_generator(path, small_params, small_config)
+  # Saving over an existing checkpoint is refused, and with overwrite=True replaces it whole.
+  with pytest.raises(InputError, match="--overwrite"):
+    checkpoint.save_generator(path, small_params, small_config)
+  checkpoint.save_generator(path, small_params, small_config, overwrite=True)
   assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".")) == ["gen"]
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]

@@ -276,7 +276,7 @@ def test_export_subcommand_writes_a_stylize_checkpoint(tmp_path, trained):
   assert model == ModelConfig.from_dict(cfg.model)
   _, state = _restore_latest(workdir, cfg)
   _assert_trees_equal(params, state.g.params)
-  assert cli.main(["export", "--workdir", workdir, "--output", out, "--step", "7"]) == 2
+  assert cli.main(["export", "--workdir", workdir, "--output", out, "--step", "7", "--overwrite"]) == 2
 
 
 def _run_train_py(*args, timeout=120):

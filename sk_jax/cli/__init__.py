@@ -2,7 +2,7 @@
 
 Each module of this package registers its subcommands with `add_commands(subparsers)`;
 every parser sets `func(args)`. Exit codes: 0 done, 1 a check failed (`parity`) or
-training stopped on non-finite updates, 2 bad input (one line on stderr, nothing
+training stopped on non-finite updates or a save failed (e.g. a full disk), 2 bad input (one line on stderr, nothing
 written), 130 interrupted.
 """
 
@@ -13,7 +13,7 @@ import contextlib
 import sys
 
 from sk_jax.cli import evaluation, interop, stylize, training
-from sk_jax.errors import InputError, NonFiniteError, ParityError
+from sk_jax.errors import InputError, NonFiniteError, ParityError, SaveError
 
 COMMAND_MODULES = (stylize, interop, training, evaluation)
 
@@ -38,7 +38,7 @@ def exit_codes(prog: str):
   except InputError as e:
     print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     raise Exit(2) from None
-  except (ParityError, NonFiniteError) as e:
+  except (ParityError, NonFiniteError, SaveError) as e:
     print(f"{prog}: {one_line(e)}", file=sys.stderr)
     raise Exit(1) from None
   except KeyboardInterrupt:

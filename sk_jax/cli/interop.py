@@ -14,6 +14,7 @@ from sk_jax.errors import InputError, ParityError
 
 
 def run_port_vgg16(args) -> None:
+  checkpoint.check_target(args.output_dir, args.overwrite)  # before the conversion
   params = port.vgg16_from_torch(args.input)
   rows = None
   if args.verify:
@@ -30,7 +31,8 @@ def run_port_vgg16(args) -> None:
     if bad:  # nothing is written for weights that do not reproduce PyTorch
       raise InputError(f"{args.input}: --verify failed at {', '.join(bad)} (relative error above "
                        f"{port.VERIFY_TOLERANCE:g}); nothing written")
-  print(checkpoint.save_vgg16_dir(args.output_dir, params, source=os.path.abspath(args.input)))
+  print(checkpoint.save_vgg16_dir(args.output_dir, params, source=os.path.abspath(args.input),
+                                  overwrite=args.overwrite))
 
 
 def run_export_torch(args) -> None:
@@ -42,10 +44,14 @@ def run_export_torch(args) -> None:
 
 
 def run_import_torch(args) -> None:
+  checkpoint.check_target(args.output_dir, args.overwrite)
+  if args.vgg_output:
+    checkpoint.check_target(args.vgg_output, args.overwrite)
   params, config, vgg_params = port.read_export(args.input)
   if args.vgg_output:
-    print(checkpoint.save_vgg16_dir(args.vgg_output, vgg_params, source=os.path.abspath(args.input)))
-  print(checkpoint.save_generator(args.output_dir, params, config))
+    print(checkpoint.save_vgg16_dir(args.vgg_output, vgg_params, source=os.path.abspath(args.input),
+                                    overwrite=args.overwrite))
+  print(checkpoint.save_generator(args.output_dir, params, config, overwrite=args.overwrite))
 
 
 def run_parity(args) -> None:
@@ -93,7 +99,7 @@ def run_export_model(args) -> None:
   params, config = bundled.resolve(args.checkpoint)
 
   if fmt == "orbax":
-    print(checkpoint.save_generator(args.output, params, config, dtype=args.dtype))
+    print(checkpoint.save_generator(args.output, params, config, dtype=args.dtype, overwrite=args.overwrite))
     return
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
   if fmt == "stablehlo":
@@ -111,7 +117,8 @@ def add_commands(subparsers) -> None:
                   "'state_dict'/'model', 'module.'-prefixed keys, a bare nn.Sequential, or .safetensors, "
                   "and writes an Orbax directory that --vgg and model.vgg_weights accept.")
   p.add_argument("input", help="PyTorch checkpoint: .pth/.pt/.bin or .safetensors")
-  p.add_argument("output_dir", help="directory to write (replaced if it exists)")
+  p.add_argument("output_dir", help="directory to write: new or empty (or ours, with --overwrite)")
+  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
   p.add_argument("--verify", action="store_true",
                  help="run the PyTorch and JAX encoders on one image and fail above the tolerance")
   p.add_argument("--verify-size", type=int, default=128, help="image size for --verify")
@@ -129,6 +136,7 @@ def add_commands(subparsers) -> None:
   p.add_argument("input", help="a .pth or .safetensors file written by export-torch")
   p.add_argument("output_dir", help="generator checkpoint directory to write")
   p.add_argument("--vgg-output", help="also write its encoder weights to this directory")
+  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
   p.set_defaults(func=run_import_torch)
 
   p = subparsers.add_parser("parity", help="compare JAX with the PyTorch reference, module by module",
@@ -157,4 +165,6 @@ def add_commands(subparsers) -> None:
   p.add_argument("--dtype", default="float32", help="orbax: parameter dtype, float32 or bfloat16")
   p.add_argument("--vgg", help="VGG-16 weights to embed (an Orbax dir from port-vgg16); "
                                "default: the checkpoint's")
+  p.add_argument("--overwrite", action="store_true",
+                 help="orbax: replace an existing sk-jax checkpoint at --output")
   p.set_defaults(func=run_export_model)

@@ -39,20 +39,16 @@ def _style_list(spec: str) -> list[str]:
   return [p for part in spec.split(",") if part.strip() for p in images.list_images(part.strip())]
 
 
-def _check_size(flag: str, value: int | None) -> None:
-  if value is not None and value < 0:
-    raise InputError(f"{flag} must be 0 (keep) or a positive short side, got {value}")
-
-
 def _check_generator_args(args) -> list[float]:
   """The --alpha and --style-size checks shared by `stylize` and `stylize-video`; returns the
   alphas (several make a strip)."""
-  _check_size("--style-size", args.style_size)
+  images.check_size_args(args.style_size, None, flag="--style-size")
   return [float(a) for a in controls.check_alphas(controls.parse_floats(args.alpha, "--alpha"))]
 
 
 def run_stylize(args) -> None:
   alphas = _check_generator_args(args)
+  images.check_size_args(args.size, args.max_pixels)
   contents, styles = images.list_images(args.content), _style_list(args.style)
   weights = None if args.style_weights is None else controls.parse_floats(args.style_weights, "--style-weights")
   mixed = weights is not None or args.mask is not None
@@ -64,6 +60,7 @@ def run_stylize(args) -> None:
   single = (len(contents) == len(groups) == 1 and not os.path.isdir(args.content)
             and (mixed or not os.path.isdir(args.style)))
   jobs = _plan_outputs(contents, groups, args.output, single)
+  images.check_outputs([out for _, _, out in jobs], contents + styles + ([args.mask] if args.mask else []))
   # Read and check every input before writing anything: a bad file stops the run with no output.
   style_size = args.size if args.style_size is None else args.style_size
   loaded = {p: images.prepare(p, args.size, args.max_pixels) for p in dict.fromkeys(contents)}
@@ -94,7 +91,9 @@ def run_stylize_video(args) -> None:
     raise InputError(f"--fps must be positive, got {args.fps}")
   if not 0.0 <= args.smooth < 1.0:
     raise InputError(f"--smooth must be in [0, 1), got {args.smooth}")
-  video.check_output(args.output)
+  images.check_size_args(args.size, None)
+  if video.check_output(args.output) == "video":
+    images.check_outputs([args.output], [args.input, args.style])
   # Everything is read and checked before anything is written.
   frames, fps = video.read_frames(args.input, args.size or None, args.max_frames)
   style = images.prepare(args.style, (args.size if args.style_size is None else args.style_size) or None)
@@ -108,7 +107,7 @@ def run_init(args) -> None:
   model = load_config(args.config).model.to_dict() if args.config else {}
   config = ModelConfig.from_dict(model, source=args.config or "defaults")
   params = init_params(config, jax.random.key(args.seed))
-  print(checkpoint.save_generator(args.output, params, config))
+  print(checkpoint.save_generator(args.output, params, config, overwrite=args.overwrite))
 
 
 def add_commands(subparsers) -> None:
@@ -157,4 +156,5 @@ def add_commands(subparsers) -> None:
   p.add_argument("--output", required=True, help="checkpoint directory to write")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--config", help="a config file (configs/*.py) whose `model` group to use")
+  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
   p.set_defaults(func=run_init)

@@ -6,7 +6,7 @@ from sk_jax import checkpoint
 
 
 def run_export(args) -> None:
-  print(checkpoint.export_generator(args.workdir, args.output, args.step))
+  print(checkpoint.export_generator(args.workdir, args.output, args.step, overwrite=args.overwrite))
 
 
 def add_commands(subparsers) -> None:
@@ -14,4 +14,5 @@ def add_commands(subparsers) -> None:
   p.add_argument("--workdir", required=True, help="training workdir (holds checkpoints/)")
   p.add_argument("--output", required=True, help="generator checkpoint directory to write")
   p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
   p.set_defaults(func=run_export)

@@ -1,0 +1,125 @@
+"""Per-stage time of one stylization, sk-jax against `sk_jax.torch_ref` on the same weights.
+
+  python benchmarks/profile_stages.py --size 512 --out benchmarks/results/stages_cpu.json
+
+Stages: the encoder (VGG-16 to relu4_1, one image), the alignment (SAE + CGM), the
+kernel head, Eq. 6 and the decoder; each jitted on its own (JAX) or run eagerly
+(PyTorch), batch 1, the two interleaved, median of --repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import sk_jax
+from sk_jax import port, torch_ref
+from sk_jax.models import vgg
+from sk_jax.models.generator import FEATURE_CHANNELS, Generator
+from sk_jax.models.kernels import apply_style_kernels
+
+
+def _time(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def stages(config, params, vgg_params, size):
+  """{stage: (jax thunk, torch thunk)} on random inputs of the right shapes."""
+  rng = np.random.default_rng(0)
+  image = rng.random((1, size, size, 3), np.float32)
+  f = size // 8
+  z = np.abs(rng.normal(size=(1, f, f, FEATURE_CHANNELS))).astype(np.float32)
+  gen = Generator(config)
+  sub = lambda name, fn: jax.jit(lambda p, *a: gen.apply({"params": params}, *a, method=fn))
+
+  t_model = torch_ref.StyleKernel(config)
+  t_model.load_state_dict({
+      **port.vgg16_to_torch(vgg_params, prefix="encoder.features."),
+      **{f"generator.{k}": v for k, v in port.generator_to_torch(params).items()}}, strict=False)
+  t_model.eval()
+  nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  t_img, t_z = nchw(image), nchw(z)
+
+  def j_align(m, z_c, z_s):
+    return m.alignment(z_c, z_s)[0]
+
+  def j_kernels(m, z_cs):
+    return m.kernel_head(z_cs)
+
+  def j_decoder(m, x):
+    return m.decoder(x)
+
+  enc = jax.jit(lambda v, x: vgg.vgg16_features(v, x, taps=("relu4_1",))["relu4_1"])
+  align, kern, dec = sub("alignment", j_align), sub("kernels", j_kernels), sub("decoder", j_decoder)
+  z_cs = align(params, z, z)
+  f_v, f_h, b = kern(params, z_cs)
+  eq6 = jax.jit(lambda *a: apply_style_kernels(*a, config.shuffle_groups))
+  jimg, jz = jnp.asarray(image), jnp.asarray(z)
+
+  with torch.no_grad():
+    t_zcs = t_model.generator.alignment(t_z, t_z)[0]
+    t_k = t_model.generator.kernel_head(t_zcs)
+
+  def torch_thunk(fn):
+    def run():
+      with torch.no_grad():
+        return fn()
+    return run
+
+  return {
+      "encoder (one image)": (lambda: enc(vgg_params, jimg),
+                              torch_thunk(lambda: t_model.encoder(t_img))),
+      "alignment (SAE + CGM)": (lambda: align(params, jz, jz),
+                                torch_thunk(lambda: t_model.generator.alignment(t_z, t_z))),
+      "kernel head": (lambda: kern(params, z_cs), torch_thunk(lambda: t_model.generator.kernel_head(t_zcs))),
+      "Eq. 6": (lambda: eq6(jz, f_v, f_h, b),
+                torch_thunk(lambda: torch_ref.apply_style_kernels(t_z, *t_k, config.shuffle_groups))),
+      "decoder": (lambda: dec(params, jz), torch_thunk(lambda: t_model.generator.decoder(t_z))),
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--size", type=int, default=512)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--out", default="benchmarks/results/stages.json")
+  args = parser.parse_args()
+  config = sk_jax.ModelConfig()
+  params = jax.device_get(sk_jax.init_params(config, jax.random.key(0)))
+  vgg_params = sk_jax.load_vgg16()
+  rows = {}
+  for name, (j, t) in stages(config, params, vgg_params, args.size).items():
+    jt, tt = [], []
+    j(), t()
+    for _ in range(args.repeats):
+      jt += _time(j, 1)
+      tt += _time(t, 1)
+    rows[name] = {"jax_s": statistics.median(jt), "torch_s": statistics.median(tt),
+                  "ratio": statistics.median(jt) / statistics.median(tt)}
+    print(f"{name:<24} jax {rows[name]['jax_s'] * 1e3:8.1f} ms  torch {rows[name]['torch_s'] * 1e3:8.1f} ms  "
+          f"ratio {rows[name]['ratio']:.2f}")
+  report = {"benchmark": "stages", "size": args.size, "jax": jax.__version__, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "stages": rows}
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

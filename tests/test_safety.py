@@ -1,0 +1,480 @@
+"""Never lose a user's data (issue 13): what the tools refuse to overwrite, one trainer per workdir,
+checkpoint fallback, full disks, and the paths that used to end in a traceback.
+
+Training runs reuse test_train.py's tiny config (one or two steps each); the persistent compile
+cache of conftest.py shares its programs.
+"""
+
+import errno
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+import sk_jax
+from sk_jax import checkpoint, cli, data, images, logger, port, sharding
+from sk_jax import train as train_lib
+from sk_jax import workdir as workdir_lib
+from sk_jax.errors import InputError, SaveError
+from sk_jax.stylizer import Stylizer
+
+from test_train import ROOT, _steps_in_metrics, tiny_config
+
+SMALL = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
+
+
+def run(capsys, *argv):
+  rc = cli.main([str(a) for a in argv])
+  return rc, capsys.readouterr()
+
+
+def one_error_line(io) -> str:
+  lines = io.err.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in io.err, io.err
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+  path = tmp_path_factory.mktemp("gen") / "gen"
+  return checkpoint.save_generator(str(path), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A workdir after 2 training steps: checkpoints 1 (Orbax's first save) and 2."""
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  train_lib.train(tiny_config(log__image_every=0), workdir)
+  return workdir
+
+
+def _copy(trained, tmp_path, name="run"):
+  workdir = str(tmp_path / name)
+  shutil.copytree(trained, workdir)
+  return workdir
+
+
+def _all_steps(workdir):
+  mngr = checkpoint.make_manager(workdir, tiny_config().ckpt, read_only=True)
+  try:
+    return mngr.all_steps()
+  finally:
+    mngr.close()
+
+
+# ----------------------------------------------------------------------------- 1. foreign data
+
+
+def test_checkpoint_writers_never_replace_what_they_did_not_write(capsys, tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "thesis.txt").write_text("four years")
+  rc, io = run(capsys, "init", "--output", out)
+  assert rc == 2 and "not an sk-jax checkpoint" in one_error_line(io)
+  assert (out / "thesis.txt").read_text() == "four years"
+  # `.` from inside a photo folder
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(skdata.astronaut()[::16, ::16]).save(photos / "holiday.png")
+  monkeypatch.chdir(photos)
+  rc, io = run(capsys, "init", "--output", ".")
+  assert rc == 2 and (photos / "holiday.png").exists()
+  monkeypatch.chdir(tmp_path)
+  # a file is never replaced, with or without --overwrite
+  (tmp_path / "notes").write_text("x")
+  rc, io = run(capsys, "init", "--output", tmp_path / "notes", "--overwrite")
+  assert rc == 2 and "not a directory" in one_error_line(io) and (tmp_path / "notes").read_text() == "x"
+  # the same library rule for VGG directories (port-vgg16, import-torch --vgg-output)
+  with pytest.raises(InputError, match="not an sk-jax checkpoint"):
+    checkpoint.save_vgg16_dir(str(out), {"conv1_1": {"kernel": np.zeros((3, 3, 3, 64), np.float32)}})
+  assert os.listdir(out) == ["thesis.txt"]
+  rc, io = run(capsys, "port-vgg16", tmp_path / "whatever.pth", out)
+  assert rc == 2 and "not an sk-jax checkpoint" in one_error_line(io)
+  # ours: refused without --overwrite, replaced with it; an empty directory is fine
+  (tmp_path / "empty").mkdir()
+  assert run(capsys, "init", "--output", tmp_path / "empty")[0] == 0
+  rc, io = run(capsys, "init", "--output", tmp_path / "empty", "--seed", 1)
+  assert rc == 2 and "--overwrite" in one_error_line(io)
+  assert run(capsys, "init", "--output", tmp_path / "empty", "--seed", 1, "--overwrite")[0] == 0
+  checkpoint.load_generator(str(tmp_path / "empty"))
+  assert not glob.glob(str(tmp_path / ".empty.tmp-*"))
+
+
+def test_export_never_replaces_foreign_data(capsys, trained, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "thesis.txt").write_text("four years")
+  rc, io = run(capsys, "export", "--workdir", trained, "--output", out)
+  assert rc == 2 and "not an sk-jax checkpoint" in one_error_line(io)
+  assert os.listdir(out) == ["thesis.txt"]
+  fresh = tmp_path / "fresh"
+  assert run(capsys, "export", "--workdir", trained, "--output", fresh)[0] == 0
+  rc, io = run(capsys, "export", "--workdir", trained, "--output", fresh)
+  assert rc == 2 and "--overwrite" in one_error_line(io)
+  assert run(capsys, "export", "--workdir", trained, "--output", fresh, "--overwrite")[0] == 0
+
+
+# ----------------------------------------------------------------------------- 2. inputs
+
+
+def test_stylize_refuses_an_output_that_is_an_input(capsys, gen, tmp_path, monkeypatch):
+  monkeypatch.setattr(Stylizer, "load", lambda *a, **k: pytest.fail("computed before refusing"))
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  Image.fromarray(skdata.brick()[::8, ::8]).save(tmp_path / "s.png")
+  before = (tmp_path / "a.png").read_bytes()
+  os.symlink(tmp_path / "a.png", tmp_path / "link.png")
+  common = ("stylize", "--checkpoint", gen, "--size", 32, "--style", tmp_path / "s.png")
+  for content, output in (("a.png", "a.png"), ("a.png", "link.png"), ("link.png", "a.png"),
+                          ("a.png", "s.png")):
+    rc, io = run(capsys, *common, "--content", tmp_path / content, "--output", tmp_path / output)
+    assert rc == 2 and "refusing to overwrite an input" in one_error_line(io), (content, output)
+  # directory mode: an earlier result lies among the contents, and the output is that directory
+  (tmp_path / "photos").mkdir()
+  shutil.copy(tmp_path / "a.png", tmp_path / "photos" / "a.png")
+  shutil.copy(tmp_path / "a.png", tmp_path / "photos" / "a_stylized_s.png")
+  rc, io = run(capsys, *common, "--content", tmp_path / "photos", "--output", tmp_path / "photos")
+  assert rc == 2 and "a_stylized_s.png" in one_error_line(io)
+  assert (tmp_path / "a.png").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- 3. --size
+
+
+def test_size_and_max_pixels_are_validated_before_allocating(capsys, gen, tmp_path):
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  common = ("stylize", "--checkpoint", gen, "--content", tmp_path / "a.png", "--style", tmp_path / "a.png",
+            "--output", tmp_path / "o.png")
+  for flags, needle in (((("--size", -5)), "--size must be 0"), (("--size", 8), "--size must be 0"),
+                        (("--max-pixels", -1), "--max-pixels must be"),
+                        (("--size", 100000), "more than --max-pixels=40000000")):
+    rc, io = run(capsys, *common, *flags)
+    assert rc == 2 and needle in one_error_line(io), flags
+  assert not (tmp_path / "o.png").exists()
+  with pytest.raises(InputError, match="more than --max-pixels=1000"):
+    images.prepare(np.zeros((20, 30, 3), np.float32), 100, max_pixels=1000)
+
+
+# ----------------------------------------------------------------------------- 4. one trainer
+
+
+def test_a_second_trainer_on_a_workdir_is_refused_naming_the_pid(tmp_path):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent("""
+          import sys, time
+          from sk_jax import workdir
+          with workdir.lock(sys.argv[1]):
+            print("locked", flush=True)
+            time.sleep(600)
+      """), workdir], stdout=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(InputError, match=rf"another training run \(PID {holder.pid}\)"):
+      train_lib.train(tiny_config(), workdir)
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+    assert not os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with workdir_lib.lock(workdir):  # a killed holder leaves no lock behind
+    with pytest.raises(InputError, match=rf"PID {os.getpid()}"):
+      with workdir_lib.lock(workdir):  # a second open file description, as another process
+        pass
+
+
+# ----------------------------------------------------------------------------- 5, 6. fallback
+
+
+def _truncate(path, keep=0.5):
+  with open(path, "r+b") as f:
+    f.truncate(int(os.path.getsize(path) * keep))
+
+
+def test_damaged_latest_checkpoint_falls_back_and_a_torn_metrics_line_is_dropped(trained, tmp_path, caplog):
+  """The latest checkpoint's array files truncated and metrics.jsonl's last line half-written:
+  the run warns, resumes from the previous checkpoint, keeps the damaged one aside."""
+  workdir = _copy(trained, tmp_path)
+  for f in glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2", "state", "ocdbt.process_0", "d", "*")):
+    _truncate(f)
+  with open(os.path.join(workdir, logger.METRICS_FILE), "a") as f:
+    f.write('{"step": 3, "loss/to')  # torn by a power loss
+  train_lib.train(tiny_config(log__image_every=0), workdir)
+  assert any("skipping checkpoint" in r.message and "/2:" in r.message for r in caplog.records)
+  assert _steps_in_metrics(workdir) == [1, 2]
+  assert _all_steps(workdir) == [1, 2]
+  assert os.listdir(os.path.join(workdir, checkpoint.UNREADABLE_DIR)) == ["2"]  # kept, not deleted
+
+
+@pytest.mark.parametrize("damage", ["state", "config", "iterator"])
+def test_restore_falls_back_from_each_damaged_item(trained, tmp_path, damage):
+  workdir = _copy(trained, tmp_path)
+  step2 = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2")
+  files = {"state": glob.glob(os.path.join(step2, "state", "ocdbt.process_0", "d", "*")),
+           "config": [os.path.join(step2, "config", "metadata")],
+           "iterator": [os.path.join(step2, "content_iter", "process_0-of-1.json")]}[damage]
+  for f in files:
+    _truncate(f)
+  cfg = tiny_config()
+  setup = train_lib.make_setup(cfg, sharding.make_mesh(cfg.mesh))
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt)
+  streams = data.build_streams(cfg.data, data.open_sources(cfg.data), int(cfg.seed), 0, 1)
+  iterators = [iter(ds) for ds in streams]
+  try:
+    state, step = checkpoint.restore_newest(mngr, setup.abstract_with_shardings(), setup.model, setup.disc,
+                                            cfg, *iterators)
+    assert step == 1 and int(state.step) == 1
+    assert mngr.all_steps() == [1]
+  finally:
+    mngr.close()
+    for it in iterators:
+      it.close()
+  # Nothing readable: one line naming every checkpoint tried.
+  for f in glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "1", "config", "metadata")):
+    _truncate(f)
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt)
+  try:
+    with pytest.raises(InputError, match=r"no readable checkpoint \(1: .*unreadable config") as e:
+      checkpoint.restore_newest(mngr, setup.abstract_with_shardings(), setup.model, setup.disc, cfg)
+    assert "\n" not in str(e.value)
+  finally:
+    mngr.close()
+
+
+def test_metrics_log_drops_a_torn_last_line_and_appends(tmp_path):
+  path = tmp_path / logger.METRICS_FILE
+  lines = [json.dumps({"step": s, "loss/d": s / 10}) + "\n" for s in (1, 2, 3)]
+  path.write_text("".join(lines) + '{"step": 4, "loss/d": 0.')
+  inode = os.stat(path).st_ino
+  log = logger.MetricLogger(str(tmp_path), start=3, total=5, enabled=True)
+  try:
+    assert log.last_record == {"step": 3, "loss/d": 0.3}
+    log.scalars(4, {"loss/total": 1.0})
+  finally:
+    log.close()
+  assert path.read_text() == "".join(lines) + json.dumps({"step": 4, "loss/total": 1.0}) + "\n"
+  assert os.stat(path).st_ino == inode  # appended in place, not rewritten
+  log = logger.MetricLogger(str(tmp_path), start=2, total=5, enabled=True)  # steps after the checkpoint
+  log.close()
+  assert path.read_text() == "".join(lines[:2])
+
+
+# ----------------------------------------------------------------------------- 7. disk full
+
+
+def test_full_disk_during_a_save_is_one_error_and_a_rerun_resumes(trained, tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+  workdir = _copy(trained, tmp_path)
+  original = ocp.JsonCheckpointHandler._save_fn
+
+  async def full_disk(self, x, directory):
+    if ".orbax-checkpoint-tmp" in str(directory) and "/3." in str(directory):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return await original(self, x, directory)
+
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", full_disk)
+  cfg = tiny_config(train__steps=3, log__image_every=0)
+  with pytest.raises(SaveError, match="no space left") as e:
+    train_lib.train(cfg, workdir)
+  assert "\n" not in str(e.value) and os.path.join(workdir, checkpoint.CHECKPOINT_DIR) in str(e.value)
+  assert _all_steps(workdir) == [1, 2]
+  assert not glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "*tmp*"))
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", original)
+  train_lib.train(cfg, workdir)  # space freed: the same command resumes
+  assert _all_steps(workdir) == [2, 3]
+  assert _steps_in_metrics(workdir) == [1, 2, 3]
+  with open(os.path.join(workdir, logger.METRICS_FILE)) as f:
+    last = json.loads(f.readlines()[-1])
+  assert "loss/d" in last and "grad_norm/d" in last  # step 3 is no D step: the latest D metrics (11)
+
+
+def test_save_error_exits_1_with_one_line(capsys, gen, tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  async def full_disk(self, x, directory):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", full_disk)
+  rc, io = run(capsys, "init", "--output", tmp_path / "g")
+  assert rc == 1 and "no space left" in one_error_line(io) and str(tmp_path / "g") in io.err
+  assert os.listdir(tmp_path) == []  # no temporary left behind
+
+
+# ----------------------------------------------------------------------------- 8. damaged generator
+
+
+def _params_files(ckpt):
+  return sorted(glob.glob(os.path.join(ckpt, "params", "ocdbt.process_0", "d", "*")), key=os.path.getsize)
+
+
+def test_damaged_generator_is_one_line(capsys, gen, tmp_path):
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  common = ("stylize", "--content", tmp_path / "a.png", "--style", tmp_path / "a.png", "--size", 32)
+  truncated = shutil.copytree(gen, tmp_path / "truncated")
+  _truncate(_params_files(truncated)[-1])
+  rc, io = run(capsys, *common, "--output", tmp_path / "o.png", "--checkpoint", truncated)
+  assert rc == 2 and str(truncated) in one_error_line(io)
+  # One flipped byte in the middle of the largest array file: today's zarr chunks are not
+  # checksummed, so only the generator's own checksum catches it.
+  flipped = shutil.copytree(gen, tmp_path / "flipped")
+  target = _params_files(flipped)[-1]
+  raw = bytearray(open(target, "rb").read())
+  raw[len(raw) // 2] ^= 0x01
+  open(target, "wb").write(bytes(raw))
+  with pytest.raises(InputError, match=f"{flipped}: .*(checksum|unreadable)"):
+    checkpoint.load_generator(str(flipped))
+  assert not (tmp_path / "o.png").exists()
+
+
+def test_checkpoints_without_a_checksum_still_load(tmp_path):
+  old = tmp_path / "old"
+  params = sk_jax.init_params(SMALL, jax.random.key(0))
+  checkpoint.save_generator(str(old), params, SMALL)
+  meta = old / "meta" / "metadata"
+  record = json.loads(meta.read_text())
+  assert len(record.pop("sha256")) == 64
+  meta.write_text(json.dumps(record))  # as written before checksums existed
+  back, _ = checkpoint.load_generator(str(old))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back)
+  shared = "/work/shared/models/h200-dev-2500/generator"
+  if os.path.isdir(shared):  # a real checkpoint of that age, where this machine has it
+    checkpoint.load_generator(shared)
+
+
+# ----------------------------------------------------------------------------- 9. unwritable output
+
+
+def test_unwritable_output_directory_fails_before_computing(capsys, gen, tmp_path, monkeypatch):
+  monkeypatch.setattr(Stylizer, "load", lambda *a, **k: pytest.fail("computed before the check"))
+  Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
+  if os.geteuid() == 0:  # root writes through permissions; the kernel's /proc refuses it
+    out_dir = "/proc/sk-jax-test"
+  else:
+    (tmp_path / "ro").mkdir(mode=0o555)
+    out_dir = str(tmp_path / "ro" / "sub")
+  rc, io = run(capsys, "stylize", "--checkpoint", gen, "--content", tmp_path / "a.png", "--style",
+               tmp_path / "a.png", "--size", 32, "--output", os.path.join(out_dir, "o.png"))
+  assert rc == 2 and "cannot write output" in one_error_line(io)
+  (tmp_path / "file").write_text("")
+  rc, io = run(capsys, "stylize", "--checkpoint", gen, "--content", tmp_path / "a.png", "--style",
+               tmp_path / "a.png", "--size", 32, "--output", tmp_path / "file" / "o.png")
+  assert rc == 2 and "is not a directory" in one_error_line(io)
+
+
+# ----------------------------------------------------------------------------- 10, 11. train.py
+
+
+def _train_py(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
+                        text=True, timeout=120, cwd=cwd, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def _one_line_exit_2(proc, needle):
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("train.py: error:") and needle in last, proc.stderr[-2000:]
+
+
+def test_train_py_config_errors_are_one_line(tmp_path):
+  workdir = str(tmp_path / "w")
+  _one_line_exit_2(_train_py("--config", "missing.py", "--workdir", workdir), "missing.py: no such config file")
+  # From another directory without --config: configs/default.py is found (and checked).
+  _one_line_exit_2(_train_py("--workdir", workdir, "--config.train.steps=0", cwd=str(tmp_path)),
+                   "train.steps must be >= 1")
+  nomodel = tmp_path / "nomodel.py"
+  nomodel.write_text("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'seed': 0})\n")
+  _one_line_exit_2(_train_py("--config", str(nomodel), "--workdir", workdir), "no 'model'")
+  _one_line_exit_2(_train_py("--workdir", workdir, "--config.foo=1"), "unknown config field 'foo'")
+  _one_line_exit_2(_train_py("--workdir", workdir, "--config.opt.lrr=1"),
+                   "unknown config field 'opt.lrr'; close matches: opt.lr")
+  assert not os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
+
+
+def test_random_bytes_are_not_a_pytorch_checkpoint(tmp_path):
+  junk = tmp_path / "random.pth"
+  junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  with pytest.raises(InputError, match="not a PyTorch checkpoint") as e:
+    port.read_torch_file(str(junk))
+  assert "would run code" not in str(e.value)
+
+
+def test_a_killed_export_leaves_no_temporary_for_good(gen, tmp_path):
+  stale = tmp_path / ".gen.tmp-0badf00d"
+  shutil.copytree(gen, stale)  # what a SIGKILL between the write and the swap leaves
+  (tmp_path / ".other.tmp-12345678").mkdir()  # another target's: not ours to remove
+  checkpoint.save_generator(str(tmp_path / "gen"), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
+  assert sorted(os.listdir(tmp_path)) == [".other.tmp-12345678", "gen"]
+
+
+# ----------------------------------------------------------------------------- fuzzing the loader
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# A few seconds in CI; SK_JAX_FUZZ_EXAMPLES=5000 for a longer local run (then also random).
+_FUZZ_EXAMPLES = int(os.environ.get("SK_JAX_FUZZ_EXAMPLES", "60"))
+
+
+def _seed_files() -> dict:
+  rgb = skdata.astronaut()[::16, ::16]  # 32 x 32
+  out = {}
+  for fmt, img in (("PNG", Image.fromarray(rgb)), ("JPEG", Image.fromarray(rgb)),
+                   ("GIF", Image.fromarray(rgb).convert("P")), ("PNG", Image.fromarray(rgb).convert("LA"))):
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    out[f"{fmt}-{img.mode}"] = buf.getvalue()
+  return out
+
+
+_SEEDS = _seed_files()
+
+
+@st.composite
+def _mutated(draw):
+  name = draw(st.sampled_from(sorted(_SEEDS)))
+  raw = bytearray(_SEEDS[name])
+  for _ in range(draw(st.integers(1, 8))):
+    if not raw:
+      break
+    kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+    # half of the edits in the headers, where the decoders' bookkeeping is
+    pos = draw(st.one_of(st.integers(0, min(63, len(raw) - 1)), st.integers(0, len(raw) - 1)))
+    if kind == "flip":
+      raw[pos] ^= 1 << draw(st.integers(0, 7))
+    elif kind == "set":
+      raw[pos] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80]))
+    elif kind == "truncate":
+      del raw[pos:]
+    elif kind == "insert":
+      raw[pos:pos] = draw(st.binary(min_size=1, max_size=16))
+    else:
+      del raw[pos:pos + draw(st.integers(1, 16))]
+  return name, bytes(raw)
+
+
+@settings(max_examples=_FUZZ_EXAMPLES, deadline=None, derandomize="SK_JAX_FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_mutated())
+def test_mutated_image_files_decode_or_are_one_line_errors(case, tmp_path):
+  name, raw = case
+  path = tmp_path / f"fuzz.{name.split('-')[0].lower()}"
+  path.write_bytes(raw)
+  try:
+    image = images.load_image(str(path), max_pixels=1_000_000)
+  except InputError as e:
+    assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
+  else:
+    assert isinstance(image, np.ndarray) and image.dtype == np.float32
+    assert image.ndim == 3 and image.shape[-1] == 3 and min(image.shape[:2]) >= images.MIN_SIDE
