@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,8 +45,6 @@ def stages(config, params, vgg_params, size):
   image = rng.random((1, size, size, 3), np.float32)
   f = size // 8
   z = np.abs(rng.normal(size=(1, f, f, FEATURE_CHANNELS))).astype(np.float32)
-  gen = Generator(config)
-  sub = lambda name, fn: jax.jit(lambda p, *a: gen.apply({"params": params}, *a, method=fn))
 
   t_model = torch_ref.StyleKernel(config)
   t_model.load_state_dict({
@@ -55,17 +54,26 @@ def stages(config, params, vgg_params, size):
   nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   t_img, t_z = nchw(image), nchw(z)
 
-  def j_align(m, z_c, z_s):
-    return m.alignment(z_c, z_s)[0]
+  # The generator's own submodules, caught as it runs, each with its parameters.
+  parts = {}
 
-  def j_kernels(m, z_cs):
-    return m.kernel_head(z_cs)
+  def catch(next_fun, args, kwargs, context):
+    name = context.module.name
+    if name in ("alignment", "kernel_head", "decoder") and context.method_name == "__call__":
+      parts.setdefault(name, (context.module.clone(parent=None), params[name]))
+    return next_fun(*args, **kwargs)
 
-  def j_decoder(m, x):
-    return m.decoder(x)
+  with nn.intercept_methods(catch):
+    Generator(config).apply({"params": params}, jnp.asarray(z), jnp.asarray(z))
+
+  def sub(name, post=lambda out: out):
+    module, p = parts[name]
+    p = jax.device_put(p)
+    return jax.jit(lambda _, *a: post(module.apply({"params": p}, *a)))
 
   enc = jax.jit(lambda v, x: vgg.vgg16_features(v, x, taps=("relu4_1",))["relu4_1"])
-  align, kern, dec = sub("alignment", j_align), sub("kernels", j_kernels), sub("decoder", j_decoder)
+  vgg_dev = jax.device_put(vgg_params)
+  align, kern, dec = sub("alignment", lambda out: out[0]), sub("kernel_head"), sub("decoder")
   z_cs = align(params, z, z)
   f_v, f_h, b = kern(params, z_cs)
   eq6 = jax.jit(lambda *a: apply_style_kernels(*a, config.shuffle_groups))
@@ -82,7 +90,7 @@ def stages(config, params, vgg_params, size):
     return run
 
   return {
-      "encoder (one image)": (lambda: enc(vgg_params, jimg),
+      "encoder (one image)": (lambda: enc(vgg_dev, jimg),
                               torch_thunk(lambda: t_model.encoder(t_img))),
       "alignment (SAE + CGM)": (lambda: align(params, jz, jz),
                                 torch_thunk(lambda: t_model.generator.alignment(t_z, t_z))),
@@ -101,7 +109,7 @@ def main():
   args = parser.parse_args()
   config = sk_jax.ModelConfig()
   params = jax.device_get(sk_jax.init_params(config, jax.random.key(0)))
-  vgg_params = sk_jax.load_vgg16()
+  vgg_params = sk_jax.load_vgg16()  # host copies for torch; jax.device_put below for JAX
   rows = {}
   for name, (j, t) in stages(config, params, vgg_params, args.size).items():
     jt, tt = [], []

@@ -67,6 +67,30 @@ def separable_pixel_conv(x, f_v, f_h, bias):
   return z + bias
 
 
+def conv3x3_reflect(x, kernel):
+  """A 3 x 3 convolution of (B, H, W, Cin) over its reflection-padded self (numpy's 'reflect'),
+  kernel (3, 3, Cin, Cout) -> (B, H, W, Cout); H, W >= 2.
+
+  Equal to `conv(pad(x, 1, "reflect"), kernel, "VALID")`, computed as XLA's zero-padded
+  ("SAME") convolution, whose interior never reads the padding, with the border rows and
+  columns recomputed from thin reflected strips. XLA's CPU backend runs a VALID convolution
+  of a padded input several times slower than the SAME one (docs/method.md, decoder).
+  """
+  conv = lambda a, padding: jax.lax.conv_general_dilated(
+      a, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  reflect = lambda a, axis: jnp.concatenate(
+      [jax.lax.slice_in_dim(a, 1, 2, axis=axis), a,
+       jax.lax.slice_in_dim(a, a.shape[axis] - 2, a.shape[axis] - 1, axis=axis)], axis=axis)
+  out = conv(x, "SAME")
+  h, w = x.shape[1:3]
+  top = conv(reflect(reflect(x[:, :2], 1)[:, :3], 2), "VALID")                  # (B, 1, W, Cout)
+  bottom = conv(reflect(reflect(x[:, h - 2:], 1)[:, 1:], 2), "VALID")
+  left = conv(reflect(reflect(x[:, :, :2], 2)[:, :, :3], 1), "VALID")[:, 1:-1]   # (B, H - 2, 1, Cout)
+  right = conv(reflect(reflect(x[:, :, w - 2:], 2)[:, :, 1:], 1), "VALID")[:, 1:-1]
+  middle = jnp.concatenate([left, out[:, 1:-1, 1:-1], right], axis=2)
+  return jnp.concatenate([top, middle, bottom], axis=1)
+
+
 def cosine_attention(z_c, z_s, sharpness):
   """Eq. 1: A = softmax_v(alpha * cos(Z_c(u), Z_s(v))); returns (B, Nc, Ns) in float32."""
   q = z_c.reshape(z_c.shape[0], -1, z_c.shape[-1]).astype(jnp.float32)

@@ -144,3 +144,17 @@ def test_instance_norm_and_mean_std():
   y = np.asarray(ops.instance_norm(x))
   np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
   np.testing.assert_allclose(y.std(axis=(1, 2)), 1, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2, 3), (2, 5, 7, 4), (1, 9, 3, 2)])
+def test_conv3x3_reflect_equals_a_valid_convolution_of_the_reflected_input(shape):
+  rng = np.random.default_rng(sum(shape))
+  x = rng.normal(size=shape).astype(np.float32)
+  k = rng.normal(size=(3, 3, shape[-1], 5)).astype(np.float32)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  want = np.zeros((*shape[:3], 5), np.float64)
+  for i in range(3):
+    for j in range(3):
+      want += np.einsum("bhwc,cd->bhwd", xp[:, i:i + shape[1], j:j + shape[2]], k[i, j])
+  np.testing.assert_allclose(np.asarray(ops.conv3x3_reflect(jnp.asarray(x), jnp.asarray(k))), want,
+                             rtol=1e-5, atol=1e-5)
