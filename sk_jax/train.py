@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 
 import flax.struct
+import flax.traverse_util
 import grain
 import jax
 import jax.numpy as jnp
@@ -172,6 +173,8 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
     total = (lc.adv * terms["adv_g"] + lc.rec * terms["rec"] + lc.content * terms["content"]
              + lc.style * terms["style"] + lc.remd * terms["remd"])
     terms["kept_fraction"] = jnp.mean(aux["kept_fraction"][:b])
+    for k in ("gate_lambda", "gate_beta_ns", "gate_threshold_ns"):  # of I_cs only, as the kept fraction
+      terms[k] = jnp.mean(aux[k][:b])
     return total, (terms, i_cs)
 
   return g_loss
@@ -209,7 +212,11 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
         step=state.step + 1, g=g_new, d=d_new,
         nonfinite_streak=jnp.where(bad, state.nonfinite_streak + 1, 0),
         nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32))
-    metrics = {f"loss/{k}": v for k, v in terms.items() if k != "kept_fraction"}
+    metrics = {f"loss/{k}": v for k, v in terms.items() if not k.startswith(("kept_", "gate_"))}
+    metrics.update({f"gate/{k[5:]}": v for k, v in terms.items() if k.startswith("gate_")})
+    if "gate" in g_grads.get("alignment", {}):  # what the straight-through path sends to E_f's output
+      gate_bias = g_grads["alignment"]["gate"]["conv2"]["bias"]
+      metrics.update({"gate/grad_lambda": gate_bias[0], "gate/grad_beta": gate_bias[1]})
     metrics.update({
         "loss/total": g_loss, "loss/d": d_loss, "d_updated": do_d.astype(jnp.int32),
         "grad_norm/g": g_norm, "grad_norm/d": d_norm, "gate/kept_fraction": terms["kept_fraction"],
@@ -239,6 +246,11 @@ def make_setup(cfg, mesh: jax.sharding.Mesh) -> Setup:
   model, disc = validate_config(cfg)
   sharding.check_batch(int(cfg.data.batch_size), mesh)
   tx_g = make_optimizer(cfg.opt, cfg.opt.lr)
+  gate_lr_scale = float(cfg.opt.get("gate_lr_scale", 1.0))
+  if gate_lr_scale != 1.0:  # E_f's updates scaled after Adam (Adam itself is scale-invariant)
+    tx_g = optax.chain(tx_g, optax.transforms.partition(
+        {"gate": optax.scale(gate_lr_scale), "rest": optax.identity()},
+        lambda params: flax.traverse_util.path_aware_map(lambda path, _: "gate" if "gate" in path else "rest", params)))
   tx_d = make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
 
   def create_state(rng) -> TrainState:
