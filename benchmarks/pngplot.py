@@ -21,8 +21,9 @@ def _font():
 def _ticks(lo, hi, log):
   if log:
     a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    ts = [10.0 ** e * m for e in range(a, b + 1) for m in (1, 2, 5)]
-    return [t for t in ts if lo <= t <= hi] or [lo, hi]
+    ts = [t for t in (10.0 ** e * m for e in range(a, b + 1) for m in (1, 2, 5)) if lo <= t <= hi]
+    if len(ts) >= 3:
+      return ts
   step = 10 ** math.floor(math.log10((hi - lo) or 1.0))
   while (hi - lo) / step > 8:
     step *= 2
