@@ -46,13 +46,15 @@ VARIANTS = {
                              "gate_temperature": 1.0}, {}),
     "cgm_tau0.25": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": False,
                      "gate_temperature": 0.25}, {}),
+    "cgm_tau4": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": False,
+                  "gate_temperature": 4.0}, {}),
     "cgm_ef_lr0.01": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": False,
                        "gate_temperature": 1.0},
                       {"gate_lr_scale": 0.01}),
 }
 # Training order: the saturated topK last (they reuse "full"), the cheap-to-lose ones late.
 ORDER = ("full", "cgm_paper", "cgm_renorm", "topk16", "topk4", "topk1", "cgm_softplus_renorm", "cgm_ef_lr0.01",
-         "cgm_softplus", "cgm_tau0.25", "topk64", "topk256")
+         "cgm_tau4", "cgm_softplus", "cgm_tau0.25", "topk64", "topk256")
 MODEL_KEYS = ("attention", "topk", "gate_lambda", "gate_renormalize", "gate_temperature")
 
 
@@ -192,7 +194,7 @@ def run(args):
   from sk_jax.models import vgg
 
   size = args.size or (32 if args.quick else 64)
-  steps = args.steps or (30 if args.quick else 300)
+  steps = args.steps or (20 if args.quick else 100)
   batch = args.batch or (2 if args.quick else 4)
   names = args.variants.split(",") if args.variants else list(ORDER)
   unknown = [n for n in names if n not in VARIANTS]
@@ -288,22 +290,68 @@ def plot(path):
                          xlabel="selected nodes per query (log)", title=title + " (Fig. 3 right)")
 
 
+def merge(paths, out_path):
+  """Unions the variants of several result files of identical settings, in ORDER."""
+  runs = []
+  for path in paths:
+    with open(path) as f:
+      runs.append(json.load(f))
+  keys = ("steps", "size", "batch", "seed")
+  for r, path in zip(runs[1:], paths[1:]):
+    if tuple(r.get(k) for k in keys) != tuple(runs[0].get(k) for k in keys):
+      raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(keys)})")
+  out = dict(runs[0])
+  found = {n: v for r in runs for n, v in r["variants"].items()}
+  out["variants"] = {n: found[n] for n in ORDER if n in found}
+  out["command"] = [r["command"] for r in runs]
+  write_json(out, out_path)
+
+
+def table(path) -> str:
+  """The JSON as the markdown table of docs/method.md."""
+  with open(path) as f:
+    res = json.load(f)
+  ns, full = res["style_positions"], res["variants"].get("full")
+  lines = ["| variant | attention | kept fraction (last 10 %) | kept nodes / query | content | style | total "
+           "| held-out content | held-out style | vs full (held-out c / s) | s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for name, v in res["variants"].items():
+    att = v["attention"] + (f" K={v['topk']}" if v["attention"] == "topk" else "")
+    if "saturated_by" in v:
+      att += f" (K >= Ns: = {v['saturated_by']})"
+    rel = ""
+    if full:
+      rel = (f"{v['heldout_content_loss'] / full['heldout_content_loss'] - 1:+.1%} / "
+             f"{v['heldout_style_loss'] / full['heldout_style_loss'] - 1:+.1%}")
+    lines.append(f"| {name}{' (default)' if name == res.get('default') else ''} | {att} | "
+                 f"{v['kept_fraction_final']:.3f} | {v['kept_fraction_final'] * ns:.1f} | {v['content_loss']:.3f} | "
+                 f"{v['style_loss']:.2f} | {v['total_loss']:.2f} | {v['heldout_content_loss']:.3f} | "
+                 f"{v['heldout_style_loss']:.2f} | {rel} | {v['seconds']:.0f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="JSON to write (plots go next to it)")
-  p.add_argument("--quick", action="store_true", help="32 px, batch 2, 30 steps: under 10 minutes on 2 cores")
-  p.add_argument("--steps", type=int, help="steps per variant (default 300; quick 30)")
+  p.add_argument("--quick", action="store_true", help="32 px, batch 2, 20 steps: under 10 minutes on 2 cores")
+  p.add_argument("--steps", type=int, help="steps per variant (default 100; quick 20)")
   p.add_argument("--size", type=int, help="crop size, a multiple of 8 (default 64; quick 32)")
   p.add_argument("--batch", type=int, help="batch size (default 4; quick 2)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
   p.add_argument("--resume", action="store_true", help="keep the variants already in --out (same settings)")
-  p.add_argument("--plot-only", action="store_true", help="only redraw the plots of --out")
+  p.add_argument("--plot-only", action="store_true", help="only redraw the plots of --out and print its table")
+  p.add_argument("--merge", nargs="+", metavar="JSON",
+                 help="combine the variants of runs with the same settings (e.g. run in parallel with --variants) into --out")
   args = p.parse_args(argv)
+  if args.merge:
+    merge(args.merge, args.out)
+    args.plot_only = True
   if args.plot_only:
     with open(args.out) as f:
       write_json(json.load(f), args.out)
     plot(args.out)
+    print(table(args.out))
   else:
     run(args)
 

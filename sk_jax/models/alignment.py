@@ -44,7 +44,7 @@ class StyleAlignment(nn.Module):
   """Z_c, Z_s -> Z_cs (Eqs. 1-5, or Fig. 3's full / topK aggregation); aux holds the attention statistics."""
   sharpness: float
   learn_sharpness: bool
-  attention: str
+  attention: str | bool  # "full", "topk", "cgm"; a bool is the old `gate` switch (True: "cgm")
   renormalize: bool
   temperature: float
   gate_hidden: int
@@ -60,7 +60,10 @@ class StyleAlignment(nn.Module):
     else:
       sharpness = self.sharpness
     ns = z_s.shape[1] * z_s.shape[2]
-    if self.attention == "cgm":
+    attention = self.attention
+    if isinstance(attention, bool):
+      attention = "cgm" if attention else "full"
+    if attention == "cgm":
       lam, beta_ns = GateNet(self.gate_hidden, self.dtype, self.gate_lambda, name="gate")(z_c)
       # beta is predicted in units of the uniform attention weight 1/Ns, so one
       # network serves every style resolution (docs/method.md).
@@ -68,7 +71,7 @@ class StyleAlignment(nn.Module):
     else:
       lam = beta = beta_ns = jnp.zeros(z_c.shape[:3], jnp.float32)
     z_cs, aux = ops.aligned_style_features(
-        z_c, z_s, lam, beta, sharpness, attention=self.attention, topk=self.topk,
+        z_c, z_s, lam, beta, sharpness, attention=attention, topk=self.topk,
         temperature=self.temperature, renormalize=self.renormalize, return_aux=True)
     # Per-image gate statistics for the logs (docs/method.md, "Why the gate opens").
     b = z_c.shape[0]
