@@ -55,6 +55,10 @@ VARIANTS = {
 # Training order: the saturated topK last (they reuse "full"), the cheap-to-lose ones late.
 ORDER = ("full", "cgm_paper", "cgm_renorm", "topk16", "topk4", "topk1", "cgm_softplus_renorm", "cgm_ef_lr0.01",
          "cgm_tau4", "cgm_softplus", "cgm_tau0.25", "topk64", "topk256")
+# The E_f step-size factor is pinned too, so that every variant except cgm_ef_lr0.01 is the
+# plain recipe whatever configs/default.py chooses.
+for _m, _o in VARIANTS.values():
+  _o.setdefault("gate_lr_scale", 1.0)
 MODEL_KEYS = ("attention", "topk", "gate_lambda", "gate_renormalize", "gate_temperature")
 
 
@@ -78,7 +82,7 @@ def default_variant_name() -> str:
   model, opt = cfg.model.to_dict(), cfg.opt.to_dict()
   for name, (m, o) in VARIANTS.items():
     want = {**{k: model[k] for k in MODEL_KEYS}, "gate_lr_scale": opt.get("gate_lr_scale", 1.0)}
-    got = {**{k: model[k] for k in MODEL_KEYS}, **m, "gate_lr_scale": o.get("gate_lr_scale", 1.0)}
+    got = {**{k: model[k] for k in MODEL_KEYS}, **m, "gate_lr_scale": o["gate_lr_scale"]}
     if m["attention"] != "topk":
       got["topk"] = want["topk"]
     if m["attention"] == "full":
@@ -218,11 +222,7 @@ def run(args):
       if name in out["variants"]:
         continue
       m, o = VARIANTS[name]
-      if m["attention"] == "topk" and m["topk"] >= ns and "full" in out["variants"]:
-        rec = copy.deepcopy(out["variants"]["full"])
-        rec.update(attention="topk", topk=m["topk"], saturated_by="full", seconds=0.0,
-                   model={**rec["model"], **m})
-        out["variants"][name] = rec
+      if add_saturated(out, name):
         print(f"{name}: K >= Ns = {ns}, identical to full", flush=True)
         continue
       cfg = base_config(size, batch, steps, args.seed, content_dir, style_dir)
@@ -277,8 +277,9 @@ def plot(path):
 
   kept = {n: ([s for s, _ in v["kept_fraction_curve"]], [f * ns for _, f in v["kept_fraction_curve"]])
           for n, v in trained.items() if v["attention"] == "cgm"}
-  pngplot.line_panels(stem + "_kept.png", [("kept nodes per query (kept fraction x Ns)", kept)],
-                      xlabel="step", title=title + f"; full = {ns}", hlines=[ns * 0.02, ns * 0.6])
+  if kept:
+    pngplot.line_panels(stem + "_kept.png", [("kept nodes per query (kept fraction x Ns); lines: 2 % and 60 %", kept)],
+                        xlabel="step", title=title + f"; full = {ns}", hlines=[ns * 0.02, ns * 0.6])
 
   pts = {"content": [], "style": []}
   for n, v in res["variants"].items():
@@ -288,6 +289,17 @@ def plot(path):
       pts[loss].append((n, kind, max(nodes, 1e-3), v[f"heldout_{loss}_loss"]))
   pngplot.scatter_panels(stem + "_fig3.png", [(f"held-out {k} loss vs selected nodes", p) for k, p in pts.items()],
                          xlabel="selected nodes per query (log)", title=title + " (Fig. 3 right)")
+
+
+def add_saturated(out, name) -> bool:
+  """Records topK with K >= Ns as a copy of "full" (it is Eq. 2); False if it is not such a case."""
+  m, _ = VARIANTS[name]
+  if not (m["attention"] == "topk" and m["topk"] >= out["style_positions"] and "full" in out["variants"]):
+    return False
+  rec = copy.deepcopy(out["variants"]["full"])
+  rec.update(attention="topk", topk=m["topk"], saturated_by="full", seconds=0.0, model={**rec["model"], **m})
+  out["variants"][name] = rec
+  return True
 
 
 def merge(paths, out_path):
@@ -302,7 +314,12 @@ def merge(paths, out_path):
       raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(keys)})")
   out = dict(runs[0])
   found = {n: v for r in runs for n, v in r["variants"].items()}
-  out["variants"] = {n: found[n] for n in ORDER if n in found}
+  out["variants"] = {}
+  for n in ORDER:
+    if n in found:
+      out["variants"][n] = found[n]
+    else:
+      add_saturated(out, n)
   out["command"] = [r["command"] for r in runs]
   write_json(out, out_path)
 

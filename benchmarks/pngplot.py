@@ -27,6 +27,8 @@ def _ticks(lo, hi, log):
   step = 10 ** math.floor(math.log10((hi - lo) or 1.0))
   while (hi - lo) / step > 8:
     step *= 2
+  while (hi - lo) / step < 4:
+    step /= 2
   t = math.ceil(lo / step) * step
   out = []
   while t <= hi + 1e-12:
@@ -70,7 +72,7 @@ def line_panels(path, panels, xlabel="step", title="", log_y=False, hlines=()):
   """panels: [(title, {name: (xs, ys)})], side by side with one legend below."""
   font = _font()
   names = list(dict.fromkeys(n for _, series in panels for n in series))
-  legend_rows = math.ceil(len(names) / 4)
+  legend_rows = math.ceil(len(names) / max(1, (W * len(panels) - 10) // 180))
   img = Image.new("RGB", (W * len(panels), H + 30 + 18 * legend_rows), "white")
   draw = ImageDraw.Draw(img)
   draw.text((10, 4), title, fill=(0, 0, 0), font=font)
@@ -92,7 +94,7 @@ def scatter_panels(path, panels, xlabel="", title=""):
   """panels: [(title, [(name, kind, x, y)])]; log x; topk points joined by a line."""
   font = _font()
   names = list(dict.fromkeys(p[0] for _, pts in panels for p in pts))
-  legend_rows = math.ceil(len(names) / 4)
+  legend_rows = math.ceil(len(names) / max(1, (W * len(panels) - 10) // 180))
   img = Image.new("RGB", (W * len(panels), H + 30 + 18 * legend_rows), "white")
   draw = ImageDraw.Draw(img)
   draw.text((10, 4), title, fill=(0, 0, 0), font=font)
@@ -115,8 +117,9 @@ def scatter_panels(path, panels, xlabel="", title=""):
 
 
 def _legend(draw, names, y, font):
+  cols = max(1, (draw.im.size[0] - 10) // 180)
   for j, name in enumerate(names):
-    x = 10 + (j % 4) * 180
-    yy = y + 18 * (j // 4)
+    x = 10 + (j % cols) * 180
+    yy = y + 18 * (j // cols)
     draw.rectangle([x, yy + 3, x + 14, yy + 11], fill=COLORS[j % len(COLORS)])
     draw.text((x + 20, yy), name, fill=(0, 0, 0), font=font)

@@ -60,7 +60,7 @@ def get_config():
       b2=0.999,
       eps=1e-8,                   # Adam's epsilon
       grad_clip=0.0,              # global-norm clip; 0 disables
-      gate_lr_scale=1.0,          # E_f's (the CGM's) step size relative to lr
+      gate_lr_scale=0.01,         # E_f's (the CGM's) step size relative to lr; 1 opens the gate (docs/method.md)
       max_nonfinite=10,           # stop after this many non-finite updates in a row
   ))
 

@@ -102,6 +102,19 @@ def make_optimizer(opt_cfg, lr: float) -> optax.GradientTransformation:
   return optax.chain(clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps))
 
 
+def scale_gate_updates(tx: optax.GradientTransformation, scale: float) -> optax.GradientTransformation:
+  """Multiplies the updates of E_f (parameters under a "gate" module) by `scale`, after `tx`.
+
+  After Adam, because Adam is invariant to the scale of the gradient. scale 1 returns
+  `tx` itself, so the optimiser state of configs without the option stays the same.
+  """
+  if scale == 1.0:
+    return tx
+  return optax.chain(tx, optax.transforms.partition(
+      {"gate": optax.scale(scale), "rest": optax.identity()},
+      lambda params: flax.traverse_util.path_aware_map(lambda path, _: "gate" if "gate" in path else "rest", params)))
+
+
 # ----------------------------------------------------------------------------- the step
 
 def _apply_if_finite(net: NetState, grads, loss):
@@ -245,12 +258,7 @@ def make_setup(cfg, mesh: jax.sharding.Mesh) -> Setup:
   """Builds and jits everything for `cfg` on `mesh` (compilation happens at the first call)."""
   model, disc = validate_config(cfg)
   sharding.check_batch(int(cfg.data.batch_size), mesh)
-  tx_g = make_optimizer(cfg.opt, cfg.opt.lr)
-  gate_lr_scale = float(cfg.opt.get("gate_lr_scale", 1.0))
-  if gate_lr_scale != 1.0:  # E_f's updates scaled after Adam (Adam itself is scale-invariant)
-    tx_g = optax.chain(tx_g, optax.transforms.partition(
-        {"gate": optax.scale(gate_lr_scale), "rest": optax.identity()},
-        lambda params: flax.traverse_util.path_aware_map(lambda path, _: "gate" if "gate" in path else "rest", params)))
+  tx_g = scale_gate_updates(make_optimizer(cfg.opt, cfg.opt.lr), float(cfg.opt.get("gate_lr_scale", 1.0)))
   tx_d = make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
 
   def create_state(rng) -> TrainState:

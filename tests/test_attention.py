@@ -179,3 +179,17 @@ def test_old_checkpoint_loads_and_reproduces_the_old_reading(tmp_path, photo, vg
   ours, _ = stylize_images(loaded_params, vgg_params, config, img, img[:, ::-1])
   ref, _ = stylize_images(params, vgg_params, legacy, img, img[:, ::-1])
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+
+
+def test_gate_lr_scale_scales_only_e_f_updates():
+  import optax
+  from sk_jax import train
+  params = {"alignment": {"gate": {"conv2": {"bias": jnp.ones(2)}}}, "decoder": {"w": jnp.ones(3)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  base = optax.adam(1e-3)
+  assert train.scale_gate_updates(base, 1.0) is base
+  tx = train.scale_gate_updates(base, 0.01)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  ref, _ = base.update(grads, base.init(params), params)
+  np.testing.assert_allclose(updates["alignment"]["gate"]["conv2"]["bias"], 0.01 * ref["alignment"]["gate"]["conv2"]["bias"], rtol=1e-6)
+  np.testing.assert_allclose(updates["decoder"]["w"], ref["decoder"]["w"], rtol=1e-6)
