@@ -96,23 +96,24 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
   return model, disc
 
 
-def make_optimizer(opt_cfg, lr: float) -> optax.GradientTransformation:
-  """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same)."""
-  clip = optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity()
-  return optax.chain(clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps))
+def make_optimizer(opt_cfg, lr: float, gate_lr_scale: float = 1.0) -> optax.GradientTransformation:
+  """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same).
 
-
-def scale_gate_updates(tx: optax.GradientTransformation, scale: float) -> optax.GradientTransformation:
-  """Multiplies the updates of E_f (parameters under a "gate" module) by `scale`, after `tx`.
-
-  After Adam, because Adam is invariant to the scale of the gradient. scale 1 returns
-  `tx` itself, so the optimiser state of configs without the option stays the same.
+  gate_lr_scale != 1 appends `scale_gate_updates`: E_f's updates are scaled after Adam,
+  because Adam is invariant to the scale of the gradient.
   """
-  if scale == 1.0:
-    return tx
-  return optax.chain(tx, optax.transforms.partition(
+  clip = optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity()
+  parts = [clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps)]
+  if gate_lr_scale != 1.0:
+    parts.append(scale_gate_updates(gate_lr_scale))
+  return optax.chain(*parts)
+
+
+def scale_gate_updates(scale: float) -> optax.GradientTransformation:
+  """Multiplies the updates of E_f (parameters under a "gate" module) by `scale`; no state."""
+  return optax.transforms.partition(
       {"gate": optax.scale(scale), "rest": optax.identity()},
-      lambda params: flax.traverse_util.path_aware_map(lambda path, _: "gate" if "gate" in path else "rest", params)))
+      lambda params: flax.traverse_util.path_aware_map(lambda path, _: "gate" if "gate" in path else "rest", params))
 
 
 # ----------------------------------------------------------------------------- the step
@@ -258,7 +259,7 @@ def make_setup(cfg, mesh: jax.sharding.Mesh) -> Setup:
   """Builds and jits everything for `cfg` on `mesh` (compilation happens at the first call)."""
   model, disc = validate_config(cfg)
   sharding.check_batch(int(cfg.data.batch_size), mesh)
-  tx_g = scale_gate_updates(make_optimizer(cfg.opt, cfg.opt.lr), float(cfg.opt.get("gate_lr_scale", 1.0)))
+  tx_g = make_optimizer(cfg.opt, cfg.opt.lr, gate_lr_scale=float(cfg.opt.get("gate_lr_scale", 1.0)))
   tx_d = make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
 
   def create_state(rng) -> TrainState:
