@@ -242,6 +242,8 @@ def run(args):
 
 def write_json(out, path):
   out["default"] = default_variant_name()  # configs/default.py may have changed since the run started
+  for v in out["variants"].values():  # Fig. 3's unit: kept style positions per query
+    v["kept_nodes_curve"] = [[s, f * out["style_positions"]] for s, f in v["kept_fraction_curve"]]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
