@@ -1,7 +1,11 @@
 """The attention ablation of docs/method.md: full, topK and CGM readings, same seed, data and steps.
 
-  python benchmarks/ablate_attention.py --out benchmarks/results/ablation_cpu64.json    (CPU, about 60 min)
-  python benchmarks/ablate_attention.py --quick --out /tmp/ablation_quick.json         (under 10 min, 2 cores)
+  python benchmarks/ablate_attention.py --out benchmarks/results/ablation_cpu64.json
+      64 px, batch 4, 100 steps: 5-15 min per variant on 2 shared CPU cores; split the
+      variants over processes with --variants, then --merge the JSONs
+  python benchmarks/ablate_attention.py --quick --out /tmp/ablation_quick.json
+      32 px, batch 2, 20 steps: 10.6 min wall (6.7 CPU-min) on 2 loaded cores
+  python benchmarks/ablate_attention.py --out RESULT.json --plot-only     (redraw; print the table)
 
 Every variant trains with the project's own train step (sk_jax.train.make_setup: all
 losses and the discriminator) from configs/default.py, at a small size, on the
