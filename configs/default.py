@@ -16,8 +16,11 @@ def get_config():
   c.model = ml_collections.ConfigDict(dict(
       attention_sharpness=10.0,   # alpha of Eq. 1 (cosine logits scale; 10 = temperature 0.1)
       learn_sharpness=False,      # learn log(alpha) with the rest
-      gate=True,                  # the CGM (Eqs. 3-5); False: plain Eq. 2 ablation
+      attention="cgm",            # "cgm" (Eqs. 3-5), "full" (Eq. 2, SANet), "topk" (Fig. 3); docs/method.md
+      topk=16,                    # K of attention="topk"
+      gate=config_dict.placeholder(bool),  # old alias: False is attention="full"
       gate_renormalize=False,     # the paper does not renormalise the kept weights
+      gate_lambda="linear",       # lambda = E_f's output ("linear") or its softplus
       gate_temperature=1.0,       # straight-through surrogate temperature, units of 1/Ns
       gate_hidden=128,            # width of E_f
       kernel_size=3,              # k of the style kernels (Table 3: 1, 3, 5)
@@ -57,6 +60,7 @@ def get_config():
       b2=0.999,
       eps=1e-8,                   # Adam's epsilon
       grad_clip=0.0,              # global-norm clip; 0 disables
+      gate_lr_scale=0.01,         # E_f's (the CGM's) step size relative to lr; 1 opens the gate (docs/method.md)
       max_nonfinite=10,           # stop after this many non-finite updates in a row
   ))
 

@@ -121,7 +121,7 @@ def hard_gate(diff, temperature: float | None = None):
 
 
 def gated_attention(attn_BxNcxNs, lam_BxNc, beta_BxNc, temperature=None, renormalize=False):
-  """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask)."""
+  """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask, T (B, Nc))."""
   thresh_BxNc = gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc)
   # The surrogate's temperature is in units of the uniform weight 1/Ns, so it
   # does not depend on the style resolution.
@@ -130,38 +130,77 @@ def gated_attention(attn_BxNcxNs, lam_BxNc, beta_BxNc, temperature=None, renorma
   mask = hard_gate(diff, temperature)
   gated = attn_BxNcxNs * mask
   if renormalize:
-    gated = gated / (jnp.sum(gated, axis=-1, keepdims=True) + 1e-12)
-  return gated, mask
+    gated = renormalize_rows(gated)
+  return gated, mask, thresh_BxNc
 
 
-def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *,
+def renormalize_rows(attn_BxNcxNs):
+  """Divides each row by its sum, so the kept weights again sum to one."""
+  return attn_BxNcxNs / (jnp.sum(attn_BxNcxNs, axis=-1, keepdims=True) + 1e-12)
+
+
+def topk_attention(attn_BxNcxNs, k: int, renormalize=False):
+  """Fig. 3's "SANet + topK": keeps the k largest weights of each row. Returns (A_bar, mask, kth).
+
+  The mask is A >= the row's k-th largest weight (a tie at the k-th value keeps
+  every tied entry; with float softmax weights ties do not occur in practice). It
+  carries no gradient: A reaches the loss through the kept weights only. k >= Ns
+  keeps everything (Eq. 2). kth (B, Nc) plays the role of the CGM's threshold.
+  """
+  ns = attn_BxNcxNs.shape[-1]
+  if k < 1:
+    raise ValueError(f"topk_attention: k must be >= 1, got {k}")
+  kth_BxNc = jax.lax.top_k(attn_BxNcxNs, min(k, ns))[0][..., -1]
+  kth_BxNc = jax.lax.stop_gradient(kth_BxNc)
+  mask = (attn_BxNcxNs >= kth_BxNc[..., None]).astype(attn_BxNcxNs.dtype)
+  gated = attn_BxNcxNs * mask
+  if renormalize:
+    gated = renormalize_rows(gated)
+  return gated, mask, kth_BxNc
+
+
+ATTENTIONS = ("full", "topk", "cgm")
+
+
+def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *, attention=None, topk=None,
                            temperature=None, renormalize=False, return_aux=False):
-  """Style Alignment Encoding with the Content-based Gating Modulation (Eqs. 1-5, 2).
+  """Style Alignment Encoding: Eq. 1, one of the three aggregations, then Eq. 2.
 
   Args:
     z_c: (B, H, W, C) content feature (queries).
     z_s: (B, Hs, Ws, C) style feature (keys and values).
-    lam, beta: (B, H, W) gate scale and bias from E_f.
+    lam, beta: (B, H, W) gate scale and bias from E_f (read by "cgm" only).
     sharpness: alpha of Eq. 1.
-    gate: False gives plain Eq. 2 (the paper's ablation without CGM).
-    temperature: straight-through surrogate temperature (None: forward only).
-    renormalize: divide the kept weights by their sum.
-    return_aux: also return a dict with the attention, the mask and the kept fraction.
+    gate: the old switch, used when `attention` is None: True is "cgm", False "full".
+    attention: "full" (Eq. 2 over every style position, SANet), "topk" (the k
+      largest weights of each row, Fig. 3) or "cgm" (Eqs. 3-5).
+    topk: k of "topk".
+    temperature: straight-through surrogate temperature of "cgm" (None: forward only).
+    renormalize: divide the kept weights by their sum ("topk" and "cgm").
+    return_aux: also return a dict with the attention, the mask, the threshold
+      (B, Nc) ("cgm": T; "topk": the k-th largest weight) and the kept fraction (B,).
 
   Returns:
     Z_cs: (B, H, W, C) in z_s's dtype (and the aux dict when asked).
   """
+  if attention is None:
+    attention = "cgm" if gate else "full"
+  if attention not in ATTENTIONS:
+    raise ValueError(f"aligned_style_features: attention must be one of {ATTENTIONS}, got {attention!r}")
   b, h, w, c = z_c.shape
   attn = cosine_attention(z_c, z_s, sharpness)
-  if gate:
-    attn_bar, mask = gated_attention(attn, lam.reshape(b, h * w).astype(jnp.float32),
-                                     beta.reshape(b, h * w).astype(jnp.float32),
-                                     temperature, renormalize)
+  if attention == "cgm":
+    attn_bar, mask, thresh = gated_attention(attn, lam.reshape(b, h * w).astype(jnp.float32),
+                                             beta.reshape(b, h * w).astype(jnp.float32),
+                                             temperature, renormalize)
+  elif attention == "topk":
+    attn_bar, mask, thresh = topk_attention(attn, int(topk), renormalize)
   else:
-    attn_bar, mask = attn, jnp.ones_like(attn)
+    attn_bar, mask, thresh = attn, jnp.ones_like(attn), jnp.zeros(attn.shape[:2], attn.dtype)
   values = z_s.reshape(b, -1, c).astype(jnp.float32)
   z_cs = jnp.einsum("buv,bvc->buc", attn_bar, values).reshape(b, h, w, c).astype(z_s.dtype)
   if not return_aux:
     return z_cs
   kept = jax.lax.stop_gradient(jnp.mean(mask, axis=(1, 2)))
-  return z_cs, {"attention": attn, "mask": mask, "kept_fraction": kept}
+  return z_cs, {"attention": attn, "mask": mask, "threshold": jax.lax.stop_gradient(thresh),
+                "kept_fraction": kept}

@@ -124,7 +124,7 @@ def compare(params, vgg_params, config, content, style, alpha: float = 1.0) -> l
     t_zs = enc(to_t(style), taps=("relu4_1",))["relu4_1"]
     t_image, t_aux = gen(t_taps["relu4_1"], t_zs, alpha)
     gate_row = None
-    if config.gate:
+    if config.attention != "full":  # the CGM's gate, or topK's selection
       gate_row, adopted = _gate_agreement(aux["mask"], t_aux, band)
       if adopted is not None:  # rerun downstream with JAX's decisions inside the band
         t_image, t_aux = gen(t_taps["relu4_1"], t_zs, alpha, mask=torch.from_numpy(adopted))

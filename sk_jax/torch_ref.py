@@ -7,7 +7,7 @@ Module paths equal the Flax names, so `sk_jax.port.generator_to_torch(params)`
 loads with `strict=True`:
 
   encoder.features.{0,2,...,28}            torchvision's VGG-16 layout
-  generator.alignment.gate.conv{1,2}       E_f (lambda, beta)
+  generator.alignment.gate.conv{1,2}       E_f (lambda, beta), only when attention="cgm"
   generator.alignment.log_sharpness        only when learn_sharpness
   generator.kernel_head.conv{1,2}          F1, F2, B per position and channel
   generator.decoder.dec4_1 ... dec1_1
@@ -97,17 +97,19 @@ def _conv(conv: nn.Conv2d, x, padding: int):
 
 
 class GateNet(nn.Module):
-  """E_f: (B, 512, H, W) -> lambda, beta, each (B, H, W) float32."""
+  """E_f: (B, 512, H, W) -> lambda, beta (beta in units of 1/Ns), each (B, H, W) float32."""
 
-  def __init__(self, hidden: int):
+  def __init__(self, hidden: int, lambda_form: str = "linear"):
     super().__init__()
     self.conv1 = nn.Conv2d(FEATURE_CHANNELS, hidden, 3)
     self.conv2 = nn.Conv2d(hidden, 2, 3)
+    self.lambda_form = lambda_form
 
   def forward(self, z_c):
     h = F.relu(_conv(self.conv1, z_c, 1))
     out = _conv(self.conv2, h, 1).float()
-    return out[:, 0], out[:, 1]
+    lam = F.softplus(out[:, 0]) if self.lambda_form == "softplus" else out[:, 0]
+    return lam, out[:, 1]
 
 
 def cosine_attention(z_c, z_s, sharpness):
@@ -125,16 +127,21 @@ def gate_threshold(attn, lam, beta):
   return lam * torch.bmm(attn, a_r.unsqueeze(-1)).squeeze(-1) + beta
 
 
+def topk_threshold(attn, k: int):
+  """The k-th largest weight of each row, (B, Nc); ops.topk_attention keeps A >= it."""
+  return torch.topk(attn, min(k, attn.shape[-1]), dim=-1).values[..., -1]
+
+
 class StyleAlignment(nn.Module):
-  """Z_c, Z_s -> Z_cs (Eqs. 1-5) and aux (attention, threshold, mask, kept fraction)."""
+  """Z_c, Z_s -> Z_cs (Eq. 1, then full / topK / CGM aggregation) and aux (attention, threshold, mask, kept fraction)."""
 
   def __init__(self, config):
     super().__init__()
     self.config = config
     if config.learn_sharpness:
       self.log_sharpness = nn.Parameter(torch.tensor(math.log(config.attention_sharpness)))
-    if config.gate:
-      self.gate = GateNet(config.gate_hidden)
+    if config.attention == "cgm":
+      self.gate = GateNet(config.gate_hidden, config.gate_lambda)
 
   def forward(self, z_c, z_s, mask=None):
     """mask: (B, Nc, Ns) gate decisions to use instead of this module's own (see sk_jax.parity)."""
@@ -143,12 +150,16 @@ class StyleAlignment(nn.Module):
     sharpness = torch.exp(self.log_sharpness) if cfg.learn_sharpness else cfg.attention_sharpness
     attn = cosine_attention(z_c, z_s, sharpness)
     aux = {"attention": attn}
-    if cfg.gate:
+    if cfg.attention == "cgm":
       lam, beta = self.gate(z_c)
       beta = beta / (z_s.shape[2] * z_s.shape[3])  # beta in units of 1/Ns, as in JAX
       thresh = gate_threshold(attn, lam.reshape(b, h * w), beta.reshape(b, h * w))
       # ops.gated_attention scales by Ns before the sign; kept for bit-equal decisions.
       own = ((attn - thresh.unsqueeze(-1)) * attn.shape[-1] > 0).to(attn.dtype)
+    elif cfg.attention == "topk":
+      thresh = topk_threshold(attn, cfg.topk)
+      own = (attn >= thresh.unsqueeze(-1)).to(attn.dtype)
+    if cfg.attention != "full":
       aux.update(threshold=thresh, own_mask=own)
       mask = own if mask is None else mask.to(attn.dtype)
       gated = attn * mask

@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable
 
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,10 +63,24 @@ class TrainState:
 
 # ----------------------------------------------------------------------------- the step
 
-def make_optimizer(opt_cfg, lr: float) -> optax.GradientTransformation:
-  """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same)."""
+def make_optimizer(opt_cfg, lr: float, gate_lr_scale: float = 1.0) -> optax.GradientTransformation:
+  """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same).
+
+  gate_lr_scale != 1 appends `scale_gate_updates`: E_f's updates are scaled after Adam,
+  because Adam is invariant to the scale of the gradient.
+  """
   clip = optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity()
-  return optax.chain(clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps))
+  parts = [clip, optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps)]
+  if gate_lr_scale != 1.0:
+    parts.append(scale_gate_updates(gate_lr_scale))
+  return optax.chain(*parts)
+
+
+def scale_gate_updates(scale: float) -> optax.GradientTransformation:
+  """Multiplies the updates of E_f (parameters under a "gate" module) by `scale`; no state."""
+  return optax.transforms.partition(
+      {"gate": optax.scale(scale), "rest": optax.identity()},
+      lambda params: flax.traverse_util.path_aware_map(lambda path, _: "gate" if "gate" in path else "rest", params))
 
 
 def _apply_if_finite(net: NetState, grads, loss):
@@ -137,6 +152,8 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
     total = (lc.adv * terms["adv_g"] + lc.rec * terms["rec"] + lc.content * terms["content"]
              + lc.style * terms["style"] + lc.remd * terms["remd"])
     terms["kept_fraction"] = jnp.mean(aux["kept_fraction"][:b])
+    for k in ("gate_lambda", "gate_beta_ns", "gate_threshold_ns"):  # of I_cs only, as the kept fraction
+      terms[k] = jnp.mean(aux[k][:b])
     return total, (terms, i_cs)
 
   return g_loss
@@ -174,7 +191,11 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
         step=state.step + 1, g=g_new, d=d_new,
         nonfinite_streak=jnp.where(bad, state.nonfinite_streak + 1, 0),
         nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32))
-    metrics = {f"loss/{k}": v for k, v in terms.items() if k != "kept_fraction"}
+    metrics = {f"loss/{k}": v for k, v in terms.items() if not k.startswith(("kept_", "gate_"))}
+    metrics.update({f"gate/{k[5:]}": v for k, v in terms.items() if k.startswith("gate_")})
+    if "gate" in g_grads.get("alignment", {}):  # what the straight-through path sends to E_f's output
+      gate_bias = g_grads["alignment"]["gate"]["conv2"]["bias"]
+      metrics.update({"gate/grad_lambda": gate_bias[0], "gate/grad_beta": gate_bias[1]})
     metrics.update({
         "loss/total": g_loss, "loss/d": d_loss, "d_updated": do_d.astype(jnp.int32),
         "grad_norm/g": g_norm, "grad_norm/d": d_norm, "gate/kept_fraction": terms["kept_fraction"],
@@ -203,7 +224,7 @@ def make_setup(cfg, mesh: jax.sharding.Mesh, models=None) -> Setup:
   """
   model, disc = models or validate_config(cfg)
   sharding.check_batch(int(cfg.data.batch_size), mesh)
-  tx_g = make_optimizer(cfg.opt, cfg.opt.lr)
+  tx_g = make_optimizer(cfg.opt, cfg.opt.lr, gate_lr_scale=float(cfg.opt.get("gate_lr_scale", 1.0)))
   tx_d = make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
 
   def create_state(rng) -> TrainState:

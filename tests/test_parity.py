@@ -76,15 +76,23 @@ def _torch_run(config, params, vgg_params, pair):
     dict(kernel_size=5, shuffle_groups=1, gate_renormalize=True, learn_sharpness=True,
          gate_hidden=32, kernel_hidden=32),
     dict(gate=False, kernel_size=1, shuffle_groups=8, gate_hidden=32, kernel_hidden=32),
-], ids=["k5-renorm-learned-sharpness", "no-gate-k1"])
+    dict(attention="full", gate_hidden=32, kernel_hidden=32),
+    dict(attention="topk", topk=5, gate_hidden=32, kernel_hidden=32),
+    dict(attention="topk", topk=2, gate_renormalize=True, gate_hidden=32, kernel_hidden=32),
+    dict(attention="cgm", gate_lambda="softplus", gate_renormalize=True, gate_hidden=32, kernel_hidden=32),
+], ids=["k5-renorm-learned-sharpness", "no-gate-k1", "full", "topk5", "topk2-renorm", "cgm-softplus-renorm"])
 def test_float32_variants_and_alpha(variant, pair, vgg_params):
   config = ModelConfig(**variant)
   params = random_params(config, seed=2)
   small = tuple(parity.prepare_image(x, 32) for x in pair)
   rows = parity.compare(params, vgg_params, config, *small, alpha=0.6)
-  assert ("gate mask" in [r.name for r in rows]) == config.gate
+  assert ("gate mask" in [r.name for r in rows]) == (config.attention != "full")
   bad = [r for r in rows if not r.ok]
   assert not bad, parity.format_table(rows)
+  if config.attention == "topk":  # the selection is not vacuous: min(K, Ns) of Ns per row
+    _, t_aux = _torch_run(config, params, vgg_params, small)
+    ns = t_aux["mask"].shape[-1]
+    assert torch.all(t_aux["mask"].sum(-1) == min(config.topk, ns)) and config.topk < ns
 
 
 def test_bfloat16_within_documented_tolerance(pair, vgg_params):

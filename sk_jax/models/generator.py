@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
-from sk_jax.models.alignment import StyleAlignment
+from sk_jax.models.alignment import GATE_LAMBDAS, StyleAlignment
 from sk_jax.models.decoder import Decoder
 from sk_jax.models.fields import ConfigFields
 from sk_jax.models.kernels import KernelHead, apply_style_kernels
@@ -18,6 +18,10 @@ from sk_jax.models.kernels import KernelHead, apply_style_kernels
 FEATURE_TAP = "relu4_1"
 FEATURE_CHANNELS = 512
 STRIDE = 8  # relu4_1 is at 1/8 of the image size
+ATTENTIONS = ("full", "topk", "cgm")
+# What a config written before `attention` existed meant by the fields added with it:
+# an old checkpoint loads with these and reproduces its outputs.
+LEGACY_DEFAULTS = {"gate_lambda": "linear"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +30,11 @@ class ModelConfig(ConfigFields):
   GROUP = "model"
   attention_sharpness: float = 10.0   # alpha of Eq. 1
   learn_sharpness: bool = False
-  gate: bool = True                   # CGM on; False is plain Eq. 2
-  gate_renormalize: bool = False      # divide the kept attention by its sum
+  attention: str = "cgm"              # "full" (Eq. 2), "topk" (Fig. 3's SANet + topK), "cgm" (Eqs. 3-5)
+  topk: int = 16                      # K of "topk"
+  gate: bool | None = None            # old switch, an alias: False -> attention "full"; set from attention
+  gate_renormalize: bool = False      # divide the kept attention by its sum ("topk" and "cgm")
+  gate_lambda: str = "linear"         # lambda from E_f: "linear" (as printed) or "softplus" (kept > 0)
   gate_temperature: float = 1.0       # straight-through surrogate, in units of 1/Ns
   gate_hidden: int = 128
   kernel_size: int = 3                # k of the k x 1 and 1 x k style kernels
@@ -38,6 +45,20 @@ class ModelConfig(ConfigFields):
   vgg_weights: str = "bundled"        # "bundled" or an Orbax dir from `sk-jax port-vgg16`
 
   def __post_init__(self):
+    # `gate` predates `attention`: gate=False (with attention left at "cgm") is the
+    # full attention; afterwards gate always says whether the CGM is on.
+    if self.gate is False and self.attention == "cgm":
+      object.__setattr__(self, "attention", "full")
+    if self.attention not in ATTENTIONS:
+      raise InputError(f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+    if self.gate is True and self.attention != "cgm":
+      raise InputError(f"model.gate=True asks for the CGM but model.attention is {self.attention!r}; "
+                       "set only model.attention")
+    object.__setattr__(self, "gate", self.attention == "cgm")
+    if self.topk < 1:
+      raise InputError(f"model.topk must be >= 1, got {self.topk}")
+    if self.gate_lambda not in GATE_LAMBDAS:
+      raise InputError(f"model.gate_lambda must be one of {', '.join(GATE_LAMBDAS)}, got {self.gate_lambda!r}")
     if self.kernel_size not in (1, 3, 5):
       raise InputError(f"model.kernel_size must be 1, 3 or 5, got {self.kernel_size}")
     if self.shuffle_groups < 1 or FEATURE_CHANNELS % self.shuffle_groups:
@@ -46,6 +67,16 @@ class ModelConfig(ConfigFields):
       raise InputError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
     if self.attention_sharpness <= 0:
       raise InputError(f"model.attention_sharpness must be positive, got {self.attention_sharpness}")
+
+  @classmethod
+  def from_dict(cls, d, source: str | None = None) -> "ModelConfig":
+    """As ConfigFields.from_dict; a dict without `attention` was written before it existed
+    (gate: true/false): the fields added since take their old meaning (LEGACY_DEFAULTS)."""
+    d = dict(d)
+    if "attention" not in d:
+      for k, v in LEGACY_DEFAULTS.items():
+        d.setdefault(k, v)
+    return super().from_dict(d, source)
 
   @property
   def compute_dtype(self):
@@ -67,8 +98,9 @@ class Generator(nn.Module):
     dtype = cfg.compute_dtype
     z_c, z_s = z_c.astype(dtype), z_s.astype(dtype)
     z_cs, aux = StyleAlignment(
-        cfg.attention_sharpness, cfg.learn_sharpness, cfg.gate, cfg.gate_renormalize,
-        cfg.gate_temperature, cfg.gate_hidden, dtype, name="alignment")(z_c, z_s)
+        cfg.attention_sharpness, cfg.learn_sharpness, cfg.attention, cfg.gate_renormalize,
+        cfg.gate_temperature, cfg.gate_hidden, dtype, topk=cfg.topk, gate_lambda=cfg.gate_lambda,
+        name="alignment")(z_c, z_s)
     f_v, f_h, bias = KernelHead(FEATURE_CHANNELS, cfg.kernel_size, cfg.kernel_hidden,
                                 cfg.kernel_init_std, dtype, name="kernel_head")(z_cs)
     z_bar = apply_style_kernels(z_c, f_v, f_h, bias, cfg.shuffle_groups)
