@@ -78,11 +78,14 @@ def conv3x3_reflect(x, kernel):
   """
   conv = lambda a, padding: jax.lax.conv_general_dilated(
       a, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h, w = x.shape[1:3]
+  if not (isinstance(h, int) and isinstance(w, int)):
+    # Symbolic sizes (jax.export, ONNX): the plain form, which converters follow.
+    return conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"), "VALID")
   reflect = lambda a, axis: jnp.concatenate(
       [jax.lax.slice_in_dim(a, 1, 2, axis=axis), a,
        jax.lax.slice_in_dim(a, a.shape[axis] - 2, a.shape[axis] - 1, axis=axis)], axis=axis)
   out = conv(x, "SAME")
-  h, w = x.shape[1:3]
   top = conv(reflect(reflect(x[:, :2], 1)[:, :3], 2), "VALID")                  # (B, 1, W, Cout)
   bottom = conv(reflect(reflect(x[:, h - 2:], 1)[:, 1:], 2), "VALID")
   left = conv(reflect(reflect(x[:, :, :2], 2)[:, :, :3], 1), "VALID")[:, 1:-1]   # (B, H - 2, 1, Cout)
