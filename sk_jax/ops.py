@@ -94,20 +94,47 @@ def conv3x3_reflect(x, kernel):
   return jnp.concatenate([top, middle, bottom], axis=1)
 
 
-def cosine_attention(z_c, z_s, sharpness):
+# Matmul precision of the attention's einsums (logits, the CGM's threshold, the aggregation):
+# "highest" is full float32 on every backend; "default" is the platform's (TF32 on recent
+# NVIDIA GPUs, one bfloat16 pass on TPUs), whose rounding the hard gate turns into flipped
+# decisions near the threshold (docs/method.md, "Precision").
+PRECISIONS = ("highest", "default")
+
+
+def _precision(precision: str):
+  if precision not in PRECISIONS:
+    raise ValueError(f"attention precision must be one of {PRECISIONS}, got {precision!r}")
+  return jax.lax.Precision.HIGHEST if precision == "highest" else None
+
+
+def _unit_rows(x_BxNxC):
+  x = x_BxNxC.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
+def _softmax_rows(q_BxUxC, k_BxNsxC, sharpness, precision: str):
+  """Eq. 1 for a block of unit query rows against all unit keys: (B, U, Ns) float32."""
+  logits_BxUxNs = sharpness * jnp.einsum("bud,bvd->buv", q_BxUxC, k_BxNsxC, precision=_precision(precision))
+  return jax.nn.softmax(logits_BxUxNs, axis=-1)
+
+
+def cosine_attention(z_c, z_s, sharpness, precision: str = "highest"):
   """Eq. 1: A = softmax_v(alpha * cos(Z_c(u), Z_s(v))); returns (B, Nc, Ns) in float32."""
-  q = z_c.reshape(z_c.shape[0], -1, z_c.shape[-1]).astype(jnp.float32)
-  k = z_s.reshape(z_s.shape[0], -1, z_s.shape[-1]).astype(jnp.float32)
-  q = q * jax.lax.rsqrt(jnp.sum(q * q, axis=-1, keepdims=True) + 1e-12)
-  k = k * jax.lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-12)
-  logits_BxNcxNs = sharpness * jnp.einsum("bud,bvd->buv", q, k)
-  return jax.nn.softmax(logits_BxNcxNs, axis=-1)
+  q = _unit_rows(z_c.reshape(z_c.shape[0], -1, z_c.shape[-1]))
+  k = _unit_rows(z_s.reshape(z_s.shape[0], -1, z_s.shape[-1]))
+  return _softmax_rows(q, k, sharpness, precision)
 
 
-def gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc):
-  """Eqs. 3-4 as read in docs/method.md: T(u) = lam(u) sum_v A(u,v) A_r(v) + beta(u)."""
-  a_r_BxNs = jnp.mean(attn_BxNcxNs, axis=1)
-  return lam_BxNc * jnp.einsum("buv,bv->bu", attn_BxNcxNs, a_r_BxNs) + beta_BxNc
+def gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc, a_r_BxNs=None, precision: str = "highest"):
+  """Eqs. 3-4 as read in docs/method.md: T(u) = lam(u) sum_v A(u,v) A_r(v) + beta(u).
+
+  A_r(v) = mean_u A(u, v) over every content position; pass it when `attn` holds only
+  some of the rows (the chunked path computes it in a first pass).
+  """
+  if a_r_BxNs is None:
+    a_r_BxNs = jnp.mean(attn_BxNcxNs, axis=1)
+  return lam_BxNc * jnp.einsum("buv,bv->bu", attn_BxNcxNs, a_r_BxNs,
+                               precision=_precision(precision)) + beta_BxNc
 
 
 def hard_gate(diff, temperature: float | None = None):
@@ -123,9 +150,10 @@ def hard_gate(diff, temperature: float | None = None):
   return soft + jax.lax.stop_gradient(hard - soft)
 
 
-def gated_attention(attn_BxNcxNs, lam_BxNc, beta_BxNc, temperature=None, renormalize=False):
+def gated_attention(attn_BxNcxNs, lam_BxNc, beta_BxNc, temperature=None, renormalize=False,
+                    a_r_BxNs=None, precision: str = "highest"):
   """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask, T (B, Nc))."""
-  thresh_BxNc = gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc)
+  thresh_BxNc = gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc, a_r_BxNs, precision)
   # The surrogate's temperature is in units of the uniform weight 1/Ns, so it
   # does not depend on the style resolution.
   ns = attn_BxNcxNs.shape[-1]
@@ -165,8 +193,36 @@ def topk_attention(attn_BxNcxNs, k: int, renormalize=False):
 ATTENTIONS = ("full", "topk", "cgm")
 
 
+def _aggregate(attn_BxUxNs, lam_BxU, beta_BxU, values_BxNsxC, attention, topk, temperature, renormalize,
+               a_r_BxNs, precision):
+  """One block of query rows: the chosen aggregation, then Eq. 2 -> (Z_cs rows, mask, threshold)."""
+  if attention == "cgm":
+    attn_bar, mask, thresh = gated_attention(attn_BxUxNs, lam_BxU, beta_BxU, temperature, renormalize,
+                                             a_r_BxNs, precision)
+  elif attention == "topk":
+    attn_bar, mask, thresh = topk_attention(attn_BxUxNs, int(topk), renormalize)
+  else:
+    attn_bar, mask, thresh = attn_BxUxNs, jnp.ones_like(attn_BxUxNs), jnp.zeros(attn_BxUxNs.shape[:2])
+  z_BxUxC = jnp.einsum("buv,bvc->buc", attn_bar, values_BxNsxC, precision=_precision(precision))
+  return z_BxUxC, mask, thresh
+
+
+def _chunks(x, n: int, size: int):
+  """(B, N, ...) -> (n, B, size, ...), zero-padded at the end of N."""
+  pad = n * size - x.shape[1]
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  return jnp.moveaxis(x.reshape(x.shape[0], n, size, *x.shape[2:]), 1, 0)
+
+
+def _unchunk(x_nxBxU, length: int):
+  """(n, B, size, ...) -> (B, length, ...)."""
+  x = jnp.moveaxis(x_nxBxU, 0, 1)
+  return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
 def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *, attention=None, topk=None,
-                           temperature=None, renormalize=False, return_aux=False):
+                           temperature=None, renormalize=False, return_aux=False,
+                           query_chunk: int | None = None, precision: str = "highest"):
   """Style Alignment Encoding: Eq. 1, one of the three aggregations, then Eq. 2.
 
   Args:
@@ -180,8 +236,13 @@ def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *, attenti
     topk: k of "topk".
     temperature: straight-through surrogate temperature of "cgm" (None: forward only).
     renormalize: divide the kept weights by their sum ("topk" and "cgm").
-    return_aux: also return a dict with the attention, the mask, the threshold
-      (B, Nc) ("cgm": T; "topk": the k-th largest weight) and the kept fraction (B,).
+    return_aux: also return a dict with the threshold (B, Nc) ("cgm": T; "topk": the
+      k-th largest weight), the kept fraction (B,) and, unchunked, the attention and the mask.
+    query_chunk: None computes the (B, Nc, Ns) attention at once; an int processes that
+      many content positions at a time (memory chunk x Ns instead of Nc x Ns; the CGM's
+      A_r is a first pass over the chunks). The results equal the unchunked ones up to
+      summation order; gradients flow through both passes (each chunk is rematerialised).
+    precision: "highest" (full float32 whatever the platform's default) or "default".
 
   Returns:
     Z_cs: (B, H, W, C) in z_s's dtype (and the aux dict when asked).
@@ -191,19 +252,47 @@ def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *, attenti
   if attention not in ATTENTIONS:
     raise ValueError(f"aligned_style_features: attention must be one of {ATTENTIONS}, got {attention!r}")
   b, h, w, c = z_c.shape
-  attn = cosine_attention(z_c, z_s, sharpness)
-  if attention == "cgm":
-    attn_bar, mask, thresh = gated_attention(attn, lam.reshape(b, h * w).astype(jnp.float32),
-                                             beta.reshape(b, h * w).astype(jnp.float32),
-                                             temperature, renormalize)
-  elif attention == "topk":
-    attn_bar, mask, thresh = topk_attention(attn, int(topk), renormalize)
+  nc = h * w
+  q = _unit_rows(z_c.reshape(b, nc, c))
+  k = _unit_rows(z_s.reshape(b, -1, c))
+  ns = k.shape[1]
+  values = z_s.reshape(b, ns, c).astype(jnp.float32)
+  lam, beta = lam.reshape(b, nc).astype(jnp.float32), beta.reshape(b, nc).astype(jnp.float32)
+  args = (values, attention, topk, temperature, renormalize)
+
+  if query_chunk is None or query_chunk >= nc:
+    attn = _softmax_rows(q, k, sharpness, precision)
+    z_cs, mask, thresh = _aggregate(attn, lam, beta, *args, None, precision)
+    aux = {"attention": attn, "mask": mask, "kept_fraction": jnp.mean(mask, axis=(1, 2))}
   else:
-    attn_bar, mask, thresh = attn, jnp.ones_like(attn), jnp.zeros(attn.shape[:2], attn.dtype)
-  values = z_s.reshape(b, -1, c).astype(jnp.float32)
-  z_cs = jnp.einsum("buv,bvc->buc", attn_bar, values).reshape(b, h, w, c).astype(z_s.dtype)
+    n = -(-nc // query_chunk)
+    q_n, lam_n, beta_n = (_chunks(x, n, query_chunk) for x in (q, lam, beta))
+    valid_n = _chunks(jnp.ones((b, nc), jnp.float32), n, query_chunk)  # 0 on the padding rows
+    a_r = None
+    if attention == "cgm":
+      column_sums = jax.lax.map(jax.checkpoint(lambda xs: jnp.sum(
+          _softmax_rows(xs[0], k, sharpness, precision) * xs[1][..., None], axis=1)), (q_n, valid_n))
+      a_r = jnp.sum(column_sums, axis=0) / nc
+
+    def block(xs):
+      q_c, lam_c, beta_c, valid_c = xs
+      z, mask, thresh = _aggregate(_softmax_rows(q_c, k, sharpness, precision), lam_c, beta_c, *args,
+                                   a_r, precision)
+      return z, thresh, jnp.sum(mask * valid_c[..., None], axis=(1, 2))
+
+    z_n, thresh_n, kept_n = jax.lax.map(jax.checkpoint(block), (q_n, lam_n, beta_n, valid_n))
+    z_cs, thresh = _unchunk(z_n, nc), _unchunk(thresh_n, nc)
+    aux = {"kept_fraction": jnp.sum(kept_n, axis=0) / (nc * ns)}
+  z_cs = z_cs.reshape(b, h, w, c).astype(z_s.dtype)
   if not return_aux:
     return z_cs
-  kept = jax.lax.stop_gradient(jnp.mean(mask, axis=(1, 2)))
-  return z_cs, {"attention": attn, "mask": mask, "threshold": jax.lax.stop_gradient(thresh),
-                "kept_fraction": kept}
+  aux["kept_fraction"] = jax.lax.stop_gradient(aux["kept_fraction"])
+  aux["threshold"] = jax.lax.stop_gradient(thresh)
+  return z_cs, aux
+
+
+def query_chunk_for(nc: int, ns: int, budget_bytes: int) -> int | None:
+  """Content positions per chunk so that the attention's float32 temporaries (logits, weights,
+  mask, kept weights: about 4 copies of chunk x Ns) fit in `budget_bytes`; None: all at once."""
+  rows = max(8, int(budget_bytes // (16 * ns)))
+  return None if rows >= nc else rows

@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sk_jax import bundled, controls, images, weights
+from sk_jax import bundled, controls, images, ops, weights
 from sk_jax.errors import InputError
 from sk_jax.models.alignment import StyleAlignment
 from sk_jax.models.generator import (
   Generator,
+  STRIDE,
   ModelConfig,
   encode,
   pad_to_stride,
@@ -37,6 +38,9 @@ from sk_jax.models.generator import (
 from sk_jax.models.kernels import KernelHead
 
 DEFAULT_SIZE = 512
+# The attention's float32 temporaries may take this much; above it the attention runs in
+# chunks of content positions (same results; docs/method.md, "Attention in bounded memory").
+DEFAULT_ATTENTION_MB = 1024
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -45,21 +49,21 @@ def _encode(vgg_params, style, config: ModelConfig):
   return encode(vgg_params, style, config.compute_dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("return_aux",))
-def _apply(params, vgg_params, config: ModelConfig, z_s, content, alpha, return_aux=False):
+@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("return_aux", "query_chunk"))
+def _apply(params, vgg_params, config: ModelConfig, z_s, content, alpha, return_aux=False, query_chunk=None):
   content, (h, w) = pad_to_stride(content)
   z_c = encode(vgg_params, content, config.compute_dtype)
   z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
-  image, aux = Generator(config).apply({"params": params}, z_c, z_s, alpha)
+  image, aux = Generator(config, query_chunk).apply({"params": params}, z_c, z_s, alpha)
   image = image[:, :h, :w]
   if return_aux:
     aux = dict(aux, decoded=image)  # before clipping
   return jnp.clip(image, 0.0, 1.0), (aux if return_aux else aux["kept_fraction"])
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _forward(params, vgg_params, config: ModelConfig, content, style, alpha):
-  return stylize_images(params, vgg_params, config, content, style, alpha)[0]
+@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
+def _forward(params, vgg_params, config: ModelConfig, content, style, alpha, query_chunk=None):
+  return stylize_images(params, vgg_params, config, content, style, alpha, query_chunk)[0]
 
 
 def _device(x, dtype=np.float32) -> jax.Array:
@@ -111,8 +115,9 @@ def _smooth_kernels(previous, beta):
   return interceptor
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _apply_controls(params, vgg_params, config: ModelConfig, z_styles, content, weights_S, alphas_A):
+@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
+def _apply_controls(params, vgg_params, config: ModelConfig, z_styles, content, weights_S, alphas_A,
+                    query_chunk=None):
   """Several styles mixed by (S,) or (h, w, S) weights, for every alpha of (A,) in one program.
 
   Returns (A, B, H, W, 3) in [0, 1] and the kept fraction (A, B). Under vmap over alpha only
@@ -126,14 +131,15 @@ def _apply_controls(params, vgg_params, config: ModelConfig, z_styles, content, 
 
   def one(alpha):
     with nn.intercept_methods(_mix_alignment(z_styles, w_BxHxWxS)):
-      image, aux = Generator(config).apply({"params": params}, z_c, z_styles[0], alpha)
+      image, aux = Generator(config, query_chunk).apply({"params": params}, z_c, z_styles[0], alpha)
     return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux["kept_fraction"]
 
   return jax.vmap(one)(alphas_A)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _apply_smoothed(params, vgg_params, config: ModelConfig, z_s, content, alpha, previous, beta):
+@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
+def _apply_smoothed(params, vgg_params, config: ModelConfig, z_s, content, alpha, previous, beta,
+                    query_chunk=None):
   """`_apply` with the kernels smoothed against `previous` (None: the first frame).
 
   Returns the image (B, H, W, 3), the kept fraction (B,) and the kernels used (F_v, F_h, B).
@@ -141,7 +147,7 @@ def _apply_smoothed(params, vgg_params, config: ModelConfig, z_s, content, alpha
   content, (h, w) = pad_to_stride(content)
   z_c = encode(vgg_params, content, config.compute_dtype)
   z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
-  generator = Generator(config)
+  generator = Generator(config, query_chunk)
   if previous is None:
     image, aux = generator.apply({"params": params}, z_c, z_s, alpha)
   else:
@@ -163,18 +169,27 @@ class Stylizer:
   padded to multiples of 8 inside, cropped back). Each method is compiled once per shape.
   """
 
-  def __init__(self, params, config: ModelConfig, vgg_params=None):
-    self.config = config
+  def __init__(self, params, config: ModelConfig, vgg_params=None,
+               attention_mb: float = DEFAULT_ATTENTION_MB):
+    """attention_mb: memory the attention may take; larger attentions run in chunks of
+    content positions (`ops.query_chunk_for`), with the same results."""
+    self.config, self.attention_mb = config, attention_mb
     self.params = jax.device_put(params)
     self.vgg_params = jax.device_put(weights.load_vgg16(config.vgg_weights) if vgg_params is None
                                      else vgg_params)
 
   @classmethod
-  def load(cls, path: str | None = bundled.BUNDLED, vgg: str | None = None) -> "Stylizer":
+  def load(cls, path: str | None = bundled.BUNDLED, vgg: str | None = None,
+           attention_mb: float = DEFAULT_ATTENTION_MB) -> "Stylizer":
     """From a generator checkpoint directory, or the bundled generator (None or "bundled");
     `vgg` overrides the encoder weights it names."""
     params, config = bundled.resolve(path)
-    return cls(params, config, weights.load_vgg16(vgg or config.vgg_weights))
+    return cls(params, config, weights.load_vgg16(vgg or config.vgg_weights), attention_mb)
+
+  def query_chunk(self, content_hw, style_hw) -> int | None:
+    """Content positions per attention chunk for images of these sizes (None: all at once)."""
+    positions = lambda hw: -(-hw[0] // STRIDE) * -(-hw[1] // STRIDE)
+    return ops.query_chunk_for(positions(content_hw), positions(style_hw), self.attention_mb * 2**20)
 
   def encode_style(self, style) -> jax.Array:
     """relu4_1 features of style images, (B, h, w, 512): computed once, applied to many contents."""
@@ -187,8 +202,10 @@ class Stylizer:
     return_aux the generator's whole aux dict (attention, mask, z_cs, kernels, z_bar, and
     the decoded image before clipping).
     """
-    return _apply(self.params, self.vgg_params, self.config, style_features, _batch(content),
-                  _device(alpha), return_aux=return_aux)
+    content = _batch(content)
+    chunk = self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
+    return _apply(self.params, self.vgg_params, self.config, style_features, content,
+                  _device(alpha), return_aux=return_aux, query_chunk=chunk)
 
   def apply_mixed(self, content, style_features: Sequence, weights=None, alphas=(1.0,)):
     """Stylizes content with several encoded styles mixed in Z_cs, for several alphas at once.
@@ -199,8 +216,10 @@ class Stylizer:
     """
     z = tuple(style_features)
     w = controls.style_weights(None, len(z)) if weights is None else np.asarray(weights, np.float32)
-    return _apply_controls(self.params, self.vgg_params, self.config, z, _batch(content),
-                           _device(w), _device(controls.check_alphas(alphas)))
+    content = _batch(content)
+    chunk = self.query_chunk(content.shape[1:3], np.multiply(z[0].shape[1:3], STRIDE))
+    return _apply_controls(self.params, self.vgg_params, self.config, z, content,
+                           _device(w), _device(controls.check_alphas(alphas)), query_chunk=chunk)
 
   def apply_smoothed(self, content, style_features, alpha=1.0, previous=None, beta=0.0):
     """`apply` for one frame of a clip, with the kernels (F_v, F_h, B) averaged as
@@ -209,18 +228,22 @@ class Stylizer:
     Returns (B, H, W, 3) in [0, 1], the kept fraction (B,) and the kernels used (pass them
     as `previous` for the next frame).
     """
-    return _apply_smoothed(self.params, self.vgg_params, self.config, style_features, _batch(content),
-                           _device(alpha), previous, _device(beta))
+    content = _batch(content)
+    chunk = self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
+    return _apply_smoothed(self.params, self.vgg_params, self.config, style_features, content,
+                           _device(alpha), previous, _device(beta), query_chunk=chunk)
 
   def __call__(self, content, style, alpha=1.0) -> jax.Array:
     """Images in, images out, in one compiled program: (B, H, W, 3) in [0, 1]."""
-    return _forward(self.params, self.vgg_params, self.config, _batch(content), _batch(style),
-                    _device(alpha))
+    content, style = _batch(content), _batch(style)
+    return _forward(self.params, self.vgg_params, self.config, content, style, _device(alpha),
+                    query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]))
 
   def lower(self, content, style, alpha=1.0):
     """`__call__` lowered for these shapes (benchmarks time its `.compile()`d program)."""
-    return _forward.lower(self.params, self.vgg_params, self.config, _batch(content), _batch(style),
-                          _device(alpha))
+    content, style = _batch(content), _batch(style)
+    return _forward.lower(self.params, self.vgg_params, self.config, content, style, _device(alpha),
+                          query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]))
 
   def stylize(self, content, style, *, size: int | None = DEFAULT_SIZE, style_size: int | None = None,
               alpha: float | Sequence[float] = 1.0, style_weights: Sequence[float] | None = None,

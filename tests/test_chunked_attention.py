@@ -14,12 +14,12 @@ VARIANTS = [dict(attention="full"), dict(attention="topk", topk=3), dict(attenti
             dict(attention="cgm"), dict(attention="cgm", renormalize=True)]
 
 
-def _inputs(seed=0):
+def _inputs(seed=0, h=H, w=W, hs=HS, ws=WS, c=C):
   rng = np.random.default_rng(seed)
-  z_c = jnp.asarray(np.abs(rng.normal(size=(B, H, W, C))), jnp.float32)
-  z_s = jnp.asarray(np.abs(rng.normal(size=(B, HS, WS, C))), jnp.float32)
-  lam = jnp.asarray(rng.uniform(0.5, 1.5, size=(B, H, W)), jnp.float32)
-  beta = jnp.asarray(rng.normal(scale=0.2, size=(B, H, W)) / (HS * WS), jnp.float32)
+  z_c = jnp.asarray(np.abs(rng.normal(size=(B, h, w, c))), jnp.float32)
+  z_s = jnp.asarray(np.abs(rng.normal(size=(B, hs, ws, c))), jnp.float32)
+  lam = jnp.asarray(rng.uniform(0.5, 1.5, size=(B, h, w)), jnp.float32)
+  beta = jnp.asarray(rng.normal(scale=0.2, size=(B, h, w)) / (hs * ws), jnp.float32)
   return z_c, z_s, lam, beta
 
 
@@ -58,8 +58,8 @@ def test_chunked_gradients_equal_the_whole_matrix(variant):
 
 def _gate_oracle(z_c, z_s, lam, beta, sharpness=10.0):
   """Eqs. 1, 3-5 in float64 numpy: (A, T, mask)."""
-  q = np.asarray(z_c, np.float64).reshape(B, -1, C)
-  k = np.asarray(z_s, np.float64).reshape(B, -1, C)
+  q = np.asarray(z_c, np.float64).reshape(B, -1, z_c.shape[-1])
+  k = np.asarray(z_s, np.float64).reshape(B, -1, z_s.shape[-1])
   q /= np.linalg.norm(q, axis=-1, keepdims=True)
   k /= np.linalg.norm(k, axis=-1, keepdims=True)
   logits = sharpness * q @ k.transpose(0, 2, 1)
@@ -72,7 +72,7 @@ def _gate_oracle(z_c, z_s, lam, beta, sharpness=10.0):
 
 def test_highest_precision_holds_the_gate_under_a_bfloat16_matmul_default():
   """What a TPU does by default (one bfloat16 pass per matmul) must not move the gate."""
-  z_c, z_s, lam, beta = _inputs(3)
+  z_c, z_s, lam, beta = _inputs(3, 16, 16, 16, 16, 64)
   a, t, want = _gate_oracle(z_c, z_s, lam, beta)
   with jax.default_matmul_precision("bfloat16"):
     _, aux = jax.jit(lambda *x: ops.aligned_style_features(*x, 10.0, attention="cgm", return_aux=True))(
@@ -85,7 +85,7 @@ def test_highest_precision_holds_the_gate_under_a_bfloat16_matmul_default():
 def test_a_bfloat16_matmul_flips_gate_decisions_only_inside_the_band():
   """The documented cost of precision "default" on a TPU: rounding q and k to bfloat16 (one
   bfloat16 pass) flips decisions, but only where |A - T| is within GATE_BAND["bfloat16"] of T."""
-  z_c, z_s, lam, beta = _inputs(4)
+  z_c, z_s, lam, beta = _inputs(4, 16, 16, 16, 16, 64)   # 131,072 decisions
   a, t, want = _gate_oracle(z_c, z_s, lam, beta)
   to_bf16 = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)
   _, aux = ops.aligned_style_features(to_bf16(z_c), to_bf16(z_s), lam, beta, 10.0, attention="cgm",

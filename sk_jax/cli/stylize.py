@@ -13,7 +13,7 @@ from sk_jax import bundled, checkpoint, controls, images, video
 from sk_jax.config import load_config
 from sk_jax.errors import InputError
 from sk_jax.models.generator import ModelConfig, init_params
-from sk_jax.stylizer import DEFAULT_SIZE, Stylizer
+from sk_jax.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
 
 
 def output_name(content_path: str, style_path: str | tuple[str, ...]) -> str:
@@ -43,6 +43,8 @@ def _check_generator_args(args) -> list[float]:
   """The --alpha and --style-size checks shared by `stylize` and `stylize-video`; returns the
   alphas (several make a strip)."""
   images.check_size_args(args.style_size, None, flag="--style-size")
+  if not args.attention_memory > 0:
+    raise InputError(f"--attention-memory must be positive (MB), got {args.attention_memory}")
   return [float(a) for a in controls.check_alphas(controls.parse_floats(args.alpha, "--alpha"))]
 
 
@@ -70,7 +72,7 @@ def run_stylize(args) -> None:
     mask = images.load_image(args.mask, args.max_pixels)
     for c in contents:
       controls.mask_weights(mask, loaded[c].shape[:2], len(styles), f"--mask {args.mask}")
-  stylizer = Stylizer.load(args.checkpoint, args.vgg)
+  stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
   alpha = alphas[0] if len(alphas) == 1 else alphas
   for c, group, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):
     image = stylizer.stylize(loaded[c], [loaded_styles[s] for s in group] if mixed else loaded_styles[group[0]],
@@ -97,7 +99,7 @@ def run_stylize_video(args) -> None:
   # Everything is read and checked before anything is written.
   frames, fps = video.read_frames(args.input, args.size or None, args.max_frames)
   style = images.prepare(args.style, (args.size if args.style_size is None else args.style_size) or None)
-  stylizer = Stylizer.load(args.checkpoint, args.vgg)
+  stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
   out, _ = video.stylize_frames(frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth)
   written = video.write_frames(out, args.output, args.fps or fps)
   print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
@@ -108,6 +110,12 @@ def run_init(args) -> None:
   config = ModelConfig.from_dict(model, source=args.config or "defaults")
   params = init_params(config, jax.random.key(args.seed))
   print(checkpoint.save_generator(args.output, params, config, overwrite=args.overwrite))
+
+
+def _add_attention_memory(p) -> None:
+  p.add_argument("--attention-memory", type=float, default=DEFAULT_ATTENTION_MB, metavar="MB",
+                 help="memory the attention may take; above it, it runs in chunks of content positions "
+                      "(same result, bounded memory: how 4K images fit)")
 
 
 def add_commands(subparsers) -> None:
@@ -130,6 +138,7 @@ def add_commands(subparsers) -> None:
   p.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
                  help="refuse input images with more pixels than this")
   p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
+  _add_attention_memory(p)
   p.set_defaults(func=run_stylize)
 
   p = subparsers.add_parser("stylize-video", help="stylize every frame of a clip with one style",
@@ -150,6 +159,7 @@ def add_commands(subparsers) -> None:
   p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 10)")
   p.add_argument("--max-frames", type=int, help="stylize only the first N frames")
   p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
+  _add_attention_memory(p)
   p.set_defaults(func=run_stylize_video)
 
   p = subparsers.add_parser("init", help="write a randomly initialised generator checkpoint")

@@ -55,6 +55,8 @@ class StyleAlignment(nn.Module):
   dtype: jnp.dtype = jnp.float32
   topk: int = 16
   gate_lambda: str = "linear"
+  precision: str = "highest"          # of the attention's einsums (ops.PRECISIONS)
+  query_chunk: int | None = None      # content positions per chunk (None: all at once)
 
   @nn.compact
   def __call__(self, z_c, z_s):
@@ -76,7 +78,8 @@ class StyleAlignment(nn.Module):
       lam = beta = beta_ns = jnp.zeros(z_c.shape[:3], jnp.float32)
     z_cs, aux = ops.aligned_style_features(
         z_c, z_s, lam, beta, sharpness, attention=attention, topk=self.topk,
-        temperature=self.temperature, renormalize=self.renormalize, return_aux=True)
+        temperature=self.temperature, renormalize=self.renormalize, return_aux=True,
+        query_chunk=self.query_chunk, precision=self.precision)
     # Per-image gate statistics for the logs (docs/method.md, "Why the gate opens").
     b = z_c.shape[0]
     aux.update(gate_lambda=jax.lax.stop_gradient(jnp.mean(lam.reshape(b, -1), axis=1)),

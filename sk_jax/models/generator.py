@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sk_jax import ops
 from sk_jax.errors import InputError
 from sk_jax.models import vgg
 from sk_jax.models.alignment import GATE_LAMBDAS, StyleAlignment
@@ -37,6 +38,7 @@ class ModelConfig(ConfigFields):
   gate_lambda: str = "linear"         # lambda from E_f: "linear" (as printed) or "softplus" (kept > 0)
   gate_temperature: float = 1.0       # straight-through surrogate, in units of 1/Ns
   gate_hidden: int = 128
+  attention_precision: str = "highest"  # the attention's matmuls: "highest" (float32 everywhere) or "default"
   kernel_size: int = 3                # k of the k x 1 and 1 x k style kernels
   kernel_hidden: int = 256
   kernel_init_std: float = 1e-3
@@ -55,6 +57,9 @@ class ModelConfig(ConfigFields):
       raise InputError(f"model.gate=True asks for the CGM but model.attention is {self.attention!r}; "
                        "set only model.attention")
     object.__setattr__(self, "gate", self.attention == "cgm")
+    if self.attention_precision not in ops.PRECISIONS:
+      raise InputError(f"model.attention_precision must be one of {', '.join(ops.PRECISIONS)}, "
+                       f"got {self.attention_precision!r}")
     if self.topk < 1:
       raise InputError(f"model.topk must be >= 1, got {self.topk}")
     if self.gate_lambda not in GATE_LAMBDAS:
@@ -88,9 +93,11 @@ class Generator(nn.Module):
 
   __call__(z_c (B, H, W, 512), z_s (B, Hs, Ws, 512), alpha) returns the image
   (B, 8H, 8W, 3) and an aux dict (attention, mask, kept fraction, z_cs, kernels, z_bar).
-  alpha blends Z_bar with Z_c (1: full style).
+  alpha blends Z_bar with Z_c (1: full style). query_chunk (content positions at a time
+  in the attention; None: all at once) changes memory, not results (ops.aligned_style_features).
   """
   config: ModelConfig
+  query_chunk: int | None = None
 
   @nn.compact
   def __call__(self, z_c, z_s, alpha=1.0):
@@ -100,7 +107,7 @@ class Generator(nn.Module):
     z_cs, aux = StyleAlignment(
         cfg.attention_sharpness, cfg.learn_sharpness, cfg.attention, cfg.gate_renormalize,
         cfg.gate_temperature, cfg.gate_hidden, dtype, topk=cfg.topk, gate_lambda=cfg.gate_lambda,
-        name="alignment")(z_c, z_s)
+        precision=cfg.attention_precision, query_chunk=self.query_chunk, name="alignment")(z_c, z_s)
     f_v, f_h, bias = KernelHead(FEATURE_CHANNELS, cfg.kernel_size, cfg.kernel_hidden,
                                 cfg.kernel_init_std, dtype, name="kernel_head")(z_cs)
     z_bar = apply_style_kernels(z_c, f_v, f_h, bias, cfg.shuffle_groups)
@@ -132,7 +139,7 @@ def init_params(config: ModelConfig, rng, feature_hw=(4, 4)):
   return Generator(config).init(rng, z, z)["params"]
 
 
-def stylize_images(params, vgg_params, config: ModelConfig, content, style, alpha=1.0):
+def stylize_images(params, vgg_params, config: ModelConfig, content, style, alpha=1.0, query_chunk=None):
   """Images in, image out: (B, H, W, 3) content and (B, Hs, Ws, 3) style in [0, 1].
 
   Any H and W: inputs are reflection-padded to multiples of 8 and the output is
@@ -142,5 +149,5 @@ def stylize_images(params, vgg_params, config: ModelConfig, content, style, alph
   style, _ = pad_to_stride(style)
   dtype = config.compute_dtype
   z_c, z_s = encode(vgg_params, content, dtype), encode(vgg_params, style, dtype)
-  image, aux = Generator(config).apply({"params": params}, z_c, z_s, alpha)
+  image, aux = Generator(config, query_chunk).apply({"params": params}, z_c, z_s, alpha)
   return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux
