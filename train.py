@@ -14,6 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+
 def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
@@ -30,29 +31,37 @@ def _config_path(argv) -> str:
 
 
 def _unknown_field(argv, key: str) -> str | None:
-  """"unknown config field 'opt.lrr'; close matches: ..." for the override that names `key`."""
-  names = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  """ "unknown config field 'opt.lrr'; close matches: ..." for the override that names `key`."""
+  names = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   name = next((n for n in names if key in n.split(".")), None)
   if name is None:
     return None
   fields = []
   try:  # the config's fields, for the suggestions
     from sk_jax.config import load_config
+
     def walk(d, prefix=""):
       for k, v in d.items():
         fields.append(prefix + k)
         if hasattr(v, "items"):
           walk(v, f"{prefix}{k}.")
+
     walk(load_config(_config_path(argv)))
   except Exception:
     pass
   close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
-  return f"unknown config field '{name}'" + (f"; close matches: {', '.join(close)}" if close else "")
+  return f"unknown config field '{name}'" + (
+    f"; close matches: {', '.join(close)}" if close else ""
+  )
 
 
 def _flag_error(e: BaseException, argv):
   cause = e if isinstance(e, KeyError) else e.__context__ or e.__cause__
-  key = str(cause.args[0]).splitlines()[0].strip("'\"") if isinstance(cause, KeyError) and cause.args else None
+  key = (
+    str(cause.args[0]).splitlines()[0].strip("'\"")
+    if isinstance(cause, KeyError) and cause.args
+    else None
+  )
   message = _unknown_field(argv, key) if key else None
   print(f"train.py: error: {message or _one_line(e)}", file=sys.stderr)
   sys.exit(2)
@@ -69,15 +78,21 @@ def _parse_flags(argv):
 # The default is found from any working directory.
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 try:  # the default config is loaded here already, with the --config.* overrides of sys.argv
-  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "training config file",
-                                            lock_config=True)
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "training config file", lock_config=True
+  )
 except Exception as e:
   _flag_error(e, sys.argv)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and samples")
-_EXPORT = flags.DEFINE_string("export", None, "write the latest checkpoint's generator to this "
-                              "directory and exit (no training)")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "with --export: replace an existing sk-jax checkpoint "
-                               "directory (anything else is never replaced)")
+_EXPORT = flags.DEFINE_string(
+  "export", None, "write the latest checkpoint's generator to this directory and exit (no training)"
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "with --export: replace an existing sk-jax checkpoint "
+  "directory (anything else is never replaced)",
+)
 
 
 def _load_config():
@@ -89,7 +104,10 @@ def _load_config():
   except Exception as e:
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
     if not os.path.isfile(path):
-      print(f"train.py: error: {path}: no such config file (pass --config configs/NAME.py)", file=sys.stderr)
+      print(
+        f"train.py: error: {path}: no such config file (pass --config configs/NAME.py)",
+        file=sys.stderr,
+      )
     else:
       print(f"train.py: error: {path}: malformed config ({_one_line(e)})", file=sys.stderr)
     sys.exit(2)
@@ -100,15 +118,19 @@ class _QuietLibraries(py_logging.Filter):
   except Orbax's tracebacks of a full disk, which the run reports in one line as it stops."""
 
   def filter(self, record):
-    if "/orbax/" in record.pathname and ("No space left" in record.getMessage() or (
-        record.exc_info and _is_disk_full(record.exc_info[1]))):
+    if "/orbax/" in record.pathname and (
+      "No space left" in record.getMessage()
+      or (record.exc_info and _is_disk_full(record.exc_info[1]))
+    ):
       return False
     return record.levelno >= py_logging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
+      f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax")
+    )
 
 
 def _is_disk_full(e) -> bool:
   from sk_jax.errors import is_disk_full
+
   return is_disk_full(e)
 
 
@@ -119,7 +141,9 @@ def _quiet_closed_loop_callbacks() -> None:
   default = sys.unraisablehook  # TensorStore reports them as unraisable exceptions
 
   def hook(unraisable):
-    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+    if not (
+      unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+    ):
       default(unraisable)
 
   sys.unraisablehook = hook
@@ -143,7 +167,9 @@ def main(argv):
   try:
     with cli.exit_codes("train.py"):
       if _EXPORT.value:
-        print(checkpoint.export_generator(_WORKDIR.value, _EXPORT.value, overwrite=_OVERWRITE.value))
+        print(
+          checkpoint.export_generator(_WORKDIR.value, _EXPORT.value, overwrite=_OVERWRITE.value)
+        )
       else:
         train.train(cfg, _WORKDIR.value)
   except cli.Exit as e:

@@ -37,27 +37,91 @@ HELD_STYLES = ("gravel", "immunohistochemistry")
 # name -> (model overrides, opt overrides). "cgm_paper" is the reading as printed (and
 # the pre-issue-8 default); the others are the candidate remedies of docs/method.md.
 VARIANTS = {
-    "full": ({"attention": "full"}, {}),
-    **{f"topk{k}": ({"attention": "topk", "topk": k, "gate_renormalize": False}, {}) for k in (1, 4, 16, 64, 256)},
-    "cgm_paper": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": False,
-                   "gate_temperature": 1.0}, {}),
-    "cgm_renorm": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": True,
-                    "gate_temperature": 1.0}, {}),
-    "cgm_softplus": ({"attention": "cgm", "gate_lambda": "softplus", "gate_renormalize": False,
-                      "gate_temperature": 1.0}, {}),
-    "cgm_softplus_renorm": ({"attention": "cgm", "gate_lambda": "softplus", "gate_renormalize": True,
-                             "gate_temperature": 1.0}, {}),
-    "cgm_tau0.25": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": False,
-                     "gate_temperature": 0.25}, {}),
-    "cgm_tau4": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": False,
-                  "gate_temperature": 4.0}, {}),
-    "cgm_ef_lr0.01": ({"attention": "cgm", "gate_lambda": "linear", "gate_renormalize": False,
-                       "gate_temperature": 1.0},
-                      {"gate_lr_scale": 0.01}),
+  "full": ({"attention": "full"}, {}),
+  **{
+    f"topk{k}": ({"attention": "topk", "topk": k, "gate_renormalize": False}, {})
+    for k in (1, 4, 16, 64, 256)
+  },
+  "cgm_paper": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": False,
+      "gate_temperature": 1.0,
+    },
+    {},
+  ),
+  "cgm_renorm": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": True,
+      "gate_temperature": 1.0,
+    },
+    {},
+  ),
+  "cgm_softplus": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "softplus",
+      "gate_renormalize": False,
+      "gate_temperature": 1.0,
+    },
+    {},
+  ),
+  "cgm_softplus_renorm": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "softplus",
+      "gate_renormalize": True,
+      "gate_temperature": 1.0,
+    },
+    {},
+  ),
+  "cgm_tau0.25": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": False,
+      "gate_temperature": 0.25,
+    },
+    {},
+  ),
+  "cgm_tau4": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": False,
+      "gate_temperature": 4.0,
+    },
+    {},
+  ),
+  "cgm_ef_lr0.01": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": False,
+      "gate_temperature": 1.0,
+    },
+    {"gate_lr_scale": 0.01},
+  ),
 }
 # Training order: the saturated topK last (they reuse "full"), the cheap-to-lose ones late.
-ORDER = ("full", "cgm_paper", "cgm_renorm", "topk16", "topk4", "topk1", "cgm_softplus_renorm", "cgm_ef_lr0.01",
-         "cgm_tau4", "cgm_softplus", "cgm_tau0.25", "topk64", "topk256")
+ORDER = (
+  "full",
+  "cgm_paper",
+  "cgm_renorm",
+  "topk16",
+  "topk4",
+  "topk1",
+  "cgm_softplus_renorm",
+  "cgm_ef_lr0.01",
+  "cgm_tau4",
+  "cgm_softplus",
+  "cgm_tau0.25",
+  "topk64",
+  "topk256",
+)
 # The E_f step-size factor is pinned too, so that every variant except cgm_ef_lr0.01 is the
 # plain recipe whatever configs/default.py chooses.
 for _m, _o in VARIANTS.values():
@@ -67,12 +131,15 @@ MODEL_KEYS = ("attention", "topk", "gate_lambda", "gate_renormalize", "gate_temp
 
 def base_config(size: int, batch: int, steps: int, seed: int, content_dir: str, style_dir: str):
   from sk_jax.config import load_config
+
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   cfg.seed = seed
   cfg.data.content, cfg.data.style = content_dir, style_dir
   cfg.data.resize, cfg.data.crop = int(size * 1.5), size
   cfg.data.batch_size, cfg.data.num_workers, cfg.data.num_threads = batch, 0, 2
-  cfg.disc.features = 16  # a narrower PatchGAN, as configs/quick.py: the full one dominates a CPU step
+  cfg.disc.features = (
+    16  # a narrower PatchGAN, as configs/quick.py: the full one dominates a CPU step
+  )
   cfg.train.steps = steps
   cfg.mesh.data = 1
   return cfg
@@ -81,6 +148,7 @@ def base_config(size: int, batch: int, steps: int, seed: int, content_dir: str, 
 def default_variant_name() -> str:
   """The variant whose settings configs/default.py uses."""
   from sk_jax.config import load_config
+
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   model, opt = cfg.model.to_dict(), cfg.opt.to_dict()
   for name, (m, o) in VARIANTS.items():
@@ -89,7 +157,12 @@ def default_variant_name() -> str:
     if m["attention"] != "topk":
       got["topk"] = want["topk"]
     if m["attention"] == "full":
-      got.update({k: want[k] for k in ("gate_lambda", "gate_renormalize", "gate_temperature", "gate_lr_scale")})
+      got.update(
+        {
+          k: want[k]
+          for k in ("gate_lambda", "gate_renormalize", "gate_temperature", "gate_lr_scale")
+        }
+      )
     if got == want:
       return name
   return "(none of the variants)"
@@ -98,6 +171,7 @@ def default_variant_name() -> str:
 def write_split(tmp: str):
   """The embedded images as two training folders, without the held-back ones."""
   from sk_jax import images
+
   dirs = {}
   for which, held in (("photos", HELD_PHOTOS), ("styles", HELD_STYLES)):
     d = os.path.join(tmp, which)
@@ -112,12 +186,15 @@ def write_split(tmp: str):
 def held_out_pairs(size: int):
   """(content, style) (P, size, size, 3) float32 in [0, 1]: every held photo with every held style."""
   import numpy as np
+
   from sk_jax import images
+
   def load(name):
     img = images.resize_short_side(images.packaged_image(name), int(size * 1.5))
     h, w = img.shape[:2]
     y, x = (h - size) // 2, (w - size) // 2
-    return img[y:y + size, x:x + size]
+    return img[y : y + size, x : x + size]
+
   cs = [(load(c), load(s)) for c in HELD_PHOTOS for s in HELD_STYLES]
   return np.stack([c for c, _ in cs]), np.stack([s for _, s in cs])
 
@@ -125,6 +202,7 @@ def held_out_pairs(size: int):
 def evaluate(params, vgg_params, model, content, style):
   """Content and style loss (sk_jax.losses, as in training) of the stylized held-back pairs."""
   import jax
+
   from sk_jax import losses
   from sk_jax.models import vgg
   from sk_jax.models.generator import stylize_images
@@ -133,9 +211,15 @@ def evaluate(params, vgg_params, model, content, style):
   def run(params, content, style):
     out, aux = stylize_images(params, vgg_params, model, content, style)
     f = vgg.vgg16_features(vgg_params, jax.numpy.concatenate([out, content, style]), vgg.TAPS)
-    f_cs, f_c, f_s = ({k: v[i * len(out):(i + 1) * len(out)] for k, v in f.items()} for i in range(3))
+    f_cs, f_c, f_s = (
+      {k: v[i * len(out) : (i + 1) * len(out)] for k, v in f.items()} for i in range(3)
+    )
     mean = jax.numpy.mean  # the losses are per pair
-    return mean(losses.content_loss(f_cs, f_c)), mean(losses.style_loss(f_cs, f_s)), mean(aux["kept_fraction"])
+    return (
+      mean(losses.content_loss(f_cs, f_c)),
+      mean(losses.style_loss(f_cs, f_s)),
+      mean(aux["kept_fraction"]),
+    )
 
   c, s, kept = (float(x) for x in run(params, content, style))
   return {"content": c, "style": s, "total": c + s, "kept_fraction": kept}
@@ -145,58 +229,68 @@ def train_variant(name, cfg, vgg_params, held, log=print):
   """Trains one variant; returns its record (curves every step)."""
   import jax
   import numpy as np
+
   from sk_jax import data, sharding, train
 
   mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
   setup = train.make_setup(cfg, mesh)
   state = setup.init(int(cfg.seed))
-  content_it, style_it = (iter(s) for s in data.build_streams(cfg.data, data.open_sources(cfg.data), int(cfg.seed)))
+  content_it, style_it = (
+    iter(s) for s in data.build_streams(cfg.data, data.open_sources(cfg.data), int(cfg.seed))
+  )
   vgg_dev = jax.device_put(vgg_params, sharding.replicated(mesh))
   steps, rows = int(cfg.train.steps), []
   t0 = time.perf_counter()
   compile_s = None
   try:
     for step in range(steps):
-      batch = sharding.global_batch(mesh, {"content": next(content_it)["image"], "style": next(style_it)["image"]})
+      batch = sharding.global_batch(
+        mesh, {"content": next(content_it)["image"], "style": next(style_it)["image"]}
+      )
       state, m = setup.step_fn(state, vgg_dev, batch)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       if compile_s is None:
         compile_s = time.perf_counter() - t0
       rows.append({"step": step + 1, **m})
       if (step + 1) % max(1, steps // 10) == 0:
-        log(f"  {name} step {step + 1}/{steps}: total {m['loss/total']:.3f} content {m['loss/content']:.3f} "
-            f"style {m['loss/style']:.3f} kept {m['gate/kept_fraction']:.3f} ({time.perf_counter() - t0:.0f} s)")
+        log(
+          f"  {name} step {step + 1}/{steps}: total {m['loss/total']:.3f} content {m['loss/content']:.3f} "
+          f"style {m['loss/style']:.3f} kept {m['gate/kept_fraction']:.3f} ({time.perf_counter() - t0:.0f} s)"
+        )
   finally:
     content_it.close()
     style_it.close()
   seconds = time.perf_counter() - t0
   ns = (cfg.data.crop // 8) ** 2
-  tail = rows[-max(1, steps // 10):]
+  tail = rows[-max(1, steps // 10) :]
   mean = lambda k: float(np.mean([r[k] for r in tail]))
   model = setup.model
   record = {
-      "attention": model.attention,
-      "topk": model.topk if model.attention == "topk" else None,
-      "model": {k: getattr(model, k) for k in MODEL_KEYS},
-      "gate_lr_scale": float(cfg.opt.get("gate_lr_scale", 1.0)),
-      "kept_fraction_final": mean("gate/kept_fraction"),
-      "kept_fraction_curve": [[r["step"], r["gate/kept_fraction"]] for r in rows],
-      "kept_nodes_final": mean("gate/kept_fraction") * ns,
-      "content_loss": mean("loss/content"),
-      "style_loss": mean("loss/style"),
-      "total_loss": mean("loss/total"),
-      "seconds": seconds,
-      "compile_seconds": compile_s,
-      "curves": {k: [r[k] for r in rows] for k in rows[0] if k.startswith(("loss/", "gate/"))},
+    "attention": model.attention,
+    "topk": model.topk if model.attention == "topk" else None,
+    "model": {k: getattr(model, k) for k in MODEL_KEYS},
+    "gate_lr_scale": float(cfg.opt.get("gate_lr_scale", 1.0)),
+    "kept_fraction_final": mean("gate/kept_fraction"),
+    "kept_fraction_curve": [[r["step"], r["gate/kept_fraction"]] for r in rows],
+    "kept_nodes_final": mean("gate/kept_fraction") * ns,
+    "content_loss": mean("loss/content"),
+    "style_loss": mean("loss/style"),
+    "total_loss": mean("loss/total"),
+    "seconds": seconds,
+    "compile_seconds": compile_s,
+    "curves": {k: [r[k] for r in rows] for k in rows[0] if k.startswith(("loss/", "gate/"))},
   }
   ev = evaluate(state.g.params, vgg_params, model, *held)
-  record.update({f"heldout_{k}_loss": ev[k] for k in ("content", "style", "total")},
-                heldout_kept_fraction=ev["kept_fraction"])
+  record.update(
+    {f"heldout_{k}_loss": ev[k] for k in ("content", "style", "total")},
+    heldout_kept_fraction=ev["kept_fraction"],
+  )
   return record
 
 
 def run(args):
   import jax
+
   from sk_jax import weights
 
   size = args.size or (32 if args.quick else 64)
@@ -207,14 +301,27 @@ def run(args):
   if unknown:
     raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
   ns = (size // 8) ** 2
-  out = {"default": default_variant_name(), "steps": steps, "size": size, "batch": batch, "seed": args.seed,
-         "style_positions": ns, "held_out": {"photos": HELD_PHOTOS, "styles": HELD_STYLES},
-         "device": str(jax.devices()[0].device_kind), "command": " ".join(["python"] + sys.argv),
-         "variants": {}}
+  out = {
+    "default": default_variant_name(),
+    "steps": steps,
+    "size": size,
+    "batch": batch,
+    "seed": args.seed,
+    "style_positions": ns,
+    "held_out": {"photos": HELD_PHOTOS, "styles": HELD_STYLES},
+    "device": str(jax.devices()[0].device_kind),
+    "command": " ".join(["python"] + sys.argv),
+    "variants": {},
+  }
   if args.resume and os.path.exists(args.out):
     with open(args.out) as f:
       old = json.load(f)
-    if (old["steps"], old["size"], old.get("batch"), old.get("seed")) == (steps, size, batch, args.seed):
+    if (old["steps"], old["size"], old.get("batch"), old.get("seed")) == (
+      steps,
+      size,
+      batch,
+      args.seed,
+    ):
       out["variants"] = old["variants"]
   vgg_params = weights.load_vgg16()
   held = held_out_pairs(size)
@@ -233,17 +340,21 @@ def run(args):
       print(f"{name}: training {steps} steps at {size} px, batch {batch}", flush=True)
       rec = train_variant(name, cfg, vgg_params, held, log=lambda s: print(s, flush=True))
       out["variants"][name] = rec
-      print(f"{name}: kept {rec['kept_fraction_final']:.3f} content {rec['content_loss']:.3f} "
-            f"style {rec['style_loss']:.3f} total {rec['total_loss']:.3f} held-out content "
-            f"{rec['heldout_content_loss']:.3f} style {rec['heldout_style_loss']:.3f} ({rec['seconds']:.0f} s)",
-            flush=True)
+      print(
+        f"{name}: kept {rec['kept_fraction_final']:.3f} content {rec['content_loss']:.3f} "
+        f"style {rec['style_loss']:.3f} total {rec['total_loss']:.3f} held-out content "
+        f"{rec['heldout_content_loss']:.3f} style {rec['heldout_style_loss']:.3f} ({rec['seconds']:.0f} s)",
+        flush=True,
+      )
       write_json(out, args.out)
   write_json(out, args.out)
   plot(args.out)
 
 
 def write_json(out, path):
-  out["default"] = default_variant_name()  # configs/default.py may have changed since the run started
+  out["default"] = (
+    default_variant_name()
+  )  # configs/default.py may have changed since the run started
   for v in out["variants"].values():  # Fig. 3's unit: kept style positions per query
     v["kept_nodes_curve"] = [[s, f * out["style_positions"]] for s, f in v["kept_fraction_curve"]]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -257,6 +368,7 @@ def plot(path):
   """Writes <stem>_loss.png, <stem>_fig3.png and <stem>_kept.png next to the JSON."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import pngplot
+
   with open(path) as f:
     res = json.load(f)
   stem = os.path.splitext(path)[0]
@@ -274,16 +386,31 @@ def plot(path):
 
   w = max(1, res["steps"] // 20)
   panels = []
-  for key, label in (("loss/content", "content loss"), ("loss/style", "style loss"), ("loss/total", "total loss")):
-    series = {n: (list(range(1, len(v["curves"][key]) + 1)), smooth(v["curves"][key], w)) for n, v in trained.items()}
+  for key, label in (
+    ("loss/content", "content loss"),
+    ("loss/style", "style loss"),
+    ("loss/total", "total loss"),
+  ):
+    series = {
+      n: (list(range(1, len(v["curves"][key]) + 1)), smooth(v["curves"][key], w))
+      for n, v in trained.items()
+    }
     panels.append((label + f" (running mean of {w})", series))
   pngplot.line_panels(stem + "_loss.png", panels, xlabel="step", title=title, log_y=True)
 
-  kept = {n: ([s for s, _ in v["kept_fraction_curve"]], [f * ns for _, f in v["kept_fraction_curve"]])
-          for n, v in trained.items() if v["attention"] == "cgm"}
+  kept = {
+    n: ([s for s, _ in v["kept_fraction_curve"]], [f * ns for _, f in v["kept_fraction_curve"]])
+    for n, v in trained.items()
+    if v["attention"] == "cgm"
+  }
   if kept:
-    pngplot.line_panels(stem + "_kept.png", [("kept nodes per query (kept fraction x Ns); lines: 2 % and 60 %", kept)],
-                        xlabel="step", title=title + f"; full = {ns}", hlines=[ns * 0.02, ns * 0.6])
+    pngplot.line_panels(
+      stem + "_kept.png",
+      [("kept nodes per query (kept fraction x Ns); lines: 2 % and 60 %", kept)],
+      xlabel="step",
+      title=title + f"; full = {ns}",
+      hlines=[ns * 0.02, ns * 0.6],
+    )
 
   pts = {"content": [], "style": []}
   for n, v in res["variants"].items():
@@ -291,17 +418,25 @@ def plot(path):
     kind = "topk" if v["attention"] == "topk" else v["attention"]
     for loss in pts:
       pts[loss].append((n, kind, max(nodes, 1e-3), v[f"heldout_{loss}_loss"]))
-  pngplot.scatter_panels(stem + "_fig3.png", [(f"held-out {k} loss vs selected nodes", p) for k, p in pts.items()],
-                         xlabel="selected nodes per query (log)", title=title + " (Fig. 3 right)")
+  pngplot.scatter_panels(
+    stem + "_fig3.png",
+    [(f"held-out {k} loss vs selected nodes", p) for k, p in pts.items()],
+    xlabel="selected nodes per query (log)",
+    title=title + " (Fig. 3 right)",
+  )
 
 
 def add_saturated(out, name) -> bool:
   """Records topK with K >= Ns as a copy of "full" (it is Eq. 2); False if it is not such a case."""
   m, _ = VARIANTS[name]
-  if not (m["attention"] == "topk" and m["topk"] >= out["style_positions"] and "full" in out["variants"]):
+  if not (
+    m["attention"] == "topk" and m["topk"] >= out["style_positions"] and "full" in out["variants"]
+  ):
     return False
   rec = copy.deepcopy(out["variants"]["full"])
-  rec.update(attention="topk", topk=m["topk"], saturated_by="full", seconds=0.0, model={**rec["model"], **m})
+  rec.update(
+    attention="topk", topk=m["topk"], saturated_by="full", seconds=0.0, model={**rec["model"], **m}
+  )
   out["variants"][name] = rec
   return True
 
@@ -333,37 +468,53 @@ def table(path) -> str:
   with open(path) as f:
     res = json.load(f)
   ns, full = res["style_positions"], res["variants"].get("full")
-  lines = ["| variant | attention | kept fraction (last 10 %) | kept nodes / query | content | style | total "
-           "| held-out content | held-out style | vs full (held-out c / s) | s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| variant | attention | kept fraction (last 10 %) | kept nodes / query | content | style | total "
+    "| held-out content | held-out style | vs full (held-out c / s) | s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for name, v in res["variants"].items():
     att = v["attention"] + (f" K={v['topk']}" if v["attention"] == "topk" else "")
     if "saturated_by" in v:
       att += f" (K >= Ns: = {v['saturated_by']})"
     rel = ""
     if full:
-      rel = (f"{v['heldout_content_loss'] / full['heldout_content_loss'] - 1:+.1%} / "
-             f"{v['heldout_style_loss'] / full['heldout_style_loss'] - 1:+.1%}")
-    lines.append(f"| {name}{' (default)' if name == res.get('default') else ''} | {att} | "
-                 f"{v['kept_fraction_final']:.3f} | {v['kept_fraction_final'] * ns:.1f} | {v['content_loss']:.3f} | "
-                 f"{v['style_loss']:.2f} | {v['total_loss']:.2f} | {v['heldout_content_loss']:.3f} | "
-                 f"{v['heldout_style_loss']:.2f} | {rel} | {v['seconds']:.0f} |")
+      rel = (
+        f"{v['heldout_content_loss'] / full['heldout_content_loss'] - 1:+.1%} / "
+        f"{v['heldout_style_loss'] / full['heldout_style_loss'] - 1:+.1%}"
+      )
+    lines.append(
+      f"| {name}{' (default)' if name == res.get('default') else ''} | {att} | "
+      f"{v['kept_fraction_final']:.3f} | {v['kept_fraction_final'] * ns:.1f} | {v['content_loss']:.3f} | "
+      f"{v['style_loss']:.2f} | {v['total_loss']:.2f} | {v['heldout_content_loss']:.3f} | "
+      f"{v['heldout_style_loss']:.2f} | {rel} | {v['seconds']:.0f} |"
+    )
   return "\n".join(lines)
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="JSON to write (plots go next to it)")
-  p.add_argument("--quick", action="store_true", help="32 px, batch 2, 20 steps: under 10 minutes on 2 cores")
+  p.add_argument(
+    "--quick", action="store_true", help="32 px, batch 2, 20 steps: under 10 minutes on 2 cores"
+  )
   p.add_argument("--steps", type=int, help="steps per variant (default 100; quick 20)")
   p.add_argument("--size", type=int, help="crop size, a multiple of 8 (default 64; quick 32)")
   p.add_argument("--batch", type=int, help="batch size (default 4; quick 2)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
-  p.add_argument("--resume", action="store_true", help="keep the variants already in --out (same settings)")
-  p.add_argument("--plot-only", action="store_true", help="only redraw the plots of --out and print its table")
-  p.add_argument("--merge", nargs="+", metavar="JSON",
-                 help="combine the variants of runs with the same settings (e.g. run in parallel with --variants) into --out")
+  p.add_argument(
+    "--resume", action="store_true", help="keep the variants already in --out (same settings)"
+  )
+  p.add_argument(
+    "--plot-only", action="store_true", help="only redraw the plots of --out and print its table"
+  )
+  p.add_argument(
+    "--merge",
+    nargs="+",
+    metavar="JSON",
+    help="combine the variants of runs with the same settings (e.g. run in parallel with --variants) into --out",
+  )
   args = p.parse_args(argv)
   if args.merge:
     merge(args.merge, args.out)

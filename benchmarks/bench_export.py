@@ -34,11 +34,14 @@ def _dir_size(path: str) -> int:
 
 def _image(name: str, size: int) -> np.ndarray:
   from skimage import data
+
   return parity.prepare_image(getattr(data, name)().astype(np.float32) / 255.0, size)[None]
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="benchmarks/results/export.json")
@@ -48,13 +51,14 @@ def main():
   params = sk_jax.init_params(config, jax.random.key(0))
   vgg_params = sk_jax.load_vgg16()
   content, style = _image("astronaut", args.size), _image("coffee", args.size)
-  content, style = content[:, :args.size, :args.size], style[:, :args.size, :args.size]
+  content, style = content[:, : args.size, : args.size], style[:, : args.size, : args.size]
   work = tempfile.mkdtemp(prefix="bench_export_")
 
   live = jax.jit(lambda p, v, c, s: stylize_images(p, v, config, c, s)[0])
   t = time.perf_counter()
-  hlo_path = deploy.save_stablehlo(os.path.join(work, "model.stablehlo"),
-                                   deploy.export_stablehlo(params, vgg_params, config))
+  hlo_path = deploy.save_stablehlo(
+    os.path.join(work, "model.stablehlo"), deploy.export_stablehlo(params, vgg_params, config)
+  )
   hlo_export_s = time.perf_counter() - t
   exported = deploy.load_stablehlo(hlo_path)
   t = time.perf_counter()
@@ -65,10 +69,10 @@ def main():
   feeds = {"content": content, "style": style}
 
   runners = {
-      "jax": lambda: jax.block_until_ready(live(params, vgg_params, content, style)),
-      "stablehlo": lambda: jax.block_until_ready(exported.call(content, style)),
-      # The gate mask is an intermediate either way; fetching only "stylized" skips its copy.
-      "onnxruntime": lambda: session.run(["stylized"], feeds),
+    "jax": lambda: jax.block_until_ready(live(params, vgg_params, content, style)),
+    "stablehlo": lambda: jax.block_until_ready(exported.call(content, style)),
+    # The gate mask is an intermediate either way; fetching only "stylized" skips its copy.
+    "onnxruntime": lambda: session.run(["stylized"], feeds),
   }
   first = {"onnxruntime_with_gate": session.run(None, feeds)}
   for name, run in runners.items():  # warm-up (compilation, ORT's first-run allocation)
@@ -87,13 +91,14 @@ def main():
   jax_mask, gap = deploy.reference_gate(params, vgg_params, config, content, style)
   flipped = ort_mask != jax_mask
   parity_rows = {
-      "stablehlo_max_rel_err": deploy.relative_error(np.asarray(first["stablehlo"]), ref),
-      "onnx_max_rel_err": deploy.relative_error(ort_image, ref),
-      "onnx_max_abs_err": float(np.abs(ort_image - ref).max()),
-      "gate_decisions": int(jax_mask.size), "gate_kept_fraction": float(jax_mask.mean()),
-      "onnx_gate_flips": int(flipped.sum()),
-      "onnx_gate_flip_max_gap": float(gap[flipped].max()) if flipped.any() else 0.0,
-      "gate_band": parity.GATE_BAND["float32"],
+    "stablehlo_max_rel_err": deploy.relative_error(np.asarray(first["stablehlo"]), ref),
+    "onnx_max_rel_err": deploy.relative_error(ort_image, ref),
+    "onnx_max_abs_err": float(np.abs(ort_image - ref).max()),
+    "gate_decisions": int(jax_mask.size),
+    "gate_kept_fraction": float(jax_mask.mean()),
+    "onnx_gate_flips": int(flipped.sum()),
+    "onnx_gate_flip_max_gap": float(gap[flipped].max()) if flipped.any() else 0.0,
+    "gate_band": parity.GATE_BAND["float32"],
   }
 
   f32 = checkpoint.save_generator(os.path.join(work, "gen_f32"), params, config)
@@ -103,28 +108,45 @@ def main():
   diff = np.abs(image16 - ref) * 255.0
   u8_diff = np.abs(images.to_uint8(image16[0]).astype(int) - images.to_uint8(ref[0]).astype(int))
   bf16_rows = {
-      "float32_bytes": _dir_size(f32), "bfloat16_bytes": _dir_size(bf16),
-      "size_ratio": _dir_size(bf16) / _dir_size(f32),
-      "mean_abs_diff_255": float(diff.mean()), "max_abs_diff_255": float(diff.max()),
-      "uint8_pixels_changed_fraction": float((u8_diff > 0).mean()),
+    "float32_bytes": _dir_size(f32),
+    "bfloat16_bytes": _dir_size(bf16),
+    "size_ratio": _dir_size(bf16) / _dir_size(f32),
+    "mean_abs_diff_255": float(diff.mean()),
+    "max_abs_diff_255": float(diff.max()),
+    "uint8_pixels_changed_fraction": float((u8_diff > 0).mean()),
   }
 
   medians = {name: statistics.median(ts) for name, ts in times.items()}
   report = {
-      "benchmark": "export", "platform": jax.default_backend(),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}",
-      "jax": jax.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-      "jax2onnx": __import__("importlib.metadata").metadata.version("jax2onnx"),
-      "model": "default ModelConfig, random init (seed 0)", "size": args.size, "batch": 1,
-      "repeats": args.repeats, "median_s": medians, "all_s": times,
-      "export_s": {"stablehlo": hlo_export_s, "onnx": onnx_export_s},
-      "artifact_bytes": {"stablehlo": os.path.getsize(hlo_path), "onnx": os.path.getsize(onnx_path)},
-      "parity": parity_rows, "bfloat16_checkpoint": bf16_rows}
+    "benchmark": "export",
+    "platform": jax.default_backend(),
+    "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}",
+    "jax": jax.__version__,
+    "onnxruntime": __import__("onnxruntime").__version__,
+    "jax2onnx": __import__("importlib.metadata").metadata.version("jax2onnx"),
+    "model": "default ModelConfig, random init (seed 0)",
+    "size": args.size,
+    "batch": 1,
+    "repeats": args.repeats,
+    "median_s": medians,
+    "all_s": times,
+    "export_s": {"stablehlo": hlo_export_s, "onnx": onnx_export_s},
+    "artifact_bytes": {"stablehlo": os.path.getsize(hlo_path), "onnx": os.path.getsize(onnx_path)},
+    "parity": parity_rows,
+    "bfloat16_checkpoint": bf16_rows,
+  }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=2)
-  print(json.dumps({k: report[k] for k in ("median_s", "export_s", "artifact_bytes", "parity",
-                                          "bfloat16_checkpoint")}, indent=2))
+  print(
+    json.dumps(
+      {
+        k: report[k]
+        for k in ("median_s", "export_s", "artifact_bytes", "parity", "bfloat16_checkpoint")
+      },
+      indent=2,
+    )
+  )
   print(f"wrote {args.out}")
 
 

@@ -54,10 +54,16 @@ def _torch_runner(stylizer: Stylizer, content, style):
   from sk_jax import port, torch_ref
 
   model = torch_ref.StyleKernel(stylizer.config)
-  model.load_state_dict({
+  model.load_state_dict(
+    {
       **port.vgg16_to_torch(jax.device_get(stylizer.vgg_params), prefix="encoder.features."),
-      **{f"generator.{k}": v for k, v in port.generator_to_torch(jax.device_get(stylizer.params)).items()}},
-      strict=False)
+      **{
+        f"generator.{k}": v
+        for k, v in port.generator_to_torch(jax.device_get(stylizer.params)).items()
+      },
+    },
+    strict=False,
+  )
   model.eval()
   to_t = lambda x: torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
   c, s = to_t(content), to_t(style)
@@ -94,18 +100,31 @@ def bench_size(stylizer: Stylizer, size: int, repeats: int, with_torch: bool) ->
       torch_run()
       torch_s.append(time.perf_counter() - t)
   seconds = statistics.median(jax_s)
-  out = {"size": size, "batch": 1, "median_s": seconds, "min_s": min(jax_s), "compile_s": compile_s,
-         "repeats": repeats, "gflops": total / 1e9, "gflops_by_stage": {k: v / 1e9 for k, v in stages.items()},
-         "xla_gflops": float(cost.get("flops", float("nan"))) / 1e9,
-         "achieved_gflops_per_s": total / seconds / 1e9}
+  out = {
+    "size": size,
+    "batch": 1,
+    "median_s": seconds,
+    "min_s": min(jax_s),
+    "compile_s": compile_s,
+    "repeats": repeats,
+    "gflops": total / 1e9,
+    "gflops_by_stage": {k: v / 1e9 for k, v in stages.items()},
+    "xla_gflops": float(cost.get("flops", float("nan"))) / 1e9,
+    "achieved_gflops_per_s": total / seconds / 1e9,
+  }
   if torch_s:
-    out.update(torch_median_s=statistics.median(torch_s), torch_min_s=min(torch_s),
-               ratio_vs_torch=seconds / statistics.median(torch_s))
+    out.update(
+      torch_median_s=statistics.median(torch_s),
+      torch_min_s=min(torch_s),
+      ratio_vs_torch=seconds / statistics.median(torch_s),
+    )
   return out
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -122,19 +141,31 @@ def main():
     r = bench_size(stylizer, size, args.repeats, not args.no_torch)
     r["fraction_of_matmul_peak"] = r["achieved_gflops_per_s"] * 1e9 / peak
     results.append(r)
-    vs = (f"; torch_ref {r['torch_median_s'] * 1e3:.1f} ms, sk-jax / torch = {r['ratio_vs_torch']:.2f}"
-          if "ratio_vs_torch" in r else "")
-    print(f"T{size}: {r['median_s'] * 1e3:.1f} ms (compile {r['compile_s']:.1f} s), "
-          f"{r['gflops']:.1f} GFLOP (XLA counts {r['xla_gflops']:.1f}), {r['achieved_gflops_per_s']:.1f} "
-          f"GFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% of the {args.dtype} matmul peak{vs}")
+    vs = (
+      f"; torch_ref {r['torch_median_s'] * 1e3:.1f} ms, sk-jax / torch = {r['ratio_vs_torch']:.2f}"
+      if "ratio_vs_torch" in r
+      else ""
+    )
+    print(
+      f"T{size}: {r['median_s'] * 1e3:.1f} ms (compile {r['compile_s']:.1f} s), "
+      f"{r['gflops']:.1f} GFLOP (XLA counts {r['xla_gflops']:.1f}), {r['achieved_gflops_per_s']:.1f} "
+      f"GFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% of the {args.dtype} matmul peak{vs}"
+    )
   report = {
-      "benchmark": "stylize", "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}",
-      "jax": jax.__version__, "dtype": args.dtype, "kernel_size": args.kernel_size,
-      "flops": "analytic, sk_jax.flops (a multiply-add is 2 FLOPs)",
-      "matmul_peak_gflops_per_s": peak / 1e9, "results": results}
+    "benchmark": "stylize",
+    "device": str(jax.devices()[0].device_kind),
+    "platform": jax.default_backend(),
+    "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}",
+    "jax": jax.__version__,
+    "dtype": args.dtype,
+    "kernel_size": args.kernel_size,
+    "flops": "analytic, sk_jax.flops (a multiply-add is 2 FLOPs)",
+    "matmul_peak_gflops_per_s": peak / 1e9,
+    "results": results,
+  }
   try:
     import torch
+
     report["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
   except ImportError:
     pass

@@ -31,9 +31,8 @@ def measure(batch: int, size: int, steps: int) -> dict:
   import jax
   import numpy as np
 
-  from sk_jax import sharding, train
+  from sk_jax import sharding, train, weights
   from sk_jax.config import load_config
-  from sk_jax import weights
 
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   cfg.data.batch_size, cfg.data.crop, cfg.mesh.data = batch, size, 1
@@ -42,8 +41,16 @@ def measure(batch: int, size: int, steps: int) -> dict:
   state = setup.init(0)
   vgg_params = jax.device_put(weights.load_vgg16(), sharding.replicated(mesh))
   rng = np.random.default_rng(0)
-  batches = [sharding.global_batch(mesh, {k: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-                                          for k in ("content", "style")}) for _ in range(2)]
+  batches = [
+    sharding.global_batch(
+      mesh,
+      {
+        k: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        for k in ("content", "style")
+      },
+    )
+    for _ in range(2)
+  ]
   t = time.perf_counter()
   state, m = setup.step_fn(state, vgg_params, batches[0])
   jax.block_until_ready(m)
@@ -62,18 +69,24 @@ def measure(batch: int, size: int, steps: int) -> dict:
   else:
     peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
   return {
-      "batch": batch, "size": size, "steps_timed": steps,
-      "step_s_mean": round(step_s, 4), "step_s_all": [round(x, 4) for x in times],
-      "images_per_s": round(batch / step_s, 4),
-      "first_step_s_incl_compile": round(first, 2),
-      "peak_memory_mib": round(peak / 2**20, 1), "peak_memory_kind": kind,
-      "loss_total_last": float(m["loss/total"]),
+    "batch": batch,
+    "size": size,
+    "steps_timed": steps,
+    "step_s_mean": round(step_s, 4),
+    "step_s_all": [round(x, 4) for x in times],
+    "images_per_s": round(batch / step_s, 4),
+    "first_step_s_incl_compile": round(first, 2),
+    "peak_memory_mib": round(peak / 2**20, 1),
+    "peak_memory_kind": kind,
+    "loss_total_last": float(m["loss/total"]),
   }
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "train_cpu.json"))
+  parser.add_argument(
+    "--out", default=os.path.join(ROOT, "benchmarks", "results", "train_cpu.json")
+  )
   parser.add_argument("--batches", default="1,4")
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--steps", type=int, default=4)
@@ -85,19 +98,39 @@ def main() -> None:
 
   results = []
   for batch in (int(b) for b in args.batches.split(",")):
-    proc = subprocess.run([sys.executable, __file__, "--child", str(batch), "--size", str(args.size),
-                           "--steps", str(args.steps)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        __file__,
+        "--child",
+        str(batch),
+        "--size",
+        str(args.size),
+        "--steps",
+        str(args.steps),
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
     if proc.returncode:
       sys.exit(f"batch {batch} failed:\n{proc.stderr[-3000:]}")
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(json.dumps(results[-1]))
   import jax
+
   device = jax.local_devices()[0]
   report = {
-      "benchmark": "train_step", "config": "configs/default.py (paper), synthetic uint8 batches, 1 device",
-      "machine": {"platform": device.platform, "device_kind": device.device_kind, "cpu_count": os.cpu_count(),
-                  "processor": platform.processor() or platform.machine(), "jax": jax.__version__},
-      "results": results,
+    "benchmark": "train_step",
+    "config": "configs/default.py (paper), synthetic uint8 batches, 1 device",
+    "machine": {
+      "platform": device.platform,
+      "device_kind": device.device_kind,
+      "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "jax": jax.__version__,
+    },
+    "results": results,
   }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:

@@ -27,7 +27,9 @@ STYLES = ("immunohistochemistry", "hubble_deep_field")
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--checkpoint", default="bundled")
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--frames", type=int, default=10)
@@ -49,22 +51,50 @@ def main() -> None:
       for beta in smooths:
         out, _ = video.stylize_frames(clip, style, st, smooth=beta)
         plain = out if beta == 0 else plain
-        rows.append({"content": c, "style": s, "smooth": beta, "input_lpips": input_lpips,
-                     "temporal_lpips": float(metrics.temporal_lpips(out.astype(np.float32) / 255, args.net, lp).mean()),
-                     "mean_abs_vs_unsmoothed": None if plain is None else
-                     float(np.abs(out.astype(float) - plain).mean() / 255)})
+        rows.append(
+          {
+            "content": c,
+            "style": s,
+            "smooth": beta,
+            "input_lpips": input_lpips,
+            "temporal_lpips": float(
+              metrics.temporal_lpips(out.astype(np.float32) / 255, args.net, lp).mean()
+            ),
+            "mean_abs_vs_unsmoothed": None
+            if plain is None
+            else float(np.abs(out.astype(float) - plain).mean() / 255),
+          }
+        )
         print(rows[-1], flush=True)
-  summary = {str(b): {"temporal_lpips": float(np.mean([r["temporal_lpips"] for r in rows if r["smooth"] == b])),
-                      "mean_abs_vs_unsmoothed": (None if b == 0 else float(np.mean(
-                          [r["mean_abs_vs_unsmoothed"] for r in rows if r["smooth"] == b])))}
-             for b in smooths}
-  report = {"checkpoint": args.checkpoint, "size": args.size, "frames": args.frames, "net": args.net,
-            "clips": f"pan_zoom_clip of skimage {', '.join(CONTENTS)} (seeds 0..{len(CONTENTS) - 1})",
-            "styles": list(STYLES),
-            "input_temporal_lpips": float(np.mean([r["input_lpips"] for r in rows])),
-            "summary": summary, "rows": rows, "seconds": time.time() - t0,
-            "environment": {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-                            "python": platform.python_version(), "cpu_count": os.cpu_count()}}
+  summary = {
+    str(b): {
+      "temporal_lpips": float(np.mean([r["temporal_lpips"] for r in rows if r["smooth"] == b])),
+      "mean_abs_vs_unsmoothed": (
+        None
+        if b == 0
+        else float(np.mean([r["mean_abs_vs_unsmoothed"] for r in rows if r["smooth"] == b]))
+      ),
+    }
+    for b in smooths
+  }
+  report = {
+    "checkpoint": args.checkpoint,
+    "size": args.size,
+    "frames": args.frames,
+    "net": args.net,
+    "clips": f"pan_zoom_clip of skimage {', '.join(CONTENTS)} (seeds 0..{len(CONTENTS) - 1})",
+    "styles": list(STYLES),
+    "input_temporal_lpips": float(np.mean([r["input_lpips"] for r in rows])),
+    "summary": summary,
+    "rows": rows,
+    "seconds": time.time() - t0,
+    "environment": {
+      "device": jax.devices()[0].device_kind,
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "cpu_count": os.cpu_count(),
+    },
+  }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=2)

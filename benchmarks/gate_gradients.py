@@ -34,6 +34,7 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   from sk_jax import data, train
   from sk_jax.config import load_config, validate_config
   from sk_jax.weights import load_vgg16
@@ -42,14 +43,26 @@ def main(argv=None):
   out = {"size": args.size, "batch": args.batch, "batches": args.batches, "readings": {}}
   for name, renorm in (("printed", False), ("renormalised", True)):
     cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
-    cfg.model.update(attention="cgm", gate_lambda="linear", gate_renormalize=renorm, gate_temperature=1.0)
-    cfg.data.update(content="embedded:photos", style="embedded:styles", resize=int(args.size * 1.5),
-                    crop=args.size, batch_size=args.batch, num_workers=0, num_threads=2)
+    cfg.model.update(
+      attention="cgm", gate_lambda="linear", gate_renormalize=renorm, gate_temperature=1.0
+    )
+    cfg.data.update(
+      content="embedded:photos",
+      style="embedded:styles",
+      resize=int(args.size * 1.5),
+      crop=args.size,
+      batch_size=args.batch,
+      num_workers=0,
+      num_threads=2,
+    )
     cfg.disc.features = 16
     model, disc = validate_config(cfg)
     g_loss = train.make_generator_loss(cfg, model, disc)
-    state = jax.jit(train.make_setup(cfg, jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1]))
-                    .create_state)(jax.random.key(0))
+    state = jax.jit(
+      train.make_setup(
+        cfg, jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1])
+      ).create_state
+    )(jax.random.key(0))
     weights = jnp.array([cfg.loss[k if k != "adv_g" else "adv"] for k in TERMS])
 
     @jax.jit
@@ -59,6 +72,7 @@ def main(argv=None):
         p["alignment"]["gate"]["conv2"]["bias"] = bias
         _, (terms, _) = g_loss(p, d_params, vgg_params, content, style, key)
         return jnp.stack([terms[k] for k in TERMS])
+
       return jax.jacfwd(terms_of)(g_params["alignment"]["gate"]["conv2"]["bias"])  # (terms, 2)
 
     streams = [iter(s) for s in data.build_streams(cfg.data, data.open_sources(cfg.data), 0)]
@@ -70,10 +84,13 @@ def main(argv=None):
       it.close()
     j = np.mean(js, axis=0) * np.asarray(weights)[:, None]
     out["readings"][name] = {
-        "d_dlambda": {k: float(j[i, 0]) for i, k in enumerate(TERMS)},
-        "d_dbeta_ns": {k: float(j[i, 1]) for i, k in enumerate(TERMS)},
-        "d_dlambda_total": float(j[:, 0].sum()), "d_dbeta_ns_total": float(j[:, 1].sum()),
-        "per_batch_total_dlambda": [float((np.asarray(x) * np.asarray(weights)[:, None])[:, 0].sum()) for x in js],
+      "d_dlambda": {k: float(j[i, 0]) for i, k in enumerate(TERMS)},
+      "d_dbeta_ns": {k: float(j[i, 1]) for i, k in enumerate(TERMS)},
+      "d_dlambda_total": float(j[:, 0].sum()),
+      "d_dbeta_ns_total": float(j[:, 1].sum()),
+      "per_batch_total_dlambda": [
+        float((np.asarray(x) * np.asarray(weights)[:, None])[:, 0].sum()) for x in js
+      ],
     }
     print(name, json.dumps(out["readings"][name], indent=1), flush=True)
   with open(args.out, "w") as f:

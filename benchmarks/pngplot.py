@@ -6,8 +6,20 @@ import math
 
 from PIL import Image, ImageDraw, ImageFont
 
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (90, 90, 200)]
+COLORS = [
+  (31, 119, 180),
+  (255, 127, 14),
+  (44, 160, 44),
+  (214, 39, 40),
+  (148, 103, 189),
+  (140, 86, 75),
+  (227, 119, 194),
+  (127, 127, 127),
+  (188, 189, 34),
+  (23, 190, 207),
+  (0, 0, 0),
+  (90, 90, 200),
+]
 W, H, M = 560, 380, (70, 30, 20, 45)  # panel size; margins left, top, right, bottom
 
 
@@ -21,7 +33,7 @@ def _font():
 def _ticks(lo, hi, log):
   if log:
     a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    ts = [t for t in (10.0 ** e * m for e in range(a, b + 1) for m in (1, 2, 5)) if lo <= t <= hi]
+    ts = [t for t in (10.0**e * m for e in range(a, b + 1) for m in (1, 2, 5)) if lo <= t <= hi]
     if len(ts) >= 3:
       return ts
   step = 10 ** math.floor(math.log10((hi - lo) or 1.0))
@@ -99,7 +111,9 @@ def scatter_panels(path, panels, xlabel="", title=""):
   draw = ImageDraw.Draw(img)
   draw.text((10, 4), title, fill=(0, 0, 0), font=font)
   for i, (ptitle, pts) in enumerate(panels):
-    sx, sy, _ = _panel(draw, W * i, 14, ptitle, [p[2] for p in pts], [p[3] for p in pts], True, False, xlabel, font)
+    sx, sy, _ = _panel(
+      draw, W * i, 14, ptitle, [p[2] for p in pts], [p[3] for p in pts], True, False, xlabel, font
+    )
     topk = sorted((p for p in pts if p[1] == "topk"), key=lambda p: p[2])
     if len(topk) > 1:
       draw.line([(sx(p[2]), sy(p[3])) for p in topk], fill=(180, 180, 180), width=1)
@@ -107,7 +121,9 @@ def scatter_panels(path, panels, xlabel="", title=""):
       c = COLORS[names.index(name) % len(COLORS)]
       r = 5
       if kind == "cgm":
-        draw.polygon([(sx(x), sy(y) - r - 1), (sx(x) + r + 1, sy(y) + r), (sx(x) - r - 1, sy(y) + r)], fill=c)
+        draw.polygon(
+          [(sx(x), sy(y) - r - 1), (sx(x) + r + 1, sy(y) + r), (sx(x) - r - 1, sy(y) + r)], fill=c
+        )
       elif kind == "full":
         draw.rectangle([sx(x) - r, sy(y) - r, sx(x) + r, sy(y) + r], fill=c)
       else:

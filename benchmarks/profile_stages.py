@@ -47,9 +47,13 @@ def stages(config, params, vgg_params, size):
   z = np.abs(rng.normal(size=(1, f, f, FEATURE_CHANNELS))).astype(np.float32)
 
   t_model = torch_ref.StyleKernel(config)
-  t_model.load_state_dict({
+  t_model.load_state_dict(
+    {
       **port.vgg16_to_torch(vgg_params, prefix="encoder.features."),
-      **{f"generator.{k}": v for k, v in port.generator_to_torch(params).items()}}, strict=False)
+      **{f"generator.{k}": v for k, v in port.generator_to_torch(params).items()},
+    },
+    strict=False,
+  )
   t_model.eval()
   nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   t_img, t_z = nchw(image), nchw(z)
@@ -87,22 +91,34 @@ def stages(config, params, vgg_params, size):
     def run():
       with torch.no_grad():
         return fn()
+
     return run
 
   return {
-      "encoder (one image)": (lambda: enc(vgg_dev, jimg),
-                              torch_thunk(lambda: t_model.encoder(t_img))),
-      "alignment (SAE + CGM)": (lambda: align(params, jz, jz),
-                                torch_thunk(lambda: t_model.generator.alignment(t_z, t_z))),
-      "kernel head": (lambda: kern(params, z_cs), torch_thunk(lambda: t_model.generator.kernel_head(t_zcs))),
-      "Eq. 6": (lambda: eq6(jz, f_v, f_h, b),
-                torch_thunk(lambda: torch_ref.apply_style_kernels(t_z, *t_k, config.shuffle_groups))),
-      "decoder": (lambda: dec(params, jz), torch_thunk(lambda: t_model.generator.decoder(t_z))),
+    "encoder (one image)": (
+      lambda: enc(vgg_dev, jimg),
+      torch_thunk(lambda: t_model.encoder(t_img)),
+    ),
+    "alignment (SAE + CGM)": (
+      lambda: align(params, jz, jz),
+      torch_thunk(lambda: t_model.generator.alignment(t_z, t_z)),
+    ),
+    "kernel head": (
+      lambda: kern(params, z_cs),
+      torch_thunk(lambda: t_model.generator.kernel_head(t_zcs)),
+    ),
+    "Eq. 6": (
+      lambda: eq6(jz, f_v, f_h, b),
+      torch_thunk(lambda: torch_ref.apply_style_kernels(t_z, *t_k, config.shuffle_groups)),
+    ),
+    "decoder": (lambda: dec(params, jz), torch_thunk(lambda: t_model.generator.decoder(t_z))),
   }
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="benchmarks/results/stages.json")
@@ -117,13 +133,25 @@ def main():
     for _ in range(args.repeats):
       jt += _time(j, 1)
       tt += _time(t, 1)
-    rows[name] = {"jax_s": statistics.median(jt), "torch_s": statistics.median(tt),
-                  "ratio": statistics.median(jt) / statistics.median(tt)}
-    print(f"{name:<24} jax {rows[name]['jax_s'] * 1e3:8.1f} ms  torch {rows[name]['torch_s'] * 1e3:8.1f} ms  "
-          f"ratio {rows[name]['ratio']:.2f}")
-  report = {"benchmark": "stages", "size": args.size, "jax": jax.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "stages": rows}
+    rows[name] = {
+      "jax_s": statistics.median(jt),
+      "torch_s": statistics.median(tt),
+      "ratio": statistics.median(jt) / statistics.median(tt),
+    }
+    print(
+      f"{name:<24} jax {rows[name]['jax_s'] * 1e3:8.1f} ms  torch {rows[name]['torch_s'] * 1e3:8.1f} ms  "
+      f"ratio {rows[name]['ratio']:.2f}"
+    )
+  report = {
+    "benchmark": "stages",
+    "size": args.size,
+    "jax": jax.__version__,
+    "torch": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    "stages": rows,
+  }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=2)

@@ -10,7 +10,9 @@ import importlib.util
 import os
 
 # Loaded by path, so the file works from any directory and through sk_jax.config.load_config.
-_spec = importlib.util.spec_from_file_location("_sk_default", os.path.join(os.path.dirname(__file__), "default.py"))
+_spec = importlib.util.spec_from_file_location(
+  "_sk_default", os.path.join(os.path.dirname(__file__), "default.py")
+)
 default = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(default)
 
@@ -22,9 +24,9 @@ def get_config():
   c.data.resize = 96
   c.data.crop = 64
   c.data.batch_size = 2
-  c.data.num_workers = 0          # 2 cores: reader threads are enough
+  c.data.num_workers = 0  # 2 cores: reader threads are enough
   c.data.num_threads = 2
-  c.disc.features = 16            # a narrower PatchGAN: the full one dominates a CPU step
+  c.disc.features = 16  # a narrower PatchGAN: the full one dominates a CPU step
   c.train.steps = 100
   c.ckpt.every = 25
   c.ckpt.keep = 2

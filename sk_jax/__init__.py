@@ -6,5 +6,12 @@ from sk_jax.stylizer import Stylizer
 from sk_jax.weights import load_vgg16
 
 __version__ = "0.1.0"
-__all__ = ["Generator", "ModelConfig", "Stylizer", "init_params", "stylize_images", "load_vgg16",
-           "vgg16_features"]
+__all__ = [
+  "Generator",
+  "ModelConfig",
+  "Stylizer",
+  "init_params",
+  "stylize_images",
+  "load_vgg16",
+  "vgg16_features",
+]

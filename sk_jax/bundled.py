@@ -47,9 +47,12 @@ def resolve(checkpoint: str | None, expected: ModelConfig | None = None):
   if is_bundled(checkpoint):
     params, config = load()
     if expected is not None and config != expected:
-      raise InputError(f"bundled generator: another model config ({'; '.join(expected.diff(config))})")
+      raise InputError(
+        f"bundled generator: another model config ({'; '.join(expected.diff(config))})"
+      )
     return params, config
   from sk_jax import checkpoint as ckpt  # Orbax only when a directory is named
+
   return ckpt.load_generator(checkpoint, expected)
 
 
@@ -87,10 +90,16 @@ def load(directory: str | None = None):
     with open(manifest_path) as f:
       manifest = json.load(f)
   except FileNotFoundError:
-    raise InputError(f"{where}: no manifest.json (the package is incomplete; reinstall sk-jax)") from None
+    raise InputError(
+      f"{where}: no manifest.json (the package is incomplete; reinstall sk-jax)"
+    ) from None
   except (OSError, ValueError) as e:
     raise InputError(f"{where}: unreadable manifest.json ({e})") from None
-  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+  if (
+    not isinstance(manifest, dict)
+    or manifest.get("format") != FORMAT
+    or manifest.get("version") != VERSION
+  ):
     raise InputError(f"{where}: manifest.json is not a version-{VERSION} {FORMAT!r} manifest")
   digests = manifest.get("sha256", {})
   for name in FILES:
@@ -99,21 +108,28 @@ def load(directory: str | None = None):
       raise InputError(f"{where}: {name} is missing (reinstall sk-jax)")
     got = _sha256(path)
     if got != digests.get(name):
-      raise InputError(f"{where}: {name} fails its integrity check (SHA-256 {got[:16]}..., manifest "
-                       f"{str(digests.get(name))[:16]}...); the file is damaged, reinstall sk-jax")
+      raise InputError(
+        f"{where}: {name} fails its integrity check (SHA-256 {got[:16]}..., manifest "
+        f"{str(digests.get(name))[:16]}...); the file is damaged, reinstall sk-jax"
+      )
   with open(os.path.join(directory, "model_config.json")) as f:
     config = ModelConfig.from_dict(json.load(f), source=f"{where}: model_config.json")
   stored_bf16 = manifest.get("dtype") == "bfloat16"
   with np.load(os.path.join(directory, "params.npz"), allow_pickle=False) as npz:
-    flat = {k: _bf16_to_f32(npz[k]) if stored_bf16 else npz[k].astype(np.float32) for k in npz.files}
+    flat = {
+      k: _bf16_to_f32(npz[k]) if stored_bf16 else npz[k].astype(np.float32) for k in npz.files
+    }
   return _unflatten(flat), config
 
 
-def write(directory: str, params, config: ModelConfig, dtype: str = "bfloat16", name: str = NAME) -> str:
+def write(
+  directory: str, params, config: ModelConfig, dtype: str = "bfloat16", name: str = NAME
+) -> str:
   """Writes `params` (a Flax tree) and `config` as a bundle; dtype "bfloat16" (rounded to nearest
   even) or "float32". Used once, by benchmarks/bundle_generator.py."""
   import jax
   import ml_dtypes
+
   if dtype not in ("bfloat16", "float32"):
     raise InputError(f"bundle dtype must be bfloat16 or float32, got {dtype!r}")
   flat = {}
@@ -126,8 +142,13 @@ def write(directory: str, params, config: ModelConfig, dtype: str = "bfloat16", 
   with open(os.path.join(directory, "model_config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)
     f.write("\n")
-  manifest = {"format": FORMAT, "version": VERSION, "name": name, "dtype": dtype,
-              "sha256": {n: _sha256(os.path.join(directory, n)) for n in FILES}}
+  manifest = {
+    "format": FORMAT,
+    "version": VERSION,
+    "name": name,
+    "dtype": dtype,
+    "sha256": {n: _sha256(os.path.join(directory, n)) for n in FILES},
+  }
   with open(os.path.join(directory, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=2, sort_keys=True)
     f.write("\n")

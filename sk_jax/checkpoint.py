@@ -43,9 +43,13 @@ VERSION = 1
 
 
 def _checkpointer():
-  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
-      meta=ocp.JsonCheckpointHandler(), model_config=ocp.JsonCheckpointHandler(),
-      params=ocp.StandardCheckpointHandler()))
+  return ocp.Checkpointer(
+    ocp.CompositeCheckpointHandler(
+      meta=ocp.JsonCheckpointHandler(),
+      model_config=ocp.JsonCheckpointHandler(),
+      params=ocp.StandardCheckpointHandler(),
+    )
+  )
 
 
 OVERWRITE_HELP = "replace an existing sk-jax checkpoint directory (anything else is never replaced)"
@@ -79,17 +83,21 @@ def check_target(path: str, overwrite: bool = False) -> None:
   if not os.path.lexists(path):
     return
   if not os.path.isdir(path):
-    raise InputError(f"{path}: exists and is not a directory; refusing to replace it "
-                     "(choose another output)")
+    raise InputError(
+      f"{path}: exists and is not a directory; refusing to replace it (choose another output)"
+    )
   if not os.listdir(path):
     return
   fmt = _own_format(path)
   if fmt is None:
-    raise InputError(f"{path}: is a non-empty directory that is not an sk-jax checkpoint; refusing "
-                     "to replace it (choose a new or empty directory)")
+    raise InputError(
+      f"{path}: is a non-empty directory that is not an sk-jax checkpoint; refusing "
+      "to replace it (choose a new or empty directory)"
+    )
   if not overwrite:
-    raise InputError(f"{path}: already holds an sk-jax checkpoint ({fmt}); pass --overwrite to "
-                     "replace it")
+    raise InputError(
+      f"{path}: already holds an sk-jax checkpoint ({fmt}); pass --overwrite to replace it"
+    )
 
 
 def _remove_partial(pattern: str, settle_s: float = 0.5, limit_s: float = 30.0) -> None:
@@ -129,10 +137,16 @@ def _save(path: str, fmt: str, arrays, config: dict, *, overwrite: bool = False)
   tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
   try:
     with _checkpointer() as ckptr:
-      ckptr.save(tmp, args=ocp.args.Composite(
-          meta=ocp.args.JsonSave({"format": fmt, "version": VERSION, "sha256": params_checksum(arrays)}),
+      ckptr.save(
+        tmp,
+        args=ocp.args.Composite(
+          meta=ocp.args.JsonSave(
+            {"format": fmt, "version": VERSION, "sha256": params_checksum(arrays)}
+          ),
           model_config=ocp.args.JsonSave(config),
-          params=ocp.args.StandardSave(arrays)))
+          params=ocp.args.StandardSave(arrays),
+        ),
+      )
   except Exception as e:
     _remove_partial(glob.escape(tmp) + "*")  # also Orbax's own "*.orbax-checkpoint-tmp"
     if is_disk_full(e):
@@ -155,8 +169,11 @@ def _read_json_item(path: str, item: str):
 
 def _open(path: str, fmt: str, what: str) -> tuple[str, dict]:
   """Validates the directory and its meta; returns (abs path, model_config JSON)."""
-  hint = ("write one with `sk-jax init --output DIR` or export one from training"
-          if fmt == GENERATOR_FORMAT else "write one with `sk-jax port-vgg16`")
+  hint = (
+    "write one with `sk-jax init --output DIR` or export one from training"
+    if fmt == GENERATOR_FORMAT
+    else "write one with `sk-jax port-vgg16`"
+  )
   if not os.path.exists(path):
     raise InputError(f"{path}: no such {what} directory ({hint})")
   if not os.path.isdir(path):
@@ -171,11 +188,17 @@ def _open(path: str, fmt: str, what: str) -> tuple[str, dict]:
     meta = _read_json_item(path, "meta")
     config = _read_json_item(path, "model_config")
   except Exception as e:  # Orbax raises many types for a damaged directory.
-    raise InputError(f"{path}: unreadable {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    raise InputError(
+      f"{path}: unreadable {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    ) from None
   if not isinstance(meta, dict) or meta.get("format") != fmt:
-    raise InputError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {fmt!r}")
+    raise InputError(
+      f"{path}: format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {fmt!r}"
+    )
   if meta.get("version") != VERSION:
-    raise InputError(f"{path}: {what} version {meta.get('version')}, this sk-jax reads version {VERSION}")
+    raise InputError(
+      f"{path}: {what} version {meta.get('version')}, this sk-jax reads version {VERSION}"
+    )
   if not isinstance(config, dict):
     raise InputError(f"{path}: model_config is not a JSON object")
   return path, config
@@ -188,36 +211,58 @@ def _restore_arrays(path: str, abstract, what: str):
       meta_tree = ckptr.metadata(path).item_metadata["params"]
   except Exception as e:
     raise InputError(f"{path}: unreadable {what} parameters ({type(e).__name__})") from None
-  got = {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ()))
-         for k, v in jax.tree_util.tree_leaves_with_path(meta_tree)}
-  want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+  got = {
+    jax.tree_util.keystr(k): tuple(getattr(v, "shape", ()))
+    for k, v in jax.tree_util.tree_leaves_with_path(meta_tree)
+  }
+  want = {
+    jax.tree_util.keystr(k): tuple(v.shape)
+    for k, v in jax.tree_util.tree_leaves_with_path(abstract)
+  }
   for key in sorted(set(want) | set(got)):
     if key not in got:
-      raise InputError(f"{path}: parameter {key} missing from the {what} (its config says it should exist)")
+      raise InputError(
+        f"{path}: parameter {key} missing from the {what} (its config says it should exist)"
+      )
     if key not in want:
-      raise InputError(f"{path}: unexpected parameter {key} in the {what}, which its model config does not have")
+      raise InputError(
+        f"{path}: unexpected parameter {key} in the {what}, which its model config does not have"
+      )
     if got[key] != want[key]:
-      raise InputError(f"{path}: parameter {key} has shape {got[key]}, its model config implies {want[key]}")
+      raise InputError(
+        f"{path}: parameter {key} has shape {got[key]}, its model config implies {want[key]}"
+      )
   # Restored in the saved dtypes (the checksum is over those), then cast to the expected ones.
-  saved_dtype = {jax.tree_util.keystr(k): getattr(v, "dtype", None)
-                 for k, v in jax.tree_util.tree_leaves_with_path(meta_tree)}
+  saved_dtype = {
+    jax.tree_util.keystr(k): getattr(v, "dtype", None)
+    for k, v in jax.tree_util.tree_leaves_with_path(meta_tree)
+  }
   as_saved = jax.tree_util.tree_map_with_path(
-      lambda k, a: jax.ShapeDtypeStruct(a.shape, saved_dtype[jax.tree_util.keystr(k)] or a.dtype), abstract)
+    lambda k, a: jax.ShapeDtypeStruct(a.shape, saved_dtype[jax.tree_util.keystr(k)] or a.dtype),
+    abstract,
+  )
   try:
     with _checkpointer() as ckptr:
-      params = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(as_saved)))["params"]
+      params = ckptr.restore(
+        path, args=ocp.args.Composite(params=ocp.args.StandardRestore(as_saved))
+      )["params"]
   except Exception as e:  # truncated or missing array files: TensorStore raises several types
-    raise InputError(f"{path}: unreadable {what} parameters, truncated or damaged "
-                     f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    raise InputError(
+      f"{path}: unreadable {what} parameters, truncated or damaged "
+      f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+    ) from None
   meta = _read_json_item(path, "meta")
   if meta.get("sha256") and params_checksum(params) != meta["sha256"]:
-    raise InputError(f"{path}: the {what}'s parameters do not match the checksum in its meta item "
-                     "(damaged file); restore it from a backup or export it again")
+    raise InputError(
+      f"{path}: the {what}'s parameters do not match the checksum in its meta item "
+      "(damaged file); restore it from a backup or export it again"
+    )
   return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype), params, abstract)
 
 
-def save_generator(path: str, params, config, dtype: str | None = None, *,
-                   overwrite: bool = False) -> str:
+def save_generator(
+  path: str, params, config, dtype: str | None = None, *, overwrite: bool = False
+) -> str:
   """Writes a generator checkpoint (params + ModelConfig) that `sk-jax stylize` reads.
 
   dtype "bfloat16" stores the parameters in bfloat16, half the size; `load_generator`
@@ -241,7 +286,9 @@ def load_generator(path: str, expected=None):
   path, config_json = _open(path, GENERATOR_FORMAT, "generator checkpoint")
   config = ModelConfig.from_dict(config_json, source=f"{path}: model_config")
   if expected is not None and config != expected:
-    raise InputError(f"{path}: checkpoint of another model config ({'; '.join(expected.diff(config))})")
+    raise InputError(
+      f"{path}: checkpoint of another model config ({'; '.join(expected.diff(config))})"
+    )
   abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   # The float32 target also widens a bfloat16 checkpoint (save_generator(dtype=...)).
   return _restore_arrays(path, abstract, "generator checkpoint"), config
@@ -256,8 +303,10 @@ def save_vgg16_dir(path: str, params, source: str = "", *, overwrite: bool = Fal
 def load_vgg16_dir(path: str) -> dict:
   """Reads encoder parameters written by `save_vgg16_dir` (numpy arrays)."""
   path, _ = _open(path, VGG16_FORMAT, "VGG-16 weight directory")
-  abstract = {name: {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()}
-              for name, shapes in vgg.param_shapes().items()}
+  abstract = {
+    name: {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()}
+    for name, shapes in vgg.param_shapes().items()
+  }
   params = _restore_arrays(path, abstract, "VGG-16 weight directory")
   return jax.tree.map(np.asarray, params)
 
@@ -284,25 +333,43 @@ def make_manager(workdir: str, ckpt_cfg, read_only: bool = False) -> ocp.Checkpo
   if ckpt_cfg.get("best_metric"):
     name, lower_is_better = ckpt_cfg.best_metric, ckpt_cfg.best_mode == "min"
     worst = math.inf if lower_is_better else -math.inf  # e.g. loss/d before the first D step
-    policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=lambda m: m.get(name, worst), reverse=lower_is_better, n=1,
-        keep_checkpoints_without_metrics=False))
+    policies.append(
+      ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m.get(name, worst),
+        reverse=lower_is_better,
+        n=1,
+        keep_checkpoints_without_metrics=False,
+      )
+    )
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=int(ckpt_cfg.every), enable_async_checkpointing=True,
-      cleanup_tmp_directories=True, read_only=read_only, create=not read_only,
-      # Saves wait for the previous one instead of being skipped while it is in flight.
-      enable_should_save_is_saving_in_progress_check=False,
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                               options=options, item_names=ITEMS)
+    save_interval_steps=int(ckpt_cfg.every),
+    enable_async_checkpointing=True,
+    cleanup_tmp_directories=True,
+    read_only=read_only,
+    create=not read_only,
+    # Saves wait for the previous one instead of being skipped while it is in flight.
+    enable_should_save_is_saving_in_progress_check=False,
+    preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options, item_names=ITEMS
+  )
 
 
 class UnreadableCheckpoint(InputError):
   """A training checkpoint whose files cannot be read (truncated, damaged); an older one may be."""
 
 
-_READ_ERROR_MARKS = ("DATA_LOSS", "OUT_OF_RANGE", "Error reading", "Failed to json parse", "Unterminated",
-                     "Expecting", "corrupt", "truncated")
+_READ_ERROR_MARKS = (
+  "DATA_LOSS",
+  "OUT_OF_RANGE",
+  "Error reading",
+  "Failed to json parse",
+  "Unterminated",
+  "Expecting",
+  "corrupt",
+  "truncated",
+)
 
 
 def _is_read_error(e: BaseException) -> bool:
@@ -312,7 +379,9 @@ def _is_read_error(e: BaseException) -> bool:
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    if isinstance(e, (json.JSONDecodeError, OSError)) or any(m in str(e) for m in _READ_ERROR_MARKS):
+    if isinstance(e, (json.JSONDecodeError, OSError)) or any(
+      m in str(e) for m in _READ_ERROR_MARKS
+    ):
       return True
     e = e.__cause__ or e.__context__
   return False
@@ -328,25 +397,31 @@ def read_config(mngr, step: int) -> dict:
   try:
     return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   except Exception as e:
-    raise UnreadableCheckpoint(f"{os.path.join(str(mngr.directory), str(step))}: unreadable config "
-                               f"({_first_line(e)})") from None
+    raise UnreadableCheckpoint(
+      f"{os.path.join(str(mngr.directory), str(step))}: unreadable config ({_first_line(e)})"
+    ) from None
 
 
 def _saved_model_configs(saved_cfg: dict, where: str) -> tuple[ModelConfig, DiscriminatorConfig]:
   if not isinstance(saved_cfg, dict) or not isinstance(saved_cfg.get("model"), dict):
     raise InputError(f"{where}: the checkpoint's config has no model group")
-  return (ModelConfig.from_dict(saved_cfg["model"], source=f"{where}: model"),
-          DiscriminatorConfig.from_dict(saved_cfg.get("disc", {}), source=f"{where}: disc"))
+  return (
+    ModelConfig.from_dict(saved_cfg["model"], source=f"{where}: model"),
+    DiscriminatorConfig.from_dict(saved_cfg.get("disc", {}), source=f"{where}: disc"),
+  )
 
 
-def check_compatible(saved_cfg: dict, model: ModelConfig, disc: DiscriminatorConfig, cfg,
-                     where: str) -> None:
+def check_compatible(
+  saved_cfg: dict, model: ModelConfig, disc: DiscriminatorConfig, cfg, where: str
+) -> None:
   """Refuses a checkpoint of another model or discriminator, naming the differing fields."""
   saved_model, saved_disc = _saved_model_configs(saved_cfg, where)
   diffs = model.diff(saved_model) + disc.diff(saved_disc)
   if diffs:
-    raise InputError(f"{where}: checkpoint of another model config ({'; '.join(diffs)}; "
-                     "this run's value first); use another --workdir")
+    raise InputError(
+      f"{where}: checkpoint of another model config ({'; '.join(diffs)}; "
+      "this run's value first); use another --workdir"
+    )
   others = []
   for group in ("loss", "opt", "data", "train"):
     now, then = cfg[group].to_dict(), saved_cfg.get(group, {})
@@ -369,16 +444,27 @@ def restore(mngr, abstract_state, step: int, content_it=None, style_it=None):
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:
     if _is_read_error(e):
-      raise UnreadableCheckpoint(f"{where}: unreadable, truncated or damaged ({_first_line(e)})") from None
-    raise InputError(f"{where}: does not match this config ({str(e).splitlines()[0][:300]})") from None
+      raise UnreadableCheckpoint(
+        f"{where}: unreadable, truncated or damaged ({_first_line(e)})"
+      ) from None
+    raise InputError(
+      f"{where}: does not match this config ({str(e).splitlines()[0][:300]})"
+    ) from None
   return restored["state"]
 
 
 UNREADABLE_DIR = "unreadable_checkpoints"
 
 
-def restore_newest(mngr, abstract_state, model: ModelConfig, disc: DiscriminatorConfig, cfg,
-                   content_it=None, style_it=None):
+def restore_newest(
+  mngr,
+  abstract_state,
+  model: ModelConfig,
+  disc: DiscriminatorConfig,
+  cfg,
+  content_it=None,
+  style_it=None,
+):
   """Restores the newest checkpoint that can be read -> (state, step), or (None, None) if none exists.
 
   A checkpoint that cannot be read is skipped with a one-line warning and moved (never deleted)
@@ -400,13 +486,18 @@ def restore_newest(mngr, abstract_state, model: ModelConfig, disc: Discriminator
       _set_aside(mngr, [s for s, _ in bad])
     if bad:
       mngr.reload()
-      logging.warning("resumed from the older checkpoint %s; the unreadable ones are kept in %s",
-                      where, os.path.join(os.path.dirname(str(mngr.directory)), UNREADABLE_DIR))
+      logging.warning(
+        "resumed from the older checkpoint %s; the unreadable ones are kept in %s",
+        where,
+        os.path.join(os.path.dirname(str(mngr.directory)), UNREADABLE_DIR),
+      )
     return state, step
   if bad:
-    raise UnreadableCheckpoint(f"{mngr.directory}: no readable checkpoint ("
-                               + "; ".join(f"{s}: {' '.join(str(e).split())}" for s, e in bad)
-                               + "); move that directory away to start afresh")
+    raise UnreadableCheckpoint(
+      f"{mngr.directory}: no readable checkpoint ("
+      + "; ".join(f"{s}: {' '.join(str(e).split())}" for s, e in bad)
+      + "); move that directory away to start afresh"
+    )
   return None, None
 
 
@@ -424,8 +515,10 @@ def _disk_full_error(mngr, e: BaseException, step=None) -> SaveError:
   """Removes the half-written step(s) and names the directory; the complete checkpoints stay."""
   _remove_partial(os.path.join(glob.escape(str(mngr.directory)), "*.orbax-checkpoint-tmp*"))
   what = f"checkpoint {step}" if step is not None else "a checkpoint"
-  return SaveError(f"{mngr.directory}: no space left on the device while saving {what}; the earlier "
-                   "checkpoints are intact: free space and run the same command again to resume")
+  return SaveError(
+    f"{mngr.directory}: no space left on the device while saving {what}; the earlier "
+    "checkpoints are intact: free space and run the same command again to resume"
+  )
 
 
 def wait(mngr) -> None:
@@ -445,18 +538,26 @@ def save(mngr, step: int, state, content_it, style_it, cfg, metrics=None, force=
   step is removed and the complete checkpoints are left as they were.
   """
   try:
-    return mngr.save(step, metrics=metrics, force=force, args=ocp.args.Composite(
+    return mngr.save(
+      step,
+      metrics=metrics,
+      force=force,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         content_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(content_it)),
         style_iter=grain.checkpoint.CheckpointSave(_IteratorSnapshot(style_it)),
-        config=ocp.args.JsonSave(json.loads(cfg.to_json_best_effort()))))
+        config=ocp.args.JsonSave(json.loads(cfg.to_json_best_effort())),
+      ),
+    )
   except Exception as e:
     if is_disk_full(e):
       raise _disk_full_error(mngr, e, step) from None
     raise
 
 
-def export_generator(workdir: str, output: str, step: int | None = None, *, overwrite: bool = False) -> str:
+def export_generator(
+  workdir: str, output: str, step: int | None = None, *, overwrite: bool = False
+) -> str:
   """Writes the generator of a training checkpoint in the format `sk-jax stylize` reads.
 
   Reads only the generator's parameters (not D, the optimiser states or the data iterators).
@@ -466,24 +567,38 @@ def export_generator(workdir: str, output: str, step: int | None = None, *, over
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   if not os.path.isdir(ckpt_dir):
     raise InputError(f"{workdir}: no training checkpoints (expected {ckpt_dir})")
-  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                               item_names=ITEMS)
+  mngr = ocp.CheckpointManager(
+    ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False), item_names=ITEMS
+  )
   try:
     step = mngr.latest_step() if step is None else step
     if step is None or step not in mngr.all_steps():
-      raise InputError(f"{ckpt_dir}: no complete checkpoint{'' if step is None else f' at step {step}'}")
+      raise InputError(
+        f"{ckpt_dir}: no complete checkpoint{'' if step is None else f' at step {step}'}"
+      )
     where = os.path.join(ckpt_dir, str(step))
     model, _ = _saved_model_configs(read_config(mngr, step), where)
     abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     target = {"g": {"params": abstract}}
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+      restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+          )
+        ),
+      )
     except Exception as e:
       if _is_read_error(e):
-        raise UnreadableCheckpoint(f"{where}: unreadable, truncated or damaged ({_first_line(e)}); "
-                                   "choose another --step") from None
-      raise InputError(f"{where}: does not match its own config ({str(e).splitlines()[0][:300]})") from None
+        raise UnreadableCheckpoint(
+          f"{where}: unreadable, truncated or damaged ({_first_line(e)}); choose another --step"
+        ) from None
+      raise InputError(
+        f"{where}: does not match its own config ({str(e).splitlines()[0][:300]})"
+      ) from None
   finally:
     mngr.close()
   return save_generator(output, restored["state"]["g"]["params"], model, overwrite=overwrite)

@@ -33,33 +33,50 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 GROUPS = ("model", "disc", "loss", "opt", "data", "train", "ckpt", "log", "mesh")
 
 # Per-step metrics a checkpoint can be ranked by (ckpt.best_metric).
-STEP_METRICS = tuple(f"loss/{k}" for k in ("total", "content", "style", "remd", "rec", "rec_pixel",
-                                           "rec_feature", "adv_g", "d")) + (
-    "grad_norm/g", "grad_norm/d", "gate/kept_fraction")
+STEP_METRICS = tuple(
+  f"loss/{k}"
+  for k in ("total", "content", "style", "remd", "rec", "rec_pixel", "rec_feature", "adv_g", "d")
+) + ("grad_norm/g", "grad_norm/d", "gate/kept_fraction")
 
 
 def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
   """Checks the fields training reads; returns the frozen model configs. Raises InputError."""
   missing = [g for g in GROUPS if not hasattr(cfg, "keys") or g not in cfg]
   if missing:
-    raise InputError(f"config: no {', '.join(repr(g) for g in missing)} group (see configs/default.py; "
-                     "variants call its get_config() and change a few fields)")
+    raise InputError(
+      f"config: no {', '.join(repr(g) for g in missing)} group (see configs/default.py; "
+      "variants call its get_config() and change a few fields)"
+    )
   model = ModelConfig.from_dict(cfg.model)
   disc = DiscriminatorConfig.from_dict(cfg.disc)
   checks = [
-      (cfg.loss.style_form in ("mean_std", "gram"), f"loss.style_form must be 'mean_std' or 'gram', got {cfg.loss.style_form!r}"),
-      (cfg.loss.gan in ("lsgan", "hinge"), f"loss.gan must be 'lsgan' or 'hinge', got {cfg.loss.gan!r}"),
-      (cfg.loss.remd_max_positions >= 0, "loss.remd_max_positions must be >= 0 (0: no cap)"),
-      (cfg.opt.lr > 0, f"opt.lr must be positive, got {cfg.opt.lr}"),
-      (cfg.opt.max_nonfinite >= 1, "opt.max_nonfinite must be >= 1"),
-      (cfg.train.steps >= 1, f"train.steps must be >= 1, got {cfg.train.steps}"),
-      (cfg.train.d_every >= 1, f"train.d_every must be >= 1, got {cfg.train.d_every}"),
-      (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
-      (cfg.ckpt.every >= 1 and cfg.ckpt.keep >= 1, "ckpt.every and ckpt.keep must be >= 1"),
-      (cfg.ckpt.best_mode in ("min", "max"), f"ckpt.best_mode must be 'min' or 'max', got {cfg.ckpt.best_mode!r}"),
-      (cfg.ckpt.best_metric in (None, "", *STEP_METRICS),
-       f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of {', '.join(STEP_METRICS)}"),
-      (cfg.log.every >= 1 and cfg.log.image_every >= 0, "log.every must be >= 1 and log.image_every >= 0"),
+    (
+      cfg.loss.style_form in ("mean_std", "gram"),
+      f"loss.style_form must be 'mean_std' or 'gram', got {cfg.loss.style_form!r}",
+    ),
+    (
+      cfg.loss.gan in ("lsgan", "hinge"),
+      f"loss.gan must be 'lsgan' or 'hinge', got {cfg.loss.gan!r}",
+    ),
+    (cfg.loss.remd_max_positions >= 0, "loss.remd_max_positions must be >= 0 (0: no cap)"),
+    (cfg.opt.lr > 0, f"opt.lr must be positive, got {cfg.opt.lr}"),
+    (cfg.opt.max_nonfinite >= 1, "opt.max_nonfinite must be >= 1"),
+    (cfg.train.steps >= 1, f"train.steps must be >= 1, got {cfg.train.steps}"),
+    (cfg.train.d_every >= 1, f"train.d_every must be >= 1, got {cfg.train.d_every}"),
+    (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
+    (cfg.ckpt.every >= 1 and cfg.ckpt.keep >= 1, "ckpt.every and ckpt.keep must be >= 1"),
+    (
+      cfg.ckpt.best_mode in ("min", "max"),
+      f"ckpt.best_mode must be 'min' or 'max', got {cfg.ckpt.best_mode!r}",
+    ),
+    (
+      cfg.ckpt.best_metric in (None, "", *STEP_METRICS),
+      f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of {', '.join(STEP_METRICS)}",
+    ),
+    (
+      cfg.log.every >= 1 and cfg.log.image_every >= 0,
+      "log.every must be >= 1 and log.image_every >= 0",
+    ),
   ]
   for ok, message in checks:
     if not ok:

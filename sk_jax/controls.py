@@ -16,9 +16,9 @@ from sk_jax.errors import InputError
 from sk_jax.models.generator import STRIDE
 
 # NTSC YIQ (FCC): Y is luminance, I and Q carry the colour.
-RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
-                       [0.596, -0.274, -0.322],
-                       [0.211, -0.523, 0.312]], np.float32)
+RGB_TO_YIQ = np.array(
+  [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32
+)
 YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ).astype(np.float32)
 
 
@@ -37,14 +37,16 @@ def preserve_color(stylized, content) -> np.ndarray:
   """
   stylized, content = np.asarray(stylized, np.float32), np.asarray(content, np.float32)
   if stylized.shape[-3:] != content.shape:
-    raise InputError(f"preserve_color: stylized {stylized.shape[-3:]} and content {content.shape} differ in size")
+    raise InputError(
+      f"preserve_color: stylized {stylized.shape[-3:]} and content {content.shape} differ in size"
+    )
   yiq = rgb_to_yiq(stylized)
   yiq[..., 1:] = rgb_to_yiq(content)[..., 1:]
   return np.clip(yiq_to_rgb(yiq), 0.0, 1.0)
 
 
 def parse_floats(text: str, flag: str) -> list[float]:
-  """"0.7,0.3" -> [0.7, 0.3]; anything else is an InputError naming `flag`."""
+  """ "0.7,0.3" -> [0.7, 0.3]; anything else is an InputError naming `flag`."""
   try:
     values = [float(v) for v in str(text).split(",")]
   except ValueError:
@@ -75,8 +77,10 @@ def style_weights(weights: Sequence[float] | None, num_styles: int) -> np.ndarra
     return np.full(num_styles, 1.0 / num_styles, np.float32)
   w = np.asarray(weights, np.float64)
   if w.ndim != 1 or len(w) != num_styles:
-    raise InputError(f"--style-weights: {len(np.atleast_1d(w))} weight(s) for {num_styles} style(s); "
-                     "give one weight per style")
+    raise InputError(
+      f"--style-weights: {len(np.atleast_1d(w))} weight(s) for {num_styles} style(s); "
+      "give one weight per style"
+    )
   if not np.all(np.isfinite(w)) or np.any(w < 0):
     raise InputError(f"--style-weights must be non-negative, got {', '.join(f'{v:g}' for v in w)}")
   if w.sum() <= 0:
@@ -95,7 +99,9 @@ def mask_labels(mask) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
   return labels.reshape(rgb.shape[:2]).astype(np.int32), [tuple(int(v) for v in c) for c in colours]
 
 
-def mask_weights(mask, content_hw: tuple[int, int], num_styles: int, source: str = "--mask") -> np.ndarray:
+def mask_weights(
+  mask, content_hw: tuple[int, int], num_styles: int, source: str = "--mask"
+) -> np.ndarray:
   """Per-position style weights at the generator's feature resolution, (ceil(H/8), ceil(W/8), S).
 
   The mask (H', W', 3) must have the content's aspect ratio and exactly `num_styles`
@@ -108,15 +114,18 @@ def mask_weights(mask, content_hw: tuple[int, int], num_styles: int, source: str
     raise InputError(f"{source}: expected an (H, W, 3) image, got shape {mask.shape}")
   labels, colours = mask_labels(mask)
   if len(colours) != num_styles:
-    raise InputError(f"{source}: has {len(colours)} distinct colour(s) but {num_styles} style(s) were given "
-                     "(one style per flat colour, darkest first; save masks without antialiasing)")
+    raise InputError(
+      f"{source}: has {len(colours)} distinct colour(s) but {num_styles} style(s) were given "
+      "(one style per flat colour, darkest first; save masks without antialiasing)"
+    )
   h, w = content_hw
   mh, mw = labels.shape
   if abs(mh / mw - h / w) > max(0.02 * h / w, 1.0 / min(h, w, mh, mw)):
     raise InputError(f"{source}: {mw}x{mh} has another aspect ratio than the content ({w}x{h})")
   if (mh, mw) != (h, w):
-    labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST),
-                        np.int32)
+    labels = np.asarray(
+      Image.fromarray(labels.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST), np.int32
+    )
   one_hot = np.eye(num_styles, dtype=np.float32)[labels]
   ph, pw = -h % STRIDE, -w % STRIDE
   if ph or pw:

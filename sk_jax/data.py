@@ -75,7 +75,9 @@ class ImageSource:
       return _read_file(self.records[i], self.short_side)
     if self.kind == "packaged":
       return _resize_uint8(images.packaged_image(self.records[i]), self.short_side)
-    return _resize_uint8(images.decode(images.array_to_pil(self.records[i][self.image_key])), self.short_side)
+    return _resize_uint8(
+      images.decode(images.array_to_pil(self.records[i][self.image_key])), self.short_side
+    )
 
   def __getitem__(self, i: int) -> dict:
     n = len(self)
@@ -95,8 +97,9 @@ class ImageSource:
     raise InputError(f"{self.name}: none of its {n} images can be read")
 
 
-def open_source(spec: str, short_side: int, *, tfds_data_dir=None, split="train",
-                image_key="image") -> ImageSource:
+def open_source(
+  spec: str, short_side: int, *, tfds_data_dir=None, split="train", image_key="image"
+) -> ImageSource:
   """A source spec (folder, tfds:NAME, skimage:SET) -> ImageSource; bad specs are InputErrors."""
   if images.is_packaged(spec):
     return ImageSource("packaged", images.packaged_names(spec), spec, short_side)
@@ -105,18 +108,24 @@ def open_source(spec: str, short_side: int, *, tfds_data_dir=None, split="train"
     try:
       import tensorflow_datasets as tfds
     except ImportError:
-      raise InputError(f"{spec}: TFDS sources need the tfds extra: pip install 'sk-jax[tfds]'") from None
+      raise InputError(
+        f"{spec}: TFDS sources need the tfds extra: pip install 'sk-jax[tfds]'"
+      ) from None
     try:
       source = tfds.data_source(name, split=split, data_dir=tfds_data_dir, download=False)
     except Exception as e:
-      raise InputError(f"{spec}: cannot open TFDS split {split!r} in {tfds_data_dir or 'the default data dir'} "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); prepare it in "
-                       "array_record format first") from None
+      raise InputError(
+        f"{spec}: cannot open TFDS split {split!r} in {tfds_data_dir or 'the default data dir'} "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); prepare it in "
+        "array_record format first"
+      ) from None
     if len(source) == 0:
       raise InputError(f"{spec}: split {split!r} is empty")
     return ImageSource("tfds", source, spec, short_side, image_key)
   if not os.path.exists(spec):
-    raise InputError(f"{spec}: no such image folder (give a folder, tfds:NAME or skimage:photos/styles)")
+    raise InputError(
+      f"{spec}: no such image folder (give a folder, tfds:NAME or skimage:photos/styles)"
+    )
   if not os.path.isdir(spec):
     raise InputError(f"{spec}: not a folder of images")
   return ImageSource("folder", images.list_images(spec), spec, short_side)
@@ -129,19 +138,32 @@ def _seed(*parts: int) -> int:
 @dataclasses.dataclass
 class RandomCrop(grain.transforms.RandomMap):
   """{"image": (H, W, 3) uint8} -> a random (size, size, 3) crop."""
+
   size: int
 
   def random_map(self, element, rng: np.random.Generator):
     img = element["image"]
     h, w = img.shape[:2]
     y, x = rng.integers(0, h - self.size + 1), rng.integers(0, w - self.size + 1)
-    return {"image": np.ascontiguousarray(img[y:y + self.size, x:x + self.size]),
-            "skipped": element["skipped"]}
+    return {
+      "image": np.ascontiguousarray(img[y : y + self.size, x : x + self.size]),
+      "skipped": element["skipped"],
+    }
 
 
-def make_stream(source: ImageSource, *, crop: int, batch_size: int, seed: int, stream: int,
-                process_index: int = 0, process_count: int = 1, num_workers: int = 0,
-                num_threads: int = 4, prefetch: int = 2) -> grain.IterDataset:
+def make_stream(
+  source: ImageSource,
+  *,
+  crop: int,
+  batch_size: int,
+  seed: int,
+  stream: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_workers: int = 0,
+  num_threads: int = 4,
+  prefetch: int = 2,
+) -> grain.IterDataset:
   """An infinite, shuffled (reshuffled every epoch), per-process stream of cropped batches.
 
   `batch_size` is this process's share of the global batch. Each process reads the
@@ -151,19 +173,28 @@ def make_stream(source: ImageSource, *, crop: int, batch_size: int, seed: int, s
   if process_count > 1:
     ds = ds[process_index::process_count]
     if len(ds) == 0:
-      raise InputError(f"{source.name}: {len(source)} images cannot be shared by {process_count} processes")
-  ds = (ds.shuffle(seed=_seed(seed, stream, process_index)).repeat()
-        .random_map(RandomCrop(crop), seed=_seed(seed, stream, process_index, 1))
-        .batch(batch_size, drop_remainder=True))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, num_threads),
-                                            prefetch_buffer_size=max(1, prefetch * batch_size)))
+      raise InputError(
+        f"{source.name}: {len(source)} images cannot be shared by {process_count} processes"
+      )
+  ds = (
+    ds.shuffle(seed=_seed(seed, stream, process_index))
+    .repeat()
+    .random_map(RandomCrop(crop), seed=_seed(seed, stream, process_index, 1))
+    .batch(batch_size, drop_remainder=True)
+  )
+  it = ds.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch * batch_size)
+    )
+  )
   if num_workers > 0:
     # grain 0.2.18 workers read an absl flag; outside absl.app (pytest, notebooks)
     # they crash unless the flags count as parsed (google/grain#1355).
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                     per_worker_buffer_size=max(1, prefetch)))
+    it = it.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch))
+    )
   return it
 
 
@@ -181,9 +212,17 @@ def open_sources(data_cfg) -> tuple[ImageSource, ImageSource]:
     raise InputError(f"data.resize ({resize}) is smaller than data.crop ({crop})")
   short_side = max(resize, crop)
   sources = []
-  for spec, split in ((data_cfg.content, data_cfg.content_split), (data_cfg.style, data_cfg.style_split)):
-    source = open_source(spec, short_side, tfds_data_dir=data_cfg.tfds_data_dir, split=split,
-                         image_key=data_cfg.tfds_image_key)
+  for spec, split in (
+    (data_cfg.content, data_cfg.content_split),
+    (data_cfg.style, data_cfg.style_split),
+  ):
+    source = open_source(
+      spec,
+      short_side,
+      tfds_data_dir=data_cfg.tfds_data_dir,
+      split=split,
+      image_key=data_cfg.tfds_image_key,
+    )
     source[0]  # raises InputError here, in the main process, if nothing in it is readable
     sources.append(source)
   return tuple(sources)
@@ -192,9 +231,21 @@ def open_sources(data_cfg) -> tuple[ImageSource, ImageSource]:
 def build_streams(data_cfg, sources, seed: int, process_index: int = 0, process_count: int = 1):
   """(content, style) sources -> two independent infinite grain streams of this process's batches."""
   if data_cfg.batch_size % process_count:
-    raise InputError(f"data.batch_size {data_cfg.batch_size} does not split over {process_count} processes")
-  return tuple(make_stream(
-      source, crop=int(data_cfg.crop), batch_size=data_cfg.batch_size // process_count, seed=seed,
-      stream=stream, process_index=process_index, process_count=process_count,
-      num_workers=data_cfg.num_workers, num_threads=data_cfg.num_threads, prefetch=data_cfg.prefetch)
-      for stream, source in enumerate(sources))
+    raise InputError(
+      f"data.batch_size {data_cfg.batch_size} does not split over {process_count} processes"
+    )
+  return tuple(
+    make_stream(
+      source,
+      crop=int(data_cfg.crop),
+      batch_size=data_cfg.batch_size // process_count,
+      seed=seed,
+      stream=stream,
+      process_index=process_index,
+      process_count=process_count,
+      num_workers=data_cfg.num_workers,
+      num_threads=data_cfg.num_threads,
+      prefetch=data_cfg.prefetch,
+    )
+    for stream, source in enumerate(sources)
+  )

@@ -45,7 +45,16 @@ INPUT_NAMES = ("content", "style")
 OUTPUT_NAME = "stylized"
 GATE_OUTPUT_NAME = "gate_mask"
 # The encoder layers the stylizer runs (up to relu4_1); the rest of VGG-16 is not embedded.
-ENCODER_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1")
+ENCODER_LAYERS = (
+  "conv1_1",
+  "conv1_2",
+  "conv2_1",
+  "conv2_2",
+  "conv3_1",
+  "conv3_2",
+  "conv3_3",
+  "conv4_1",
+)
 ONNX_EXTRA_HINT = "ONNX export needs the optional extra: pip install 'sk-jax[onnx]'"
 
 
@@ -55,13 +64,20 @@ def input_specs(batch: int | None = None):
   batch: a fixed batch size, or None for a symbolic one shared by both inputs.
   """
   b, hc, wc, hs, ws = jax.export.symbolic_shape(
-      "b, hc, wc, hs, ws",
-      constraints=(f"hc >= {MIN_SIDE // STRIDE}", f"wc >= {MIN_SIDE // STRIDE}",
-                   f"hs >= {MIN_SIDE // STRIDE}", f"ws >= {MIN_SIDE // STRIDE}"))
+    "b, hc, wc, hs, ws",
+    constraints=(
+      f"hc >= {MIN_SIDE // STRIDE}",
+      f"wc >= {MIN_SIDE // STRIDE}",
+      f"hs >= {MIN_SIDE // STRIDE}",
+      f"ws >= {MIN_SIDE // STRIDE}",
+    ),
+  )
   if batch is not None:
     b = batch
-  return (jax.ShapeDtypeStruct((b, STRIDE * hc, STRIDE * wc, 3), jnp.float32),
-          jax.ShapeDtypeStruct((b, STRIDE * hs, STRIDE * ws, 3), jnp.float32))
+  return (
+    jax.ShapeDtypeStruct((b, STRIDE * hc, STRIDE * wc, 3), jnp.float32),
+    jax.ShapeDtypeStruct((b, STRIDE * hs, STRIDE * ws, 3), jnp.float32),
+  )
 
 
 def stylizer_fn(params, vgg_params, config, gate_output: bool = False):
@@ -83,8 +99,10 @@ def stylizer_fn(params, vgg_params, config, gate_output: bool = False):
   missing = [name for name in ENCODER_LAYERS if name not in vgg_params]
   if missing:
     raise InputError(f"VGG-16 weights lack layer(s) {', '.join(missing)}")
-  vgg_used = {name: {k: np.asarray(v, np.float32) for k, v in vgg_params[name].items()}
-              for name in ENCODER_LAYERS}
+  vgg_used = {
+    name: {k: np.asarray(v, np.float32) for k, v in vgg_params[name].items()}
+    for name in ENCODER_LAYERS
+  }
   model = Generator(config)
 
   def stylize(content, style):
@@ -108,7 +126,9 @@ def check_platforms(platforms) -> tuple[str, ...]:
     raise InputError(f"--platforms: name at least one of {', '.join(PLATFORMS)}")
   bad = [p for p in platforms if p not in PLATFORMS]
   if bad:
-    raise InputError(f"--platforms: unknown platform {bad[0]!r}; choose from {', '.join(PLATFORMS)}")
+    raise InputError(
+      f"--platforms: unknown platform {bad[0]!r}; choose from {', '.join(PLATFORMS)}"
+    )
   return tuple(dict.fromkeys(platforms))
 
 
@@ -123,8 +143,9 @@ def export_stablehlo(params, vgg_params, config, platforms=("cpu",)) -> jax.expo
     The `jax.export.Exported`; `.serialize()` gives the bytes that `save_stablehlo` writes.
   """
   platforms = check_platforms(platforms)
-  return jax.export.export(jax.jit(stylizer_fn(params, vgg_params, config)),
-                           platforms=platforms)(*input_specs())
+  return jax.export.export(jax.jit(stylizer_fn(params, vgg_params, config)), platforms=platforms)(
+    *input_specs()
+  )
 
 
 def save_stablehlo(path: str, exported: jax.export.Exported) -> str:
@@ -176,18 +197,38 @@ def _fix_maxpool(model) -> int:
       nodes.append(node)
       continue
     kernel, strides = list(attrs["kernel_shape"]), list(attrs.get("strides", [1] * 4))
-    if kernel[0] != 1 or kernel[3] != 1 or strides[0] != 1 or strides[3] != 1 or any(attrs.get("pads", ())):
+    if (
+      kernel[0] != 1
+      or kernel[3] != 1
+      or strides[0] != 1
+      or strides[3] != 1
+      or any(attrs.get("pads", ()))
+    ):
       raise RuntimeError(f"unexpected MaxPool {node.name}: kernel {kernel}, strides {strides}")
     name, x, y = node.name, node.input[0], node.output[0]
     nodes += [
-        helper.make_node("Squeeze", [x, axes.name], [f"{name}_nhwc"], name=f"{name}_squeeze"),
-        helper.make_node("Transpose", [f"{name}_nhwc"], [f"{name}_nchw"], perm=[0, 3, 1, 2],
-                         name=f"{name}_to_nchw"),
-        helper.make_node("MaxPool", [f"{name}_nchw"], [f"{name}_pooled"], kernel_shape=kernel[1:3],
-                         strides=strides[1:3], name=f"{name}_2d"),
-        helper.make_node("Transpose", [f"{name}_pooled"], [f"{name}_pooled_nhwc"], perm=[0, 2, 3, 1],
-                         name=f"{name}_to_nhwc"),
-        helper.make_node("Unsqueeze", [f"{name}_pooled_nhwc", axes.name], [y], name=f"{name}_unsqueeze"),
+      helper.make_node("Squeeze", [x, axes.name], [f"{name}_nhwc"], name=f"{name}_squeeze"),
+      helper.make_node(
+        "Transpose", [f"{name}_nhwc"], [f"{name}_nchw"], perm=[0, 3, 1, 2], name=f"{name}_to_nchw"
+      ),
+      helper.make_node(
+        "MaxPool",
+        [f"{name}_nchw"],
+        [f"{name}_pooled"],
+        kernel_shape=kernel[1:3],
+        strides=strides[1:3],
+        name=f"{name}_2d",
+      ),
+      helper.make_node(
+        "Transpose",
+        [f"{name}_pooled"],
+        [f"{name}_pooled_nhwc"],
+        perm=[0, 2, 3, 1],
+        name=f"{name}_to_nhwc",
+      ),
+      helper.make_node(
+        "Unsqueeze", [f"{name}_pooled_nhwc", axes.name], [y], name=f"{name}_unsqueeze"
+      ),
     ]
     count += 1
   if count:
@@ -207,8 +248,9 @@ def _add_size_checks(model) -> None:
   from onnx import TensorProto, helper
 
   graph = model.graph
-  graph.initializer.extend([
-      helper.make_tensor("sk_check_shape", TensorProto.INT64, [4], [0, 0, -1, 3 * STRIDE])])
+  graph.initializer.extend(
+    [helper.make_tensor("sk_check_shape", TensorProto.INT64, [4], [0, 0, -1, 3 * STRIDE])]
+  )
   checks = []
   for name in INPUT_NAMES:
     x = name
@@ -216,16 +258,22 @@ def _add_size_checks(model) -> None:
       tag = f"{name}_{axis}_must_be_a_multiple_of_{STRIDE}"
       src = x
       if axis == "height":
-        checks.append(helper.make_node("Transpose", [x], [f"{tag}_t"], perm=[0, 2, 1, 3], name=f"{tag}_t"))
+        checks.append(
+          helper.make_node("Transpose", [x], [f"{tag}_t"], perm=[0, 2, 1, 3], name=f"{tag}_t")
+        )
         src = f"{tag}_t"
       checks += [
-          helper.make_node("Shape", [src], [f"{tag}_shape"], name=f"{tag}_shape"),
-          helper.make_node("Reshape", [src, "sk_check_shape"], [f"{tag}_r"], name=tag),
-          helper.make_node("Reshape", [f"{tag}_r", f"{tag}_shape"], [f"{tag}_back"], name=f"{tag}_back"),
+        helper.make_node("Shape", [src], [f"{tag}_shape"], name=f"{tag}_shape"),
+        helper.make_node("Reshape", [src, "sk_check_shape"], [f"{tag}_r"], name=tag),
+        helper.make_node(
+          "Reshape", [f"{tag}_r", f"{tag}_shape"], [f"{tag}_back"], name=f"{tag}_back"
+        ),
       ]
       x = f"{tag}_back"
       if axis == "height":
-        checks.append(helper.make_node("Transpose", [x], [f"{tag}_ok"], perm=[0, 2, 1, 3], name=f"{tag}_ok"))
+        checks.append(
+          helper.make_node("Transpose", [x], [f"{tag}_ok"], perm=[0, 2, 1, 3], name=f"{tag}_ok")
+        )
         x = f"{tag}_ok"
     for node in graph.node:
       for i, inp in enumerate(node.input):
@@ -258,8 +306,13 @@ def export_onnx(params, vgg_params, config, gate_output: bool = False):
     log.setLevel(logging.ERROR)
   try:
     with contextlib.redirect_stdout(io.StringIO()):
-      model = to_onnx(fn, list(input_specs()), model_name="sk_jax_stylizer",
-                      input_names=list(INPUT_NAMES), output_names=outputs)
+      model = to_onnx(
+        fn,
+        list(input_specs()),
+        model_name="sk_jax_stylizer",
+        input_names=list(INPUT_NAMES),
+        output_names=outputs,
+      )
   finally:
     for log, level in zip(loggers, levels):
       log.setLevel(level)
@@ -271,6 +324,7 @@ def export_onnx(params, vgg_params, config, gate_output: bool = False):
 def save_onnx(path: str, model) -> str:
   """Writes an ONNX model atomically (weights inside the file); returns the absolute path."""
   import onnx
+
   _write_file(path, lambda tmp: onnx.save_model(model, tmp))
   return os.path.abspath(path)
 
@@ -278,10 +332,15 @@ def save_onnx(path: str, model) -> str:
 def onnx_session(path_or_model, threads: int | None = None):
   """An onnxruntime CPU InferenceSession of a file or ModelProto."""
   import onnxruntime as ort
+
   opts = ort.SessionOptions()
   if threads:
     opts.intra_op_num_threads = threads
-  src = path_or_model if isinstance(path_or_model, (str, os.PathLike)) else path_or_model.SerializeToString()
+  src = (
+    path_or_model
+    if isinstance(path_or_model, (str, os.PathLike))
+    else path_or_model.SerializeToString()
+  )
   return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -303,7 +362,8 @@ def reference_gate(params, vgg_params, config, content, style):
   z_c, z_s = encode(vgg_params, content, dtype), encode(vgg_params, style, dtype)
   _, aux = Generator(config).apply({"params": params}, z_c, z_s, 1.0)
   lam, beta = GateNet(config.gate_hidden, dtype).apply(
-      {"params": params["alignment"]["gate"]}, z_c.astype(dtype))
+    {"params": params["alignment"]["gate"]}, z_c.astype(dtype)
+  )
   b, ns = z_c.shape[0], z_s.shape[1] * z_s.shape[2]
   thresh = ops.gate_threshold(aux["attention"], lam.reshape(b, -1), (beta / ns).reshape(b, -1))
   return np.asarray(aux["mask"], np.float32), gate_gap(aux["attention"], thresh)

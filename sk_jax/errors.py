@@ -21,6 +21,7 @@ class SaveError(RuntimeError):
 def is_disk_full(e: BaseException) -> bool:
   """True when `e` or anything in its cause/context chain is 'no space left on device' (ENOSPC/EDQUOT)."""
   import errno
+
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))

@@ -26,13 +26,45 @@ Image.MAX_IMAGE_PIXELS = None
 # images for style.
 PACKAGED_PREFIX = "skimage:"
 PACKAGED_ALIAS = "embedded:"
-PACKAGED = ("astronaut", "camera", "chelsea", "coffee", "rocket", "motorcycle_left", "coins", "moon",
-            "brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "colorwheel",
-            "retina", "logo")
+PACKAGED = (
+  "astronaut",
+  "camera",
+  "chelsea",
+  "coffee",
+  "rocket",
+  "motorcycle_left",
+  "coins",
+  "moon",
+  "brick",
+  "grass",
+  "gravel",
+  "hubble_deep_field",
+  "immunohistochemistry",
+  "colorwheel",
+  "retina",
+  "logo",
+)
 PACKAGED_SETS = {
-    "photos": ("astronaut", "camera", "chelsea", "coffee", "rocket", "motorcycle_left", "coins", "moon"),
-    "styles": ("brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "colorwheel",
-               "retina", "logo"),
+  "photos": (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle_left",
+    "coins",
+    "moon",
+  ),
+  "styles": (
+    "brick",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "colorwheel",
+    "retina",
+    "logo",
+  ),
 }
 
 
@@ -41,22 +73,25 @@ def is_packaged(spec: str) -> bool:
 
 
 def packaged_names(spec: str) -> list[str]:
-  """"skimage:astronaut,brick" or a set, "skimage:photos" -> the image names; unknown names are refused."""
+  """ "skimage:astronaut,brick" or a set, "skimage:photos" -> the image names; unknown names are refused."""
   body = spec.split(":", 1)[1]
   names = []
   for name in (n.strip() for n in body.split(",") if n.strip()):
     names += PACKAGED_SETS.get(name, (name,))
   unknown = [n for n in names if n not in PACKAGED]
   if unknown or not names:
-    raise InputError(f"{spec}: {unknown[0] if unknown else 'no name'!r} is not a packaged scikit-image "
-                     f"image; choose from {', '.join(PACKAGED)} or the sets {', '.join(PACKAGED_SETS)} "
-                     f"(e.g. {PACKAGED_PREFIX}photos)")
+    raise InputError(
+      f"{spec}: {unknown[0] if unknown else 'no name'!r} is not a packaged scikit-image "
+      f"image; choose from {', '.join(PACKAGED)} or the sets {', '.join(PACKAGED_SETS)} "
+      f"(e.g. {PACKAGED_PREFIX}photos)"
+    )
   return names
 
 
 @functools.cache
 def _packaged_array(name: str) -> np.ndarray:
   from skimage import data
+
   if name == "motorcycle_left":
     return data.stereo_motorcycle()[0]
   return getattr(data, name)()
@@ -75,7 +110,9 @@ def array_to_pil(a) -> Image.Image:
   if a.dtype == bool:
     a = a.astype(np.uint8) * 255
   if a.dtype != np.uint8:
-    a = (np.clip(a.astype(np.float32) / (255.0 if a.max() > 1 else 1.0), 0, 1) * 255 + 0.5).astype(np.uint8)
+    a = (np.clip(a.astype(np.float32) / (255.0 if a.max() > 1 else 1.0), 0, 1) * 255 + 0.5).astype(
+      np.uint8
+    )
   return Image.fromarray(a)
 
 
@@ -138,7 +175,9 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
       img = ImageOps.exif_transpose(img)
       rgb = decode(img)
   if min(rgb.shape[:2]) < MIN_SIDE:
-    raise InputError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than {MIN_SIDE} pixels on a side")
+    raise InputError(
+      f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than {MIN_SIDE} pixels on a side"
+    )
   return rgb
 
 
@@ -212,8 +251,10 @@ def prepare(image, size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
   if size and max_pixels:  # checked before the resized copy is allocated
     w, h = _resized(*image.shape[:2], size)
     if w * h > max_pixels:
-      raise InputError(f"--size {size} makes a {image.shape[1]}x{image.shape[0]} image {w}x{h}, "
-                       f"{w * h} pixels, more than --max-pixels={max_pixels}")
+      raise InputError(
+        f"--size {size} makes a {image.shape[1]}x{image.shape[0]} image {w}x{h}, "
+        f"{w * h} pixels, more than --max-pixels={max_pixels}"
+      )
   return resize_short_side(image, size)
 
 
@@ -226,8 +267,12 @@ def list_images(path: str) -> list[str]:
     raise InputError(f"{path}: no such file or directory")
   if not os.path.isdir(path):
     return [path]
-  found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                 if name.lower().endswith(EXTENSIONS) and not name.startswith("."))
+  found = sorted(
+    os.path.join(root, name)
+    for root, _, names in os.walk(path)
+    for name in names
+    if name.lower().endswith(EXTENSIONS) and not name.startswith(".")
+  )
   if not found:
     raise InputError(f"{path}: no images found (looked for {', '.join(EXTENSIONS)})")
   return found
@@ -250,8 +295,9 @@ def check_outputs(outputs, inputs) -> None:
   for out in dict.fromkeys(outputs):
     for src in files:
       if _same_file(out, src):
-        raise InputError(f"{out}: is the input {src}; refusing to overwrite an input "
-                         "(choose another --output)")
+        raise InputError(
+          f"{out}: is the input {src}; refusing to overwrite an input (choose another --output)"
+        )
   for directory in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in outputs):
     check_writable_dir(directory)
 
@@ -269,4 +315,6 @@ def check_writable_dir(directory: str) -> None:
     os.close(fd)
     os.unlink(probe)
   except OSError as e:
-    raise InputError(f"{directory}: cannot write output there ({e.strerror or type(e).__name__})") from None
+    raise InputError(
+      f"{directory}: cannot write output there ({e.strerror or type(e).__name__})"
+    ) from None

@@ -19,7 +19,7 @@ def sample_grid(content, style, stylized, gap: int = 2) -> np.ndarray:
   grid = np.ones((n * (h + gap) - gap, 3 * (w + gap) - gap, 3), np.float32)
   for i in range(n):
     for j, img in enumerate((content, style, stylized)):
-      grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = img[i]
+      grid[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = img[i]
   return grid
 
 
@@ -62,12 +62,20 @@ class MetricLogger:
       return
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
+
     path = os.path.join(workdir, METRICS_FILE)
     self.last_record = _truncate_after(path, start) if os.path.exists(path) else {}
     self.file = open(path, "a")
     self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train",
-                    file=sys.stderr, mininterval=1.0)
+    self.bar = tqdm(
+      total=total,
+      initial=start,
+      unit="step",
+      dynamic_ncols=True,
+      desc="train",
+      file=sys.stderr,
+      mininterval=1.0,
+    )
 
   def scalars(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -76,9 +84,14 @@ class MetricLogger:
       self.writer.add_scalar(k, v, step)
     self.file.write(json.dumps({"step": step, **metrics}) + "\n")
     self.file.flush()
-    self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
-                          ("loss/total", "loss/content", "loss/style", "loss/remd", "loss/d") if k in metrics},
-                         refresh=False)
+    self.bar.set_postfix(
+      {
+        k.split("/")[-1]: f"{metrics[k]:.3g}"
+        for k in ("loss/total", "loss/content", "loss/style", "loss/remd", "loss/d")
+        if k in metrics
+      },
+      refresh=False,
+    )
 
   def grid(self, step: int, grid: np.ndarray) -> str | None:
     if not self.enabled:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from sk_jax import ops
 
-CONTENT_LAYERS = ("relu4_1", "relu5_1")                                  # SANet's content loss
+CONTENT_LAYERS = ("relu4_1", "relu5_1")  # SANet's content loss
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")  # as in WCT's evaluation
 REMD_LAYERS = ("relu3_1", "relu4_1")
 REC_LAYERS = ("relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -40,7 +40,9 @@ def content_loss(feats_cs: Features, feats_c: Features, layers: Sequence[str] = 
     a, b = feats_cs[l].astype(jnp.float32), feats_c[l].astype(jnp.float32)
     if a.shape != b.shape:
       raise ValueError(f"content_loss: {l} shapes differ, {a.shape} vs {b.shape}")
-    total = total + jnp.mean(jnp.square(ops.instance_norm(a) - ops.instance_norm(b)), axis=(1, 2, 3))
+    total = total + jnp.mean(
+      jnp.square(ops.instance_norm(a) - ops.instance_norm(b)), axis=(1, 2, 3)
+    )
   return total
 
 
@@ -75,13 +77,19 @@ def style_losses(stats_cs, stats_s) -> dict:
   for l in stats_cs:
     mu_cs, sd_cs, g_cs = stats_cs[l]
     mu_s, sd_s, g_s = stats_s[l]
-    mean_std = mean_std + jnp.mean((mu_cs - mu_s) ** 2, axis=-1) + jnp.mean((sd_cs - sd_s) ** 2, axis=-1)
+    mean_std = (
+      mean_std + jnp.mean((mu_cs - mu_s) ** 2, axis=-1) + jnp.mean((sd_cs - sd_s) ** 2, axis=-1)
+    )
     gram_form = gram_form + jnp.sum((g_cs - g_s) ** 2, axis=(-2, -1))
   return {"mean_std": mean_std, "gram": gram_form}
 
 
-def style_loss(feats_cs: Features, feats_s: Features, layers: Sequence[str] = STYLE_LAYERS,
-               form: str = "mean_std"):
+def style_loss(
+  feats_cs: Features,
+  feats_s: Features,
+  layers: Sequence[str] = STYLE_LAYERS,
+  form: str = "mean_std",
+):
   """The style loss per sample, (B,), in form "mean_std" or "gram" (see `style_losses`)."""
   if form not in ("mean_std", "gram"):
     raise ValueError(f"style loss form must be 'mean_std' or 'gram', got {form!r}")
@@ -99,7 +107,8 @@ def subsample_positions(x_BxHxWxC, key, max_positions: int):
   if max_positions <= 0 or h * w <= max_positions:
     return x_BxNxC
   idx_BxM = jax.vmap(lambda k: jax.random.choice(k, h * w, (max_positions,), replace=False))(
-      jax.random.split(key, b))
+    jax.random.split(key, b)
+  )
   return jnp.take_along_axis(x_BxNxC, idx_BxM[..., None], axis=1)
 
 
@@ -115,24 +124,44 @@ def cosine_cost(x_BxNxC, y_BxMxC, eps: float = 1e-8):
 def remd(x_BxNxC, y_BxMxC):
   """Relaxed EMD (Eq. 9) per image: max of the two directional mean nearest-neighbour costs; (B,)."""
   cost_BxNxM = cosine_cost(x_BxNxC, y_BxMxC)
-  return jnp.maximum(jnp.mean(jnp.min(cost_BxNxM, axis=2), axis=1),
-                     jnp.mean(jnp.min(cost_BxNxM, axis=1), axis=1))
+  return jnp.maximum(
+    jnp.mean(jnp.min(cost_BxNxM, axis=2), axis=1), jnp.mean(jnp.min(cost_BxNxM, axis=1), axis=1)
+  )
 
 
-def remd_loss(feats_cs: Features, feats_s: Features, key, max_positions: int,
-              layers: Sequence[str] = REMD_LAYERS):
+def remd_loss(
+  feats_cs: Features,
+  feats_s: Features,
+  key,
+  max_positions: int,
+  layers: Sequence[str] = REMD_LAYERS,
+):
   """Eq. 9 summed over `layers`, averaged over the batch; positions capped by `max_positions`."""
   total = 0.0
   for i, l in enumerate(layers):
     k_cs, k_s = jax.random.split(jax.random.fold_in(key, i))
-    total += jnp.mean(remd(subsample_positions(feats_cs[l], k_cs, max_positions),
-                           subsample_positions(feats_s[l], k_s, max_positions)))
+    total += jnp.mean(
+      remd(
+        subsample_positions(feats_cs[l], k_cs, max_positions),
+        subsample_positions(feats_s[l], k_s, max_positions),
+      )
+    )
   return total
 
 
-def reconstruction_loss(i_cc, i_c, i_ss, i_s, feats_cc: Features, feats_c: Features,
-                        feats_ss: Features, feats_s: Features, pixel_weight: float,
-                        feature_weight: float, layers: Sequence[str] = REC_LAYERS):
+def reconstruction_loss(
+  i_cc,
+  i_c,
+  i_ss,
+  i_s,
+  feats_cc: Features,
+  feats_c: Features,
+  feats_ss: Features,
+  feats_s: Features,
+  pixel_weight: float,
+  feature_weight: float,
+  layers: Sequence[str] = REC_LAYERS,
+):
   """Eq. 8: lambda_rec1 * pixel MSE + lambda_rec2 * feature MSE of I_cc vs I_c and I_ss vs I_s.
 
   Returns (weighted total, {"pixel": unweighted, "feature": unweighted}).
@@ -147,8 +176,9 @@ def _check_gan(kind: str):
     raise ValueError(f"GAN loss must be 'lsgan' or 'hinge', got {kind!r}")
 
 
-def discriminator_loss(real_outputs: Sequence[jax.Array], fake_outputs: Sequence[jax.Array],
-                       kind: str = "lsgan"):
+def discriminator_loss(
+  real_outputs: Sequence[jax.Array], fake_outputs: Sequence[jax.Array], kind: str = "lsgan"
+):
   """pix2pixHD's D loss: 0.5 * sum over scales of (real term + fake term).
 
   lsgan: (D(x) - 1)^2 and D(G)^2; hinge: relu(1 - D(x)) and relu(1 + D(G)); means over patches.

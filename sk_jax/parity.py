@@ -34,10 +34,22 @@ from sk_jax.stylizer import Stylizer
 # place (2^-7 = 7.8e-3) for single tensors, more after instance norm and the decoder.
 # docs/interop.md gives the measurements and the reasons.
 TOLERANCES = {
-    "float32": {"encoder": 1e-4, "attention": 1e-4, "z_cs": 1e-4, "kernels": 1e-4,
-                "z_bar": 1e-4, "image": 1e-4},
-    "bfloat16": {"encoder": 3e-2, "attention": 5e-2, "z_cs": 3e-2, "kernels": 3e-2,
-                 "z_bar": 1e-1, "image": 1e-1},
+  "float32": {
+    "encoder": 1e-4,
+    "attention": 1e-4,
+    "z_cs": 1e-4,
+    "kernels": 1e-4,
+    "z_bar": 1e-4,
+    "image": 1e-4,
+  },
+  "bfloat16": {
+    "encoder": 3e-2,
+    "attention": 5e-2,
+    "z_cs": 3e-2,
+    "kernels": 3e-2,
+    "z_bar": 1e-1,
+    "image": 1e-1,
+  },
 }
 # Gate band: a flipped decision is rounding noise when its gap |A - T| / max(T, 1/Ns)
 # is below this (bfloat16: worst flip seen 0.10 at 256 px).
@@ -86,8 +98,15 @@ def _gate_agreement(jax_mask, t_aux, band):
   flipped = own != jax_mask
   n_flip = int(flipped.sum())
   worst = float(gap[flipped].max()) if n_flip else 0.0
-  row = Row("gate mask", tuple(jax_mask.shape), n_flip / jax_mask.size, worst, band, worst < band,
-            f"{n_flip} of {jax_mask.size} decisions flipped; max gap of a flip {worst:.1e}")
+  row = Row(
+    "gate mask",
+    tuple(jax_mask.shape),
+    n_flip / jax_mask.size,
+    worst,
+    band,
+    worst < band,
+    f"{n_flip} of {jax_mask.size} decisions flipped; max gap of a flip {worst:.1e}",
+  )
   adopted = np.where(flipped & (gap < band), jax_mask, own).astype(np.float32) if n_flip else None
   return row, adopted
 
@@ -152,8 +171,10 @@ def compare(params, vgg_params, config, content, style, alpha: float = 1.0) -> l
 
 
 def format_table(rows: list[Row]) -> str:
-  lines = [f"{'module':<20}{'shape':<22}{'max abs err':>12}{'max rel err':>12}{'tolerance':>11}  result",
-           "-" * 86]
+  lines = [
+    f"{'module':<20}{'shape':<22}{'max abs err':>12}{'max rel err':>12}{'tolerance':>11}  result",
+    "-" * 86,
+  ]
   for r in rows:
     nums = f"{r.max_abs:>12.3e}{r.max_rel:>12.3e}{r.tolerance:>11.1e}"
     note = f"  ({r.note})" if r.note else ""
@@ -167,9 +188,10 @@ def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
   h, w = image.shape[:2]
   h8, w8 = h - h % 8, w - w % 8
   top, left = (h - h8) // 2, (w - w8) // 2
-  return np.ascontiguousarray(image[top:top + h8, left:left + w8])
+  return np.ascontiguousarray(image[top : top + h8, left : left + w8])
 
 
 def default_images():
   from skimage import data
+
   return data.astronaut().astype(np.float32) / 255.0, data.coffee().astype(np.float32) / 255.0

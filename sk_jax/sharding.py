@@ -28,19 +28,30 @@ def maybe_initialize_distributed(mesh_cfg) -> bool:
   mesh.num_processes / mesh.process_id) or SK_JAX_DISTRIBUTED=1. Must run before
   anything touches the devices. Returns whether it initialised.
   """
-  wanted = (bool(mesh_cfg.get("distributed")) or os.environ.get("SK_JAX_DISTRIBUTED") == "1"
-            or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
+  wanted = (
+    bool(mesh_cfg.get("distributed"))
+    or os.environ.get("SK_JAX_DISTRIBUTED") == "1"
+    or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  )
   if not wanted or jax.distributed.is_initialized():
     return False
-  kwargs = {k: mesh_cfg.get(k) for k in ("coordinator_address", "num_processes", "process_id")
-            if mesh_cfg.get(k) is not None}
+  kwargs = {
+    k: mesh_cfg.get(k)
+    for k in ("coordinator_address", "num_processes", "process_id")
+    if mesh_cfg.get(k) is not None
+  }
   # CPU devices of several processes talk through gloo (multi-process CPU runs, tests);
   # the setting does not touch GPU or TPU backends. Asking for the backend here
   # would initialise it too early.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 
@@ -54,22 +65,29 @@ def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
   if data == -1:
     data = len(devices) // model
   if data < 1 or data * model > len(devices):
-    raise InputError(f"mesh.data={mesh_cfg.data} x mesh.model={model} needs {data * model} devices, "
-                     f"{len(devices)} available")
+    raise InputError(
+      f"mesh.data={mesh_cfg.data} x mesh.model={model} needs {data * model} devices, "
+      f"{len(devices)} available"
+    )
   # Auto axes: parameter sharding along "model" needs the compiler to choose the
   # convolution output shardings (explicit axes would make us annotate every conv).
-  return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2,
-                       devices=devices[:data * model])
+  return jax.make_mesh(
+    (data, model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2, devices=devices[: data * model]
+  )
 
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
   """The batch must split evenly over the data axis and the processes; raised before compiling."""
   n = mesh.shape[DATA]
   if global_batch % n:
-    raise InputError(f"data.batch_size={global_batch} does not divide by the {n} data-parallel devices "
-                     f"of the mesh; use a multiple of {n} or set mesh.data")
+    raise InputError(
+      f"data.batch_size={global_batch} does not divide by the {n} data-parallel devices "
+      f"of the mesh; use a multiple of {n} or set mesh.data"
+    )
   if global_batch % jax.process_count():
-    raise InputError(f"data.batch_size={global_batch} does not divide by the {jax.process_count()} processes")
+    raise InputError(
+      f"data.batch_size={global_batch} does not divide by the {jax.process_count()} processes"
+    )
 
 
 def replicated(mesh) -> NamedSharding:
@@ -101,5 +119,6 @@ def state_shardings(mesh, abstract_state):
 def global_batch(mesh, local_batch: dict) -> dict:
   """This process's share of the batch (numpy) -> global arrays sharded along "data"."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      local_batch)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+  )

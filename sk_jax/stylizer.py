@@ -28,8 +28,8 @@ from sk_jax import bundled, controls, images, ops, weights
 from sk_jax.errors import InputError
 from sk_jax.models.alignment import StyleAlignment
 from sk_jax.models.generator import (
-  Generator,
   STRIDE,
+  Generator,
   ModelConfig,
   encode,
   pad_to_stride,
@@ -50,7 +50,9 @@ def _encode(vgg_params, style, config: ModelConfig):
 
 
 @functools.partial(jax.jit, static_argnums=(2,), static_argnames=("return_aux", "query_chunk"))
-def _apply(params, vgg_params, config: ModelConfig, z_s, content, alpha, return_aux=False, query_chunk=None):
+def _apply(
+  params, vgg_params, config: ModelConfig, z_s, content, alpha, return_aux=False, query_chunk=None
+):
   content, (h, w) = pad_to_stride(content)
   z_c = encode(vgg_params, content, config.compute_dtype)
   z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
@@ -93,31 +95,43 @@ def _mix_alignment(z_styles, w_BxHxWxS):
     z_c, _, *rest = args
     inside.append(True)
     try:
-      outs = [module.apply(variables, z_c, z_s.astype(z_c.dtype), *rest, **kwargs) for z_s in z_styles]
+      outs = [
+        module.apply(variables, z_c, z_s.astype(z_c.dtype), *rest, **kwargs) for z_s in z_styles
+      ]
     finally:
       inside.pop()
     w = w_BxHxWxS.astype(jnp.float32)
-    z_cs = sum(w[..., i:i + 1] * z.astype(jnp.float32) for i, (z, _) in enumerate(outs))
+    z_cs = sum(w[..., i : i + 1] * z.astype(jnp.float32) for i, (z, _) in enumerate(outs))
     share = w.mean(axis=(1, 2))  # (B, S): each style's share of the positions
-    aux = dict(outs[0][1], kept_fraction=sum(share[:, i] * a["kept_fraction"] for i, (_, a) in enumerate(outs)))
+    aux = dict(
+      outs[0][1],
+      kept_fraction=sum(share[:, i] * a["kept_fraction"] for i, (_, a) in enumerate(outs)),
+    )
     return z_cs.astype(outs[0][0].dtype), aux
+
   return interceptor
 
 
 def _smooth_kernels(previous, beta):
   """An interceptor that replaces the kernel head's (F_v, F_h, B) by an exponential moving
   average beta * previous + (1 - beta) * current (temporal smoothing of a clip)."""
+
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if not _is_call(context, KernelHead):
       return out
-    return tuple((beta * p + (1.0 - beta) * k.astype(jnp.float32)).astype(k.dtype) for p, k in zip(previous, out))
+    return tuple(
+      (beta * p + (1.0 - beta) * k.astype(jnp.float32)).astype(k.dtype)
+      for p, k in zip(previous, out)
+    )
+
   return interceptor
 
 
 @functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
-def _apply_controls(params, vgg_params, config: ModelConfig, z_styles, content, weights_S, alphas_A,
-                    query_chunk=None):
+def _apply_controls(
+  params, vgg_params, config: ModelConfig, z_styles, content, weights_S, alphas_A, query_chunk=None
+):
   """Several styles mixed by (S,) or (h, w, S) weights, for every alpha of (A,) in one program.
 
   Returns (A, B, H, W, 3) in [0, 1] and the kept fraction (A, B). Under vmap over alpha only
@@ -138,8 +152,9 @@ def _apply_controls(params, vgg_params, config: ModelConfig, z_styles, content, 
 
 
 @functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
-def _apply_smoothed(params, vgg_params, config: ModelConfig, z_s, content, alpha, previous, beta,
-                    query_chunk=None):
+def _apply_smoothed(
+  params, vgg_params, config: ModelConfig, z_s, content, alpha, previous, beta, query_chunk=None
+):
   """`_apply` with the kernels smoothed against `previous` (None: the first frame).
 
   Returns the image (B, H, W, 3), the kept fraction (B,) and the kernels used (F_v, F_h, B).
@@ -169,18 +184,24 @@ class Stylizer:
   padded to multiples of 8 inside, cropped back). Each method is compiled once per shape.
   """
 
-  def __init__(self, params, config: ModelConfig, vgg_params=None,
-               attention_mb: float = DEFAULT_ATTENTION_MB):
+  def __init__(
+    self, params, config: ModelConfig, vgg_params=None, attention_mb: float = DEFAULT_ATTENTION_MB
+  ):
     """attention_mb: memory the attention may take; larger attentions run in chunks of
     content positions (`ops.query_chunk_for`), with the same results."""
     self.config, self.attention_mb = config, attention_mb
     self.params = jax.device_put(params)
-    self.vgg_params = jax.device_put(weights.load_vgg16(config.vgg_weights) if vgg_params is None
-                                     else vgg_params)
+    self.vgg_params = jax.device_put(
+      weights.load_vgg16(config.vgg_weights) if vgg_params is None else vgg_params
+    )
 
   @classmethod
-  def load(cls, path: str | None = bundled.BUNDLED, vgg: str | None = None,
-           attention_mb: float = DEFAULT_ATTENTION_MB) -> "Stylizer":
+  def load(
+    cls,
+    path: str | None = bundled.BUNDLED,
+    vgg: str | None = None,
+    attention_mb: float = DEFAULT_ATTENTION_MB,
+  ) -> "Stylizer":
     """From a generator checkpoint directory, or the bundled generator (None or "bundled");
     `vgg` overrides the encoder weights it names."""
     params, config = bundled.resolve(path)
@@ -189,7 +210,9 @@ class Stylizer:
   def query_chunk(self, content_hw, style_hw) -> int | None:
     """Content positions per attention chunk for images of these sizes (None: all at once)."""
     positions = lambda hw: -(-hw[0] // STRIDE) * -(-hw[1] // STRIDE)
-    return ops.query_chunk_for(positions(content_hw), positions(style_hw), self.attention_mb * 2**20)
+    return ops.query_chunk_for(
+      positions(content_hw), positions(style_hw), self.attention_mb * 2**20
+    )
 
   def encode_style(self, style) -> jax.Array:
     """relu4_1 features of style images, (B, h, w, 512): computed once, applied to many contents."""
@@ -204,8 +227,16 @@ class Stylizer:
     """
     content = _batch(content)
     chunk = self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
-    return _apply(self.params, self.vgg_params, self.config, style_features, content,
-                  _device(alpha), return_aux=return_aux, query_chunk=chunk)
+    return _apply(
+      self.params,
+      self.vgg_params,
+      self.config,
+      style_features,
+      content,
+      _device(alpha),
+      return_aux=return_aux,
+      query_chunk=chunk,
+    )
 
   def apply_mixed(self, content, style_features: Sequence, weights=None, alphas=(1.0,)):
     """Stylizes content with several encoded styles mixed in Z_cs, for several alphas at once.
@@ -218,8 +249,16 @@ class Stylizer:
     w = controls.style_weights(None, len(z)) if weights is None else np.asarray(weights, np.float32)
     content = _batch(content)
     chunk = self.query_chunk(content.shape[1:3], np.multiply(z[0].shape[1:3], STRIDE))
-    return _apply_controls(self.params, self.vgg_params, self.config, z, content,
-                           _device(w), _device(controls.check_alphas(alphas)), query_chunk=chunk)
+    return _apply_controls(
+      self.params,
+      self.vgg_params,
+      self.config,
+      z,
+      content,
+      _device(w),
+      _device(controls.check_alphas(alphas)),
+      query_chunk=chunk,
+    )
 
   def apply_smoothed(self, content, style_features, alpha=1.0, previous=None, beta=0.0):
     """`apply` for one frame of a clip, with the kernels (F_v, F_h, B) averaged as
@@ -230,25 +269,57 @@ class Stylizer:
     """
     content = _batch(content)
     chunk = self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
-    return _apply_smoothed(self.params, self.vgg_params, self.config, style_features, content,
-                           _device(alpha), previous, _device(beta), query_chunk=chunk)
+    return _apply_smoothed(
+      self.params,
+      self.vgg_params,
+      self.config,
+      style_features,
+      content,
+      _device(alpha),
+      previous,
+      _device(beta),
+      query_chunk=chunk,
+    )
 
   def __call__(self, content, style, alpha=1.0) -> jax.Array:
     """Images in, images out, in one compiled program: (B, H, W, 3) in [0, 1]."""
     content, style = _batch(content), _batch(style)
-    return _forward(self.params, self.vgg_params, self.config, content, style, _device(alpha),
-                    query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]))
+    return _forward(
+      self.params,
+      self.vgg_params,
+      self.config,
+      content,
+      style,
+      _device(alpha),
+      query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]),
+    )
 
   def lower(self, content, style, alpha=1.0):
     """`__call__` lowered for these shapes (benchmarks time its `.compile()`d program)."""
     content, style = _batch(content), _batch(style)
-    return _forward.lower(self.params, self.vgg_params, self.config, content, style, _device(alpha),
-                          query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]))
+    return _forward.lower(
+      self.params,
+      self.vgg_params,
+      self.config,
+      content,
+      style,
+      _device(alpha),
+      query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]),
+    )
 
-  def stylize(self, content, style, *, size: int | None = DEFAULT_SIZE, style_size: int | None = None,
-              alpha: float | Sequence[float] = 1.0, style_weights: Sequence[float] | None = None,
-              mask=None, preserve_color: bool = False,
-              max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+  def stylize(
+    self,
+    content,
+    style,
+    *,
+    size: int | None = DEFAULT_SIZE,
+    style_size: int | None = None,
+    alpha: float | Sequence[float] = 1.0,
+    style_weights: Sequence[float] | None = None,
+    mask=None,
+    preserve_color: bool = False,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+  ) -> np.ndarray:
     """One content with one style or a mix of styles, from paths or (H, W, 3) arrays in [0, 1].
 
     size: the content's short side (None or 0: as it is); style_size: the styles'
@@ -267,7 +338,9 @@ class Stylizer:
     s = [images.prepare(x, size if style_size is None else style_size, max_pixels) for x in styles]
     if mask is not None:
       if style_weights is not None:
-        raise InputError("--mask and --style-weights exclude each other (a mask gives each region one style)")
+        raise InputError(
+          "--mask and --style-weights exclude each other (a mask gives each region one style)"
+        )
       m = images.load_image(mask, max_pixels) if isinstance(mask, str) else mask
       w = controls.mask_weights(m, c.shape[:2], len(s))
     else:

@@ -58,8 +58,12 @@ class VGGEncoder(nn.Module):
         cin = cout
     self.features = nn.Sequential(*layers)
     self.dtype = dtype
-    self.register_buffer("mean", torch.tensor(jax_vgg.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-    self.register_buffer("std", torch.tensor(jax_vgg.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+    self.register_buffer(
+      "mean", torch.tensor(jax_vgg.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
+    )
+    self.register_buffer(
+      "std", torch.tensor(jax_vgg.IMAGENET_STD).view(1, 3, 1, 1), persistent=False
+    )
 
   def forward(self, images, taps=("relu4_1",)):
     last = max(TAP_INDEX[t] for t in taps)
@@ -192,7 +196,7 @@ class KernelHead(nn.Module):
     out = _conv(self.conv2, h, 0).float()
     b, _, hh, ww = out.shape
     kern = out.reshape(b, self.channels, 2 * k + 1, hh, ww)
-    return kern[:, :, :k], kern[:, :, k:2 * k], kern[:, :, 2 * k]
+    return kern[:, :, :k], kern[:, :, k : 2 * k], kern[:, :, 2 * k]
 
 
 def channel_shuffle(x, groups: int):
@@ -215,9 +219,9 @@ def separable_pixel_conv(x, f_v, f_h, bias):
   r = k // 2
   h, w = x.shape[2:]
   xp = F.pad(x, (0, 0, r, r), mode="reflect") if r else x
-  y = sum(f_v[:, :, t] * xp[:, :, t:t + h] for t in range(k))
+  y = sum(f_v[:, :, t] * xp[:, :, t : t + h] for t in range(k))
   yp = F.pad(y, (r, r, 0, 0), mode="reflect") if r else y
-  z = sum(f_h[:, :, t] * yp[:, :, :, t:t + w] for t in range(k))
+  z = sum(f_h[:, :, t] * yp[:, :, :, t : t + w] for t in range(k))
   return z + bias
 
 

@@ -53,15 +53,17 @@ NetState = train_state.TrainState  # params + optimiser state of one network
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training; the frozen VGG-16 is not in it."""
-  step: jax.Array              # iterations done
-  g: NetState                  # generator (g.step: its applied updates)
-  d: NetState                  # discriminator (d.step: its applied updates)
-  rng: jax.Array               # typed key; iteration keys are fold_in(rng, step)
+
+  step: jax.Array  # iterations done
+  g: NetState  # generator (g.step: its applied updates)
+  d: NetState  # discriminator (d.step: its applied updates)
+  rng: jax.Array  # typed key; iteration keys are fold_in(rng, step)
   nonfinite_streak: jax.Array  # skipped iterations in a row
-  nonfinite_total: jax.Array   # skipped iterations since the start
+  nonfinite_total: jax.Array  # skipped iterations since the start
 
 
 # ----------------------------------------------------------------------------- the step
+
 
 def make_optimizer(opt_cfg, lr: float, gate_lr_scale: float = 1.0) -> optax.GradientTransformation:
   """Adam, with an optional global-norm clip (identity otherwise: the state tree stays the same).
@@ -79,8 +81,11 @@ def make_optimizer(opt_cfg, lr: float, gate_lr_scale: float = 1.0) -> optax.Grad
 def scale_gate_updates(scale: float) -> optax.GradientTransformation:
   """Multiplies the updates of E_f (parameters under a "gate" module) by `scale`; no state."""
   return optax.transforms.partition(
-      {"gate": optax.scale(scale), "rest": optax.identity()},
-      lambda params: flax.traverse_util.path_aware_map(lambda path, _: "gate" if "gate" in path else "rest", params))
+    {"gate": optax.scale(scale), "rest": optax.identity()},
+    lambda params: flax.traverse_util.path_aware_map(
+      lambda path, _: "gate" if "gate" in path else "rest", params
+    ),
+  )
 
 
 def _apply_if_finite(net: NetState, grads, loss):
@@ -94,7 +99,10 @@ def _apply_if_finite(net: NetState, grads, loss):
 def _split(tree, n: int):
   """Splits every leaf's batch axis into n equal parts -> n trees."""
   parts = jax.tree.map(lambda x: jnp.split(x, n), tree)
-  return [jax.tree.map(lambda p, i=i: p[i], parts, is_leaf=lambda x: isinstance(x, list)) for i in range(n)]
+  return [
+    jax.tree.map(lambda p, i=i: p[i], parts, is_leaf=lambda x: isinstance(x, list))
+    for i in range(n)
+  ]
 
 
 def _to_unit(x):
@@ -104,22 +112,24 @@ def _to_unit(x):
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """The pieces of a training run that depend only on the config and the mesh."""
+
   model: ModelConfig
   disc: DiscriminatorConfig
   mesh: jax.sharding.Mesh
-  create_state: Callable       # rng -> TrainState (pure; jit with out_shardings)
-  abstract: Any                # jax.eval_shape(create_state): ShapeDtypeStructs
-  shardings: Any               # NamedSharding per leaf of the state
-  step_fn: Callable            # jitted (state, vgg_params, batch) -> (state, metrics); donates state
-  sample_fn: Callable          # jitted (g_params, vgg_params, batch) -> (content, style, stylized)
+  create_state: Callable  # rng -> TrainState (pure; jit with out_shardings)
+  abstract: Any  # jax.eval_shape(create_state): ShapeDtypeStructs
+  shardings: Any  # NamedSharding per leaf of the state
+  step_fn: Callable  # jitted (state, vgg_params, batch) -> (state, metrics); donates state
+  sample_fn: Callable  # jitted (g_params, vgg_params, batch) -> (content, style, stylized)
 
   def init(self, seed: int) -> TrainState:
     """A fresh state, created directly with its shardings (nothing materialised on one host)."""
     return jax.jit(self.create_state, out_shardings=self.shardings)(jax.random.key(seed))
 
   def abstract_with_shardings(self):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        self.abstract, self.shardings)
+    return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract, self.shardings
+    )
 
 
 def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
@@ -133,26 +143,40 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
 
   def g_loss(g_params, d_params, vgg_params, content, style, key):
     b = content.shape[0]
-    real = jax.lax.stop_gradient(vgg.vgg16_features(vgg_params, jnp.concatenate([content, style]), taps, dtype))
+    real = jax.lax.stop_gradient(
+      vgg.vgg16_features(vgg_params, jnp.concatenate([content, style]), taps, dtype)
+    )
     feats_c, feats_s = _split(real, 2)
     z_c, z_s = feats_c["relu4_1"], feats_s["relu4_1"]
     # One generator call for I_cs = G(c, s), I_cc = G(c, c), I_ss = G(s, s).
-    out, aux = gen.apply({"params": g_params}, jnp.concatenate([z_c, z_c, z_s]), jnp.concatenate([z_s, z_c, z_s]))
+    out, aux = gen.apply(
+      {"params": g_params}, jnp.concatenate([z_c, z_c, z_s]), jnp.concatenate([z_s, z_c, z_s])
+    )
     i_cs, i_cc, i_ss = jnp.split(out, 3)
     f_cs, f_cc, f_ss = _split(vgg.vgg16_features(vgg_params, out, taps, dtype), 3)
     terms = {
-        "content": jnp.mean(losses.content_loss(f_cs, feats_c)),
-        "style": jnp.mean(losses.style_loss(f_cs, feats_s, form=lc.style_form)),
-        "remd": losses.remd_loss(f_cs, feats_s, key, lc.remd_max_positions),
-        "adv_g": losses.generator_adv_loss(dnet.apply({"params": d_params}, i_cs), lc.gan),
+      "content": jnp.mean(losses.content_loss(f_cs, feats_c)),
+      "style": jnp.mean(losses.style_loss(f_cs, feats_s, form=lc.style_form)),
+      "remd": losses.remd_loss(f_cs, feats_s, key, lc.remd_max_positions),
+      "adv_g": losses.generator_adv_loss(dnet.apply({"params": d_params}, i_cs), lc.gan),
     }
-    terms["rec"], rec = losses.reconstruction_loss(i_cc, content, i_ss, style, f_cc, feats_c, f_ss, feats_s,
-                                                   lc.rec_pixel, lc.rec_feature)
+    terms["rec"], rec = losses.reconstruction_loss(
+      i_cc, content, i_ss, style, f_cc, feats_c, f_ss, feats_s, lc.rec_pixel, lc.rec_feature
+    )
     terms["rec_pixel"], terms["rec_feature"] = rec["pixel"], rec["feature"]
-    total = (lc.adv * terms["adv_g"] + lc.rec * terms["rec"] + lc.content * terms["content"]
-             + lc.style * terms["style"] + lc.remd * terms["remd"])
+    total = (
+      lc.adv * terms["adv_g"]
+      + lc.rec * terms["rec"]
+      + lc.content * terms["content"]
+      + lc.style * terms["style"]
+      + lc.remd * terms["remd"]
+    )
     terms["kept_fraction"] = jnp.mean(aux["kept_fraction"][:b])
-    for k in ("gate_lambda", "gate_beta_ns", "gate_threshold_ns"):  # of I_cs only, as the kept fraction
+    for k in (
+      "gate_lambda",
+      "gate_beta_ns",
+      "gate_threshold_ns",
+    ):  # of I_cs only, as the kept fraction
       terms[k] = jnp.mean(aux[k][:b])
     return total, (terms, i_cs)
 
@@ -169,13 +193,17 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
     key = jax.random.fold_in(state.rng, state.step)
     content, style = _to_unit(batch["content"]), _to_unit(batch["style"])
     (g_loss, (terms, i_cs)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        state.g.params, state.d.params, vgg_params, content, style, key)
+      state.g.params, state.d.params, vgg_params, content, style, key
+    )
     g_new, g_ok, g_norm = _apply_if_finite(state.g, g_grads, g_loss)
     fake = jax.lax.stop_gradient(i_cs)
 
     def d_update(d: NetState):
       def d_loss_fn(p):
-        return losses.discriminator_loss(dnet.apply({"params": p}, style), dnet.apply({"params": p}, fake), gan)
+        return losses.discriminator_loss(
+          dnet.apply({"params": p}, style), dnet.apply({"params": p}, fake), gan
+        )
+
       d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d.params)
       d_new, ok, norm = _apply_if_finite(d, d_grads, d_loss)
       return d_new, d_loss, ok, norm
@@ -188,19 +216,31 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
 
     bad = ~(g_ok & d_ok)
     new_state = state.replace(
-        step=state.step + 1, g=g_new, d=d_new,
-        nonfinite_streak=jnp.where(bad, state.nonfinite_streak + 1, 0),
-        nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32))
+      step=state.step + 1,
+      g=g_new,
+      d=d_new,
+      nonfinite_streak=jnp.where(bad, state.nonfinite_streak + 1, 0),
+      nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32),
+    )
     metrics = {f"loss/{k}": v for k, v in terms.items() if not k.startswith(("kept_", "gate_"))}
     metrics.update({f"gate/{k[5:]}": v for k, v in terms.items() if k.startswith("gate_")})
-    if "gate" in g_grads.get("alignment", {}):  # what the straight-through path sends to E_f's output
+    if "gate" in g_grads.get(
+      "alignment", {}
+    ):  # what the straight-through path sends to E_f's output
       gate_bias = g_grads["alignment"]["gate"]["conv2"]["bias"]
       metrics.update({"gate/grad_lambda": gate_bias[0], "gate/grad_beta": gate_bias[1]})
-    metrics.update({
-        "loss/total": g_loss, "loss/d": d_loss, "d_updated": do_d.astype(jnp.int32),
-        "grad_norm/g": g_norm, "grad_norm/d": d_norm, "gate/kept_fraction": terms["kept_fraction"],
-        "nonfinite/streak": new_state.nonfinite_streak, "nonfinite/total": new_state.nonfinite_total,
-    })
+    metrics.update(
+      {
+        "loss/total": g_loss,
+        "loss/d": d_loss,
+        "d_updated": do_d.astype(jnp.int32),
+        "grad_norm/g": g_norm,
+        "grad_norm/d": d_norm,
+        "gate/kept_fraction": terms["kept_fraction"],
+        "nonfinite/streak": new_state.nonfinite_streak,
+        "nonfinite/total": new_state.nonfinite_total,
+      }
+    )
     return new_state, metrics
 
   return train_step
@@ -231,25 +271,36 @@ def make_setup(cfg, mesh: jax.sharding.Mesh, models=None) -> Setup:
     k_init, k_step = jax.random.split(rng)
     # Parameters are drawn with the "rbg" generator: XLA compiles it in seconds where
     # threefry over ~20M values takes tens of seconds on CPU. The iteration keys stay threefry.
-    k_g, k_d = jax.random.split(jax.random.wrap_key_data(jax.random.bits(k_init, (4,), jnp.uint32), impl="rbg"))
+    k_g, k_d = jax.random.split(
+      jax.random.wrap_key_data(jax.random.bits(k_init, (4,), jnp.uint32), impl="rbg")
+    )
     return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        g=NetState.create(apply_fn=None, params=init_params(model, k_g), tx=tx_g),
-        d=NetState.create(apply_fn=None, params=init_discriminator(disc, k_d), tx=tx_d),
-        rng=k_step, nonfinite_streak=jnp.zeros((), jnp.int32), nonfinite_total=jnp.zeros((), jnp.int32))
+      step=jnp.zeros((), jnp.int32),
+      g=NetState.create(apply_fn=None, params=init_params(model, k_g), tx=tx_g),
+      d=NetState.create(apply_fn=None, params=init_discriminator(disc, k_d), tx=tx_d),
+      rng=k_step,
+      nonfinite_streak=jnp.zeros((), jnp.int32),
+      nonfinite_total=jnp.zeros((), jnp.int32),
+    )
 
   abstract = jax.eval_shape(create_state, jax.random.key(0))
   shardings = sharding.state_shardings(mesh, abstract)
   repl, data_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  step_fn = jax.jit(make_train_step(cfg, model, disc), in_shardings=(shardings, repl, data_sh),
-                    out_shardings=(shardings, repl), donate_argnums=(0,))
+  step_fn = jax.jit(
+    make_train_step(cfg, model, disc),
+    in_shardings=(shardings, repl, data_sh),
+    out_shardings=(shardings, repl),
+    donate_argnums=(0,),
+  )
   n = min(4, int(cfg.data.batch_size))
-  sample_fn = jax.jit(make_sample_fn(model, n), in_shardings=(shardings.g.params, repl, data_sh),
-                      out_shardings=repl)
+  sample_fn = jax.jit(
+    make_sample_fn(model, n), in_shardings=(shardings.g.params, repl, data_sh), out_shardings=repl
+  )
   return Setup(model, disc, mesh, create_state, abstract, shardings, step_fn, sample_fn)
 
 
 # ----------------------------------------------------------------------------- the loop
+
 
 def train(cfg, workdir: str, devices=None) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics.
@@ -270,18 +321,23 @@ def train(cfg, workdir: str, devices=None) -> dict:
 
 
 def _train(cfg, workdir: str, devices, models, sources) -> dict:
-  checkpoint.check_target(os.path.join(workdir, EXPORT_DIR), overwrite=True)  # fails now, not at the end
+  checkpoint.check_target(
+    os.path.join(workdir, EXPORT_DIR), overwrite=True
+  )  # fails now, not at the end
   mesh = sharding.make_mesh(cfg.mesh, devices)
   setup = make_setup(cfg, mesh, models)
   pidx, pcount = jax.process_index(), jax.process_count()
   content_ds, style_ds = data.build_streams(cfg.data, sources, int(cfg.seed), pidx, pcount)
   content_it, style_it = iter(content_ds), iter(style_ds)
-  vgg_params = jax.device_put(weights.load_vgg16(setup.model.vgg_weights), sharding.replicated(mesh))
+  vgg_params = jax.device_put(
+    weights.load_vgg16(setup.model.vgg_weights), sharding.replicated(mesh)
+  )
 
   mngr = checkpoint.make_manager(workdir, cfg.ckpt)
   # The newest readable checkpoint: a damaged one is skipped with a warning (and kept).
-  state, start = checkpoint.restore_newest(mngr, setup.abstract_with_shardings(), setup.model, setup.disc,
-                                           cfg, content_it, style_it)
+  state, start = checkpoint.restore_newest(
+    mngr, setup.abstract_with_shardings(), setup.model, setup.disc, cfg, content_it, style_it
+  )
   if start is not None:
     logging.info("resumed from %s/%d", mngr.directory, start)
   else:
@@ -304,9 +360,13 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
       last_d.update(d_metrics)
     m.update(last_d)
     if m["nonfinite/streak"] >= max_bad:
-      good = f"{mngr.directory}/{last_saved}" if last_saved is not None else "none (no checkpoint yet)"
-      raise NonFiniteError(f"stopped at step {pending_step}: {int(m['nonfinite/streak'])} non-finite updates "
-                           f"in a row (opt.max_nonfinite={max_bad}); last good checkpoint: {good}")
+      good = (
+        f"{mngr.directory}/{last_saved}" if last_saved is not None else "none (no checkpoint yet)"
+      )
+      raise NonFiniteError(
+        f"stopped at step {pending_step}: {int(m['nonfinite/streak'])} non-finite updates "
+        f"in a row (opt.max_nonfinite={max_bad}); last good checkpoint: {good}"
+      )
     last_metrics = m
     return m
 
@@ -336,20 +396,32 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
         t_log, steps_since_log = now, 0
         logger.scalars(done, m)
       if cfg.log.image_every and (done % cfg.log.image_every == 0 or is_last):
-        grid = sample_grid(*map(np.asarray, jax.device_get(setup.sample_fn(state.g.params, vgg_params, batch))))
+        grid = sample_grid(
+          *map(np.asarray, jax.device_get(setup.sample_fn(state.g.params, vgg_params, batch)))
+        )
         logger.grid(done, grid)
       if mngr.should_save(done) or is_last:
         m = fetch(*pending)
         if m["nonfinite/streak"] == 0:  # never checkpoint in the middle of a non-finite streak
-          checkpoint.save(mngr, done, state, content_it, style_it, cfg, force=is_last,
-               metrics={k: v for k, v in m.items() if math.isfinite(v)})
+          checkpoint.save(
+            mngr,
+            done,
+            state,
+            content_it,
+            style_it,
+            cfg,
+            force=is_last,
+            metrics={k: v for k, v in m.items() if math.isfinite(v)},
+          )
           last_saved = done
     if pending is not None:
       fetch(*pending)
   except OSError as e:  # metrics, samples or TensorBoard on a full disk
     if is_disk_full(e):
-      raise SaveError(f"{workdir}: no space left on the device while writing logs ({e.filename or e}); "
-                      "free space and run the same command again to resume") from None
+      raise SaveError(
+        f"{workdir}: no space left on the device while writing logs ({e.filename or e}); "
+        "free space and run the same command again to resume"
+      ) from None
     raise
   finally:
     try:
@@ -360,7 +432,8 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
       content_it.close()  # stops grain's worker processes
       style_it.close()
   if pcount == 1:  # Orbax's single-directory writer; multi-host runs use `sk-jax export`
-    path = checkpoint.save_generator(os.path.join(workdir, EXPORT_DIR), state.g.params, setup.model,
-                                     overwrite=True)
+    path = checkpoint.save_generator(
+      os.path.join(workdir, EXPORT_DIR), state.g.params, setup.model, overwrite=True
+    )
     logging.info("generator exported to %s", path)
   return last_metrics

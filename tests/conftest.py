@@ -4,8 +4,10 @@ import os
 
 # Both must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
@@ -16,6 +18,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def vgg_params():
   import sk_jax
+
   return sk_jax.load_vgg16()
 
 
@@ -23,6 +26,7 @@ def vgg_params():
 def photo():
   """scikit-image's astronaut, (512, 512, 3) float32 in [0, 1]."""
   from skimage import data
+
   return data.astronaut().astype(np.float32) / 255.0
 
 
@@ -30,6 +34,7 @@ def photo():
 def texture():
   """scikit-image's brick texture as RGB, (512, 512, 3) float32 in [0, 1]."""
   from skimage import data
+
   return np.repeat(data.brick()[..., None], 3, axis=-1).astype(np.float32) / 255.0
 
 
@@ -37,7 +42,9 @@ def texture():
 def tiny_generator():
   """A small random-init generator, (params, ModelConfig), shared by the end-to-end tests."""
   import jax
+
   import sk_jax
+
   config = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
   return sk_jax.init_params(config, jax.random.key(0)), config
 
@@ -46,6 +53,7 @@ def tiny_generator():
 def tiny_checkpoint(tmp_path_factory, tiny_generator):
   """`tiny_generator` saved as a generator checkpoint directory; returns its path."""
   from sk_jax import checkpoint
+
   return checkpoint.save_generator(str(tmp_path_factory.mktemp("tiny") / "gen"), *tiny_generator)
 
 
@@ -54,7 +62,9 @@ def damaged_bundle(tmp_path, monkeypatch):
   """The bundled generator copied to tmp with one byte of params.npz flipped, and made the
   package's bundled generator for the test; returns the copy's directory."""
   import shutil
+
   from sk_jax import bundled
+
   copy = tmp_path / "damaged_bundle"
   shutil.copytree(bundled.DIRECTORY, copy)
   params = copy / "params.npz"

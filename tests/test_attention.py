@@ -34,9 +34,11 @@ def np_attention(z_c, z_s, sharpness, attention, lam=None, beta=None, k=None, re
       for u in range(a.shape[0]):
         mask[u, np.argsort(-a[u])[:k]] = 1.0
     else:
-      a_r = a.mean(axis=0)                                      # Eq. 3: mean attention per style position
-      t = lam[n].reshape(-1) * (a @ a_r) + beta[n].reshape(-1)  # Eq. 4: one threshold per content position
-      mask = (a - t[:, None] > 0).astype(np.float64)            # Eq. 5
+      a_r = a.mean(axis=0)  # Eq. 3: mean attention per style position
+      t = lam[n].reshape(-1) * (a @ a_r) + beta[n].reshape(
+        -1
+      )  # Eq. 4: one threshold per content position
+      mask = (a - t[:, None] > 0).astype(np.float64)  # Eq. 5
     a = a * mask
     if renormalize and attention != "full":
       a = a / (a.sum(1, keepdims=True) + 1e-12)
@@ -54,13 +56,24 @@ def _features(seed, hw_c=(3, 4), hw_s=(5, 3), c=8):
   return z_c, z_s, lam, beta
 
 
-@pytest.mark.parametrize("attention,k,renormalize", [
-    ("full", None, False), ("topk", 1, False), ("topk", 4, False), ("topk", 4, True), ("topk", 15, False),
-    ("topk", 99, False), ("cgm", None, False), ("cgm", None, True)])
+@pytest.mark.parametrize(
+  "attention,k,renormalize",
+  [
+    ("full", None, False),
+    ("topk", 1, False),
+    ("topk", 4, False),
+    ("topk", 4, True),
+    ("topk", 15, False),
+    ("topk", 99, False),
+    ("cgm", None, False),
+    ("cgm", None, True),
+  ],
+)
 def test_each_attention_matches_its_numpy_oracle(attention, k, renormalize):
   z_c, z_s, lam, beta = _features(1)
-  got, aux = ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention=attention, topk=k,
-                                        renormalize=renormalize, return_aux=True)
+  got, aux = ops.aligned_style_features(
+    z_c, z_s, lam, beta, 5.0, attention=attention, topk=k, renormalize=renormalize, return_aux=True
+  )
   expected, mask = np_attention(z_c, z_s, 5.0, attention, lam, beta, k, renormalize)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(aux["mask"]), mask)
@@ -91,9 +104,12 @@ def test_unrenormalised_masking_shrinks_z_cs_and_renormalising_restores_the_scal
   z_c, z_s, lam, beta = _features(3)
   full = np.linalg.norm(ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention="full"))
   for attention in ("topk", "cgm"):
-    plain, aux = ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention=attention, topk=3,
-                                            return_aux=True)
-    renorm = ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention=attention, topk=3, renormalize=True)
+    plain, aux = ops.aligned_style_features(
+      z_c, z_s, lam, beta, 5.0, attention=attention, topk=3, return_aux=True
+    )
+    renorm = ops.aligned_style_features(
+      z_c, z_s, lam, beta, 5.0, attention=attention, topk=3, renormalize=True
+    )
     assert 0 < float(np.mean(aux["kept_fraction"])) < 1
     assert np.linalg.norm(plain) < 0.9 * full
     assert np.linalg.norm(renorm) > 0.9 * full
@@ -103,7 +119,9 @@ def test_cgm_surrogate_sends_gradient_to_lambda_and_beta():
   z_c, z_s, lam, beta = _features(4)
 
   def loss(lam, beta):
-    return jnp.sum(ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention="cgm", temperature=1.0))
+    return jnp.sum(
+      ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention="cgm", temperature=1.0)
+    )
 
   g_lam, g_beta = jax.grad(loss, argnums=(0, 1))(lam, beta)
   assert np.all(np.isfinite(g_lam)) and np.abs(g_lam).sum() > 0 and np.abs(g_beta).sum() > 0
@@ -131,7 +149,9 @@ def test_alignment_aux_reports_gate_statistics():
     (_, aux), _ = mod.init_with_output(jax.random.key(0), jnp.asarray(z_c), jnp.asarray(z_s))
     for k in ("gate_lambda", "gate_beta_ns", "gate_threshold_ns", "kept_fraction"):
       assert aux[k].shape == (2,), k
-    if attention == "cgm":  # lambda 1, beta 0 at init: T * Ns is the A-weighted mean of A_r * Ns, about 1
+    if (
+      attention == "cgm"
+    ):  # lambda 1, beta 0 at init: T * Ns is the A-weighted mean of A_r * Ns, about 1
       np.testing.assert_allclose(np.asarray(aux["gate_lambda"]), 1.0, atol=0.05)
       assert 0.5 < float(np.mean(aux["gate_threshold_ns"])) < 3.0
 
@@ -142,7 +162,9 @@ def test_model_config_attention_and_gate_alias():
   assert old_off.attention == "full" and old_off.gate is False
   assert ModelConfig(attention="topk", topk=4).gate is False
   assert ModelConfig(attention="cgm").gate is True
-  assert ModelConfig.from_dict(ModelConfig(attention="topk", topk=4).to_dict()) == ModelConfig(attention="topk", topk=4)
+  assert ModelConfig.from_dict(ModelConfig(attention="topk", topk=4).to_dict()) == ModelConfig(
+    attention="topk", topk=4
+  )
   with pytest.raises(InputError, match="model.attention"):
     ModelConfig(attention="sparse")
   with pytest.raises(InputError, match="set only model.attention"):
@@ -163,16 +185,25 @@ def _old_style_dict(gate: bool) -> dict:
 
 
 def test_old_config_dicts_keep_their_meaning():
-  on, off = ModelConfig.from_dict(_old_style_dict(True)), ModelConfig.from_dict(_old_style_dict(False))
-  assert on.attention == "cgm" and on.gate_lambda == "linear"  # the old gate reading, whatever the new default
+  on, off = (
+    ModelConfig.from_dict(_old_style_dict(True)),
+    ModelConfig.from_dict(_old_style_dict(False)),
+  )
+  assert (
+    on.attention == "cgm" and on.gate_lambda == "linear"
+  )  # the old gate reading, whatever the new default
   assert off.attention == "full" and off.gate is False
 
 
 def test_old_checkpoint_loads_and_reproduces_the_old_reading(tmp_path, photo, vgg_params):
   legacy = ModelConfig(attention="cgm", gate_lambda="linear", gate_hidden=8, kernel_hidden=16)
   params = init_params(legacy, jax.random.key(0))
-  path = checkpoint._save(str(tmp_path / "old"), checkpoint.GENERATOR_FORMAT,
-                          jax.tree.map(np.asarray, params), _old_style_dict(True))
+  path = checkpoint._save(
+    str(tmp_path / "old"),
+    checkpoint.GENERATOR_FORMAT,
+    jax.tree.map(np.asarray, params),
+    _old_style_dict(True),
+  )
   loaded_params, config = checkpoint.load_generator(path)
   assert config == legacy
   img = jnp.asarray(photo[None, ::16, ::16])
@@ -183,15 +214,20 @@ def test_old_checkpoint_loads_and_reproduces_the_old_reading(tmp_path, photo, vg
 
 def test_gate_lr_scale_scales_only_e_f_updates():
   import ml_collections
+
   from sk_jax import train
+
   params = {"alignment": {"gate": {"conv2": {"bias": jnp.ones(2)}}}, "decoder": {"w": jnp.ones(3)}}
   grads = jax.tree.map(jnp.ones_like, params)
   opt = ml_collections.ConfigDict(dict(grad_clip=0.0, b1=0.9, b2=0.999, eps=1e-8))
   base, tx = train.make_optimizer(opt, 1e-3), train.make_optimizer(opt, 1e-3, gate_lr_scale=0.01)
   updates, _ = tx.update(grads, tx.init(params), params)
   ref, _ = base.update(grads, base.init(params), params)
-  np.testing.assert_allclose(updates["alignment"]["gate"]["conv2"]["bias"],
-                             0.01 * ref["alignment"]["gate"]["conv2"]["bias"], rtol=1e-6)
+  np.testing.assert_allclose(
+    updates["alignment"]["gate"]["conv2"]["bias"],
+    0.01 * ref["alignment"]["gate"]["conv2"]["bias"],
+    rtol=1e-6,
+  )
   np.testing.assert_allclose(updates["decoder"]["w"], ref["decoder"]["w"], rtol=1e-6)
   # Adam's state sits where it did without the option (checkpoints, sharding specs).
   assert jax.tree.structure(tx.init(params)[1]) == jax.tree.structure(base.init(params)[1])

@@ -35,7 +35,9 @@ def test_bf16_tracks_float32_for_20_steps(vgg_params):
   batches = [{k: v[:2] for k, v in b.items()} for b in _batches(STEPS)]
   _, f32 = _run("float32", vgg_params, batches)
   state, bf16 = _run("bfloat16", vgg_params, batches)
-  for leaf in jax.tree.leaves((state.g.params, state.g.opt_state, state.d.params, state.d.opt_state)):
+  for leaf in jax.tree.leaves(
+    (state.g.params, state.g.opt_state, state.d.params, state.d.opt_state)
+  ):
     if jnp.issubdtype(leaf.dtype, jnp.floating):
       assert leaf.dtype == jnp.float32
   total32 = np.array([m["loss/total"] for m in f32])

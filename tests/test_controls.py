@@ -41,6 +41,7 @@ def run(capsys, *argv):
 
 # ----------------------------------------------------------------------------- the bundled generator
 
+
 def test_bundled_generator_matches_its_config_and_is_bfloat16_on_disk():
   params, config = bundled.load()
   want = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
@@ -50,7 +51,9 @@ def test_bundled_generator_matches_its_config_and_is_bfloat16_on_disk():
   with open(os.path.join(bundled.DIRECTORY, "manifest.json")) as f:
     manifest = json.load(f)
   assert manifest["dtype"] == "bfloat16" and manifest["name"] == bundled.NAME
-  size = sum(os.path.getsize(os.path.join(bundled.DIRECTORY, n)) for n in os.listdir(bundled.DIRECTORY))
+  size = sum(
+    os.path.getsize(os.path.join(bundled.DIRECTORY, n)) for n in os.listdir(bundled.DIRECTORY)
+  )
   assert size < 20e6
   # bfloat16 storage: every weight's low 16 bits are zero once widened to float32.
   assert all(not np.any(leaf.view(np.uint32) & 0xFFFF) for leaf in jax.tree.leaves(params))
@@ -65,7 +68,9 @@ def test_a_flipped_byte_fails_the_integrity_check(damaged_bundle):
 
 def test_damaged_bundle_is_one_line_exit_2_and_writes_nothing(damaged_bundle, tmp_path, capsys):
   out = tmp_path / "out.png"
-  rc, io = run(capsys, "stylize", "--content", CONTENT, "--style", STYLE_A, "--output", out, "--size", 32)
+  rc, io = run(
+    capsys, "stylize", "--content", CONTENT, "--style", STYLE_A, "--output", out, "--size", 32
+  )
   assert rc == 2 and "integrity" in io.err and len(io.err.strip().splitlines()) == 1
   assert not out.exists()
 
@@ -79,7 +84,10 @@ def test_bundled_output_is_a_plausible_stylization(st, singles):
   content, style = images.prepare(CONTENT, SIZE), images.prepare(STYLE_A, SIZE)
   out = singles[0]
   # The colours move toward the style's ...
-  assert np.abs(out.mean((0, 1)) - style.mean((0, 1))).sum() < 0.5 * np.abs(content.mean((0, 1)) - style.mean((0, 1))).sum()
+  assert (
+    np.abs(out.mean((0, 1)) - style.mean((0, 1))).sum()
+    < 0.5 * np.abs(content.mean((0, 1)) - style.mean((0, 1))).sum()
+  )
   # ... while the content's layout stays (luminance correlates with the content's, not with
   # the content upside down).
   y = lambda im: controls.rgb_to_yiq(im)[..., 0].ravel()
@@ -92,7 +100,9 @@ def test_bundled_output_is_a_plausible_stylization(st, singles):
 
 def test_cli_without_checkpoint_uses_the_bundled_generator(st, singles, tmp_path, capsys):
   out = tmp_path / "out.png"
-  rc, io = run(capsys, "stylize", "--content", CONTENT, "--style", STYLE_A, "--output", out, "--size", SIZE)
+  rc, io = run(
+    capsys, "stylize", "--content", CONTENT, "--style", STYLE_A, "--output", out, "--size", SIZE
+  )
   assert rc == 0, io.err
   written = np.asarray(Image.open(out), np.float32) / 255
   assert np.abs(written - singles[0]).max() <= 1 / 255 + 1e-6
@@ -100,10 +110,15 @@ def test_cli_without_checkpoint_uses_the_bundled_generator(st, singles, tmp_path
 
 # ----------------------------------------------------------------------------- the controls
 
+
 def test_style_weights_one_zero_equal_the_single_style(st, singles):
   a, b = singles
-  np.testing.assert_allclose(st.stylize(CONTENT, [STYLE_A, STYLE_B], size=SIZE, style_weights=[1, 0]), a, atol=1e-5)
-  np.testing.assert_allclose(st.stylize(CONTENT, [STYLE_A, STYLE_B], size=SIZE, style_weights=[0, 3]), b, atol=1e-5)
+  np.testing.assert_allclose(
+    st.stylize(CONTENT, [STYLE_A, STYLE_B], size=SIZE, style_weights=[1, 0]), a, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    st.stylize(CONTENT, [STYLE_A, STYLE_B], size=SIZE, style_weights=[0, 3]), b, atol=1e-5
+  )
   half = st.stylize(CONTENT, [STYLE_A, STYLE_B], size=SIZE, style_weights=[0.5, 0.5])
   assert min(np.abs(half - a).mean(), np.abs(half - b).mean()) > 0.02  # a mix is neither
   # Mixed in feature space (Z_cs), not a blend of the two output images.
@@ -112,15 +127,17 @@ def test_style_weights_one_zero_equal_the_single_style(st, singles):
 
 def test_one_label_mask_equals_the_unmasked_result(st, singles):
   white = np.ones((32, 32, 3), np.float32)  # any size of the content's aspect ratio
-  np.testing.assert_allclose(st.stylize(CONTENT, [STYLE_A], size=SIZE, mask=white), singles[0], atol=1e-5)
+  np.testing.assert_allclose(
+    st.stylize(CONTENT, [STYLE_A], size=SIZE, mask=white), singles[0], atol=1e-5
+  )
 
 
 def test_two_label_mask_gives_each_region_its_style(st, singles):
   a, b = singles
   mask = np.zeros((SIZE, SIZE, 3), np.float32)
-  mask[:, SIZE // 2:] = 1.0  # black (the first style) on the left, white on the right
+  mask[:, SIZE // 2 :] = 1.0  # black (the first style) on the left, white on the right
   out = st.stylize(CONTENT, [STYLE_A, STYLE_B], size=SIZE, mask=mask)
-  left, right = np.s_[:, :SIZE // 4], np.s_[:, -SIZE // 4:]
+  left, right = np.s_[:, : SIZE // 4], np.s_[:, -SIZE // 4 :]
   assert np.abs(out[left] - a[left]).mean() < 0.25 * np.abs(out[left] - b[left]).mean()
   assert np.abs(out[right] - b[right]).mean() < 0.25 * np.abs(out[right] - a[right]).mean()
 
@@ -144,21 +161,33 @@ def test_alpha_strip_equals_separate_calls(st):
   strip = st.stylize(CONTENT, STYLE_A, size=SIZE, alpha=alphas)
   assert strip.shape == (3, SIZE, SIZE, 3)
   for frame, alpha in zip(strip, alphas):
-    np.testing.assert_allclose(frame, st.stylize(CONTENT, STYLE_A, size=SIZE, alpha=alpha), atol=1e-5)
+    np.testing.assert_allclose(
+      frame, st.stylize(CONTENT, STYLE_A, size=SIZE, alpha=alpha), atol=1e-5
+    )
   assert np.abs(strip[0] - strip[2]).mean() > 0.02
 
 
 def test_alpha_strip_is_one_compiled_call_with_the_kernels_computed_once(st):
   from sk_jax import stylizer as module
+
   z = (st.encode_style(images.prepare(STYLE_A, SIZE)),)
   content = images.prepare(CONTENT, SIZE)[None]
   jaxpr = jax.make_jaxpr(module._apply_controls, static_argnums=(2,))(
-      st.params, st.vgg_params, st.config, z, content, np.ones(1, np.float32), np.array([0.0, 1.0], np.float32))
+    st.params,
+    st.vgg_params,
+    st.config,
+    z,
+    content,
+    np.ones(1, np.float32),
+    np.array([0.0, 1.0], np.float32),
+  )
   assert len(jaxpr.eqns) == 1  # one compiled program for the whole strip
   text = str(jaxpr)
   # Under vmap only the alpha-dependent part gains the alpha axis: the (B, h, w, 512) Z_cs
   # feeding the kernel head has no leading 2, the decoder's input does.
-  assert "f32[2,1,8,8,512]" in text and "f32[1,8,8,3584]" in text and "f32[2,1,8,8,3584]" not in text
+  assert (
+    "f32[2,1,8,8,512]" in text and "f32[1,8,8,3584]" in text and "f32[2,1,8,8,3584]" not in text
+  )
 
 
 def test_preserve_color_keeps_the_content_chroma(st, singles):
@@ -176,35 +205,88 @@ def test_style_size_changes_the_style_resolution(st, singles, tmp_path, capsys):
   small = st.stylize(CONTENT, STYLE_A, size=SIZE, style_size=32)
   assert small.shape == singles[0].shape and np.abs(small - singles[0]).mean() > 0.01
   style = images.prepare(STYLE_A, 32)
-  np.testing.assert_allclose(small, st.stylize(CONTENT, style, size=SIZE, style_size=0), atol=1e-6)  # 0: as given
+  np.testing.assert_allclose(
+    small, st.stylize(CONTENT, style, size=SIZE, style_size=0), atol=1e-6
+  )  # 0: as given
   out = tmp_path / "s.png"
-  rc, io = run(capsys, "stylize", "--content", CONTENT, "--style", STYLE_A, "--output", out, "--size", SIZE,
-               "--style-size", 32)
+  rc, io = run(
+    capsys,
+    "stylize",
+    "--content",
+    CONTENT,
+    "--style",
+    STYLE_A,
+    "--output",
+    out,
+    "--size",
+    SIZE,
+    "--style-size",
+    32,
+  )
   assert rc == 0, io.err
   assert np.abs(np.asarray(Image.open(out), np.float32) / 255 - small).max() <= 1 / 255 + 1e-6
 
 
 def test_cli_controls_write_one_image_each(st, singles, tmp_path, capsys):
   styles = f"{STYLE_A},{STYLE_B}".replace(",skimage:", ",")  # skimage:a,b
-  rc, io = run(capsys, "stylize", "--content", CONTENT, "--style", styles, "--style-weights", "1,0",
-               "--output", tmp_path / "mix.png", "--size", SIZE)
+  rc, io = run(
+    capsys,
+    "stylize",
+    "--content",
+    CONTENT,
+    "--style",
+    styles,
+    "--style-weights",
+    "1,0",
+    "--output",
+    tmp_path / "mix.png",
+    "--size",
+    SIZE,
+  )
   assert rc == 0, io.err
   mixed = np.asarray(Image.open(tmp_path / "mix.png"), np.float32) / 255
   assert np.abs(mixed - singles[0]).max() <= 1 / 255 + 1e-6
-  rc, io = run(capsys, "stylize", "--content", CONTENT, "--style", STYLE_A, "--alpha", "0,0.5,1",
-               "--output", tmp_path / "strip.png", "--size", SIZE, "--preserve-color")
+  rc, io = run(
+    capsys,
+    "stylize",
+    "--content",
+    CONTENT,
+    "--style",
+    STYLE_A,
+    "--alpha",
+    "0,0.5,1",
+    "--output",
+    tmp_path / "strip.png",
+    "--size",
+    SIZE,
+    "--preserve-color",
+  )
   assert rc == 0, io.err
   assert Image.open(tmp_path / "strip.png").size == (3 * SIZE, SIZE)
   mask = np.zeros((SIZE, SIZE, 3), np.uint8)
-  mask[SIZE // 2:] = 255
+  mask[SIZE // 2 :] = 255
   Image.fromarray(mask).save(tmp_path / "mask.png")
-  rc, io = run(capsys, "stylize", "--content", CONTENT, "--style", styles, "--mask", tmp_path / "mask.png",
-               "--output", tmp_path / "out", "--size", SIZE)
+  rc, io = run(
+    capsys,
+    "stylize",
+    "--content",
+    CONTENT,
+    "--style",
+    styles,
+    "--mask",
+    tmp_path / "mask.png",
+    "--output",
+    tmp_path / "out",
+    "--size",
+    SIZE,
+  )
   assert rc == 0, io.err
   assert os.listdir(tmp_path / "out") == ["astronaut_stylized_immunohistochemistry+gravel.png"]
 
 
-@pytest.mark.parametrize("extra, message", [
+@pytest.mark.parametrize(
+  "extra, message",
+  [
     (["--style-weights", "0.7,-0.3"], "--style-weights must be non-negative"),
     (["--style-weights", "0,0"], "all weights are zero"),
     (["--style-weights", "1,1,1"], "3 weight(s) for 2 style(s)"),
@@ -215,7 +297,8 @@ def test_cli_controls_write_one_image_each(st, singles, tmp_path, capsys):
     (["--mask", "WIDE"], "has another aspect ratio than the content"),
     (["--mask", "THREE"], "has 3 distinct colour(s) but 2 style(s)"),
     (["--mask", "TWO", "--style-weights", "1,1"], "exclude each other"),
-])
+  ],
+)
 def test_bad_control_values_exit_2_one_line_nothing_written(extra, message, tmp_path, capsys):
   wide = np.zeros((16, 64, 3), np.uint8)
   wide[:, 32:] = 255
@@ -224,11 +307,24 @@ def test_bad_control_values_exit_2_one_line_nothing_written(extra, message, tmp_
   three[:, 10:] = 128
   three[:, 20:] = 255
   Image.fromarray(three).save(tmp_path / "THREE.png")
-  Image.fromarray(np.concatenate([np.zeros((32, 16, 3), np.uint8), np.full((32, 16, 3), 255, np.uint8)], 1)).save(tmp_path / "TWO.png")
+  Image.fromarray(
+    np.concatenate([np.zeros((32, 16, 3), np.uint8), np.full((32, 16, 3), 255, np.uint8)], 1)
+  ).save(tmp_path / "TWO.png")
   extra = [str(tmp_path / f"{e}.png") if e in ("WIDE", "THREE", "TWO") else e for e in extra]
   out = tmp_path / "out.png"
-  rc, io = run(capsys, "stylize", "--content", CONTENT, "--style", "skimage:immunohistochemistry,gravel",
-               "--output", out, "--size", 32, *extra)
+  rc, io = run(
+    capsys,
+    "stylize",
+    "--content",
+    CONTENT,
+    "--style",
+    "skimage:immunohistochemistry,gravel",
+    "--output",
+    out,
+    "--size",
+    32,
+    *extra,
+  )
   err = io.err.strip()
   assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
   assert not out.exists()

@@ -19,15 +19,31 @@ def _write(path, color, size=(40, 30)):
 def _folder(root, n=6, size=(40, 30)):
   """n solid-colour images, red channel 10 * i, spread over nested folders."""
   for i in range(n):
-    _write(os.path.join(root, f"sub{i % 2}", "deeper" if i % 3 == 0 else "", f"img{i}.png"), (10 * i, 100, 200),
-           size)
+    _write(
+      os.path.join(root, f"sub{i % 2}", "deeper" if i % 3 == 0 else "", f"img{i}.png"),
+      (10 * i, 100, 200),
+      size,
+    )
   return root
 
 
 def _data_cfg(content, style, **kw):
-  cfg = ml_collections.ConfigDict(dict(
-      content=content, style=style, content_split="train", style_split="train", tfds_image_key="image",
-      tfds_data_dir=None, resize=24, crop=16, batch_size=2, num_workers=0, num_threads=2, prefetch=2))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      content=content,
+      style=style,
+      content_split="train",
+      style_split="train",
+      tfds_image_key="image",
+      tfds_data_dir=None,
+      resize=24,
+      crop=16,
+      batch_size=2,
+      num_workers=0,
+      num_threads=2,
+      prefetch=2,
+    )
+  )
   cfg.update(kw)
   return cfg
 
@@ -40,7 +56,14 @@ def test_folder_source_is_recursive_resized_and_cropped(tmp_path):
   root = _folder(str(tmp_path / "imgs"))
   src = data.open_source(root, 24)
   assert len(src) == 6
-  assert sorted(int(v["image"][0, 0, 0]) for v in (src[i] for i in range(6))) == [0, 10, 20, 30, 40, 50]
+  assert sorted(int(v["image"][0, 0, 0]) for v in (src[i] for i in range(6))) == [
+    0,
+    10,
+    20,
+    30,
+    40,
+    50,
+  ]
   assert src[0]["image"].shape == (24, 32, 3)  # short side 30 -> 24, long side 40 -> 32
 
   it = iter(data.make_stream(src, crop=16, batch_size=3, seed=0, stream=0))
@@ -112,7 +135,9 @@ def test_unreadable_or_missing_sources_fail_before_training(tmp_path):
   with pytest.raises(InputError, match="multiple of 8"):
     data.open_sources(_data_cfg("embedded:photos", "embedded:styles", crop=20))
   with pytest.raises(InputError, match="array_record"):
-    data.open_sources(_data_cfg("tfds:sk_jax_no_such_dataset", "embedded:styles", tfds_data_dir=str(tmp_path)))
+    data.open_sources(
+      _data_cfg("tfds:sk_jax_no_such_dataset", "embedded:styles", tfds_data_dir=str(tmp_path))
+    )
 
 
 def test_embedded_sets_are_photos_and_colourful_styles():
@@ -122,9 +147,14 @@ def test_embedded_sets_are_photos_and_colourful_styles():
   for src in (photos, styles):
     for i in range(len(src)):
       img = src[i]["image"]
-      assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3 and min(img.shape[:2]) == 32
+      assert (
+        img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3 and min(img.shape[:2]) == 32
+      )
   # The style set is colourful: most images have clearly different channels.
-  colourful = [np.abs(styles[i]["image"].astype(int) - styles[i]["image"][..., :1]).mean() > 5 for i in range(8)]
+  colourful = [
+    np.abs(styles[i]["image"].astype(int) - styles[i]["image"][..., :1]).mean() > 5
+    for i in range(8)
+  ]
   assert sum(colourful) >= 4
 
 
@@ -133,7 +163,11 @@ def test_processes_read_disjoint_shares(tmp_path):
   src = data.open_source(root, 24)
   seen = []
   for pidx in range(2):
-    it = iter(data.make_stream(src, crop=16, batch_size=3, seed=0, stream=0, process_index=pidx, process_count=2))
+    it = iter(
+      data.make_stream(
+        src, crop=16, batch_size=3, seed=0, stream=0, process_index=pidx, process_count=2
+      )
+    )
     seen.append({int(v) for b in _take(it, 2) for v in b["image"][:, 0, 0, 0]})
   assert len(seen[0]) == len(seen[1]) == 3
   assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == {0, 10, 20, 30, 40, 50}
@@ -143,7 +177,9 @@ def test_processes_read_disjoint_shares(tmp_path):
 def test_iterator_state_resumes_exactly(tmp_path, workers):
   root = _folder(str(tmp_path / "imgs"), n=5)
   src = data.open_source(root, 24)
-  make = lambda: iter(data.make_stream(src, crop=16, batch_size=2, seed=3, stream=1, num_workers=workers))
+  make = lambda: iter(
+    data.make_stream(src, crop=16, batch_size=2, seed=3, stream=1, num_workers=workers)
+  )
   it = make()
   _take(it, 3)
   state = it.get_state()
@@ -161,8 +197,15 @@ def _prepare_tiny_tfds(data_dir):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(num_classes=6)}))
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(num_classes=6),
+          }
+        ),
+      )
 
     def _split_generators(self, dl_manager):
       return {"train": self._generate_examples()}
@@ -188,7 +231,15 @@ def test_tfds_array_record_source(tmp_path):
   batches = _take(iter(c_ds), 7)  # two epochs of 7 records
   reds = [int(v) for b in batches for v in b["image"][:, 0, 0, 0]]
   assert set(reds) == {0, 10, 20, 30, 40, 50}
-  assert sum(int(b["skipped"].sum()) for b in batches) >= 2, "the corrupt record is skipped once per epoch"
+  assert sum(int(b["skipped"].sum()) for b in batches) >= 2, (
+    "the corrupt record is skipped once per epoch"
+  )
   with pytest.raises(InputError, match="split 'validation'"):
-    data.open_sources(_data_cfg(f"tfds:{name}", "embedded:styles", content_split="validation",
-                                tfds_data_dir=str(tmp_path / "tfds")))
+    data.open_sources(
+      _data_cfg(
+        f"tfds:{name}",
+        "embedded:styles",
+        content_split="validation",
+        tfds_data_dir=str(tmp_path / "tfds"),
+      )
+    )

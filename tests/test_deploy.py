@@ -11,10 +11,9 @@ import sys
 
 import jax
 import numpy as np
-import pytest
-
 import onnx  # the optional extra [onnx]; the README's test command installs it
 import onnxruntime  # noqa: F401
+import pytest
 
 from sk_jax import checkpoint, cli, deploy
 from sk_jax.models.generator import stylize_images
@@ -87,14 +86,17 @@ def run_cli(capsys, *argv):
 
 
 def run_script(script, *args):
-  proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout.strip().splitlines()[-1]
 
 
 def flat_params(params):
-  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  return {
+    jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)
+  }
 
 
 def dir_size(path):
@@ -107,8 +109,8 @@ def pairs(photo, texture):
   small_c, small_s = photo[::8, ::8], texture[::8, ::8]
   out = []
   for (hc, wc), (hs, ws), b in SIZES:
-    c = np.stack([small_c[i * 8:i * 8 + hc, :wc] for i in range(b)])
-    s = np.stack([small_s[:hs, i * 8:i * 8 + ws] for i in range(b)])
+    c = np.stack([small_c[i * 8 : i * 8 + hc, :wc] for i in range(b)])
+    s = np.stack([small_s[:hs, i * 8 : i * 8 + ws] for i in range(b)])
     out.append((np.ascontiguousarray(c), np.ascontiguousarray(s)))
   return out
 
@@ -116,7 +118,10 @@ def pairs(photo, texture):
 @pytest.fixture(scope="module")
 def pairs_file(pairs, tmp_path_factory):
   path = tmp_path_factory.mktemp("pairs") / "pairs.npz"
-  np.savez(path, **{f"{k}{i}": x for i, pair in enumerate(pairs) for k, x in zip(("content", "style"), pair)})
+  np.savez(
+    path,
+    **{f"{k}{i}": x for i, pair in enumerate(pairs) for k, x in zip(("content", "style"), pair)},
+  )
   return path
 
 
@@ -130,16 +135,31 @@ def reference(tiny_generator, vgg_params, pairs):
 @pytest.fixture(scope="module")
 def stablehlo_file(tiny_checkpoint, tmp_path_factory):
   out = tmp_path_factory.mktemp("hlo") / "model.stablehlo"
-  assert cli.main(["export-model", "--checkpoint", tiny_checkpoint, "--format", "stablehlo",
-                   "--platforms", "cpu,cuda,tpu", "--output", str(out)]) == 0
+  assert (
+    cli.main(
+      [
+        "export-model",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--format",
+        "stablehlo",
+        "--platforms",
+        "cpu,cuda,tpu",
+        "--output",
+        str(out),
+      ]
+    )
+    == 0
+  )
   return out
 
 
 # ----------------------------------------------------------------------------- StableHLO
 
 
-def test_stablehlo_artifact_equals_jax_at_two_sizes_without_sk_jax(stablehlo_file, pairs_file, reference,
-                                                                    tmp_path):
+def test_stablehlo_artifact_equals_jax_at_two_sizes_without_sk_jax(
+  stablehlo_file, pairs_file, reference, tmp_path
+):
   platforms = run_script(STABLEHLO_LOADER, stablehlo_file, pairs_file, tmp_path / "out.npz")
   assert platforms == "cpu,cuda,tpu"
   got = np.load(tmp_path / "out.npz")
@@ -179,8 +199,9 @@ def onnx_with_gate(tiny_generator, vgg_params):
   return deploy.onnx_session(deploy.export_onnx(params, vgg_params, config, gate_output=True))
 
 
-def test_onnx_equals_jax_and_gate_decisions_agree(onnx_with_gate, tiny_generator, vgg_params, pairs,
-                                                  reference):
+def test_onnx_equals_jax_and_gate_decisions_agree(
+  onnx_with_gate, tiny_generator, vgg_params, pairs, reference
+):
   params, config = tiny_generator
   for (c, s), ref in zip(pairs, reference):
     out, mask = onnx_with_gate.run(["stylized", "gate_mask"], {"content": c, "style": s})
@@ -190,13 +211,17 @@ def test_onnx_equals_jax_and_gate_decisions_agree(onnx_with_gate, tiny_generator
     flipped = mask != jax_mask
     assert 0 < jax_mask.mean() < 1  # the gate does decide something here
     assert not flipped.any() or gap[flipped].max() < GATE_BAND["float32"], (
-        f"{flipped.sum()} gate decisions flipped, largest gap {gap[flipped].max():.2e}")
+      f"{flipped.sum()} gate decisions flipped, largest gap {gap[flipped].max():.2e}"
+    )
 
 
-def test_onnx_cli_export_runs_with_plain_onnxruntime(tiny_checkpoint, pairs_file, reference, tmp_path, capsys):
+def test_onnx_cli_export_runs_with_plain_onnxruntime(
+  tiny_checkpoint, pairs_file, reference, tmp_path, capsys
+):
   out = tmp_path / "model.onnx"
-  rc, io = run_cli(capsys, "export-model", "--checkpoint", tiny_checkpoint, "--format", "onnx",
-                   "--output", out)
+  rc, io = run_cli(
+    capsys, "export-model", "--checkpoint", tiny_checkpoint, "--format", "onnx", "--output", out
+  )
   assert rc == 0, io.err
   assert io.out.strip() == str(out)
   assert run_script(ONNX_LOADER, out, pairs_file, tmp_path / "out.npz") == "content,style stylized"
@@ -205,7 +230,10 @@ def test_onnx_cli_export_runs_with_plain_onnxruntime(tiny_checkpoint, pairs_file
     assert deploy.relative_error(got[f"out{i}"], ref) < 1e-4
   model = onnx.load(str(out))
   dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-  assert [dims(v) for v in model.graph.input] == [["b", "8*hc", "8*wc", 3], ["b", "8*hs", "8*ws", 3]]
+  assert [dims(v) for v in model.graph.input] == [
+    ["b", "8*hc", "8*wc", 3],
+    ["b", "8*hs", "8*ws", 3],
+  ]
   assert [v.name for v in model.graph.output] == ["stylized"]
 
 
@@ -231,11 +259,22 @@ def test_plain_orbax_reads_a_generator_checkpoint(tiny_checkpoint, tmp_path):
     np.testing.assert_array_equal(plain[k], v)
 
 
-def test_bfloat16_checkpoint_halves_the_size(tiny_checkpoint, tiny_generator, vgg_params, pairs, reference,
-                                             tmp_path, capsys):
+def test_bfloat16_checkpoint_halves_the_size(
+  tiny_checkpoint, tiny_generator, vgg_params, pairs, reference, tmp_path, capsys
+):
   out = tmp_path / "gen_bf16"
-  rc, io = run_cli(capsys, "export-model", "--checkpoint", tiny_checkpoint, "--format", "orbax",
-                   "--dtype", "bfloat16", "--output", out)
+  rc, io = run_cli(
+    capsys,
+    "export-model",
+    "--checkpoint",
+    tiny_checkpoint,
+    "--format",
+    "orbax",
+    "--dtype",
+    "bfloat16",
+    "--output",
+    out,
+  )
   assert rc == 0, io.err
   assert dir_size(out) < 0.6 * dir_size(tiny_checkpoint)
   params16, config = checkpoint.load_generator(str(out))
@@ -243,7 +282,7 @@ def test_bfloat16_checkpoint_halves_the_size(tiny_checkpoint, tiny_generator, vg
   ref = flat_params(tiny_generator[0])
   for k, v in flat_params(params16).items():
     assert v.dtype == np.float32
-    np.testing.assert_allclose(v, ref[k], rtol=2 ** -8, atol=1e-30)
+    np.testing.assert_allclose(v, ref[k], rtol=2**-8, atol=1e-30)
   # Plain Orbax sees bfloat16 arrays.
   assert json.loads(run_script(ORBAX_LOADER, out, tmp_path / "p.npz"))["dtypes"] == ["bfloat16"]
   (c, s), image = pairs[0], reference[0]
@@ -254,16 +293,30 @@ def test_bfloat16_checkpoint_halves_the_size(tiny_checkpoint, tiny_generator, vg
 # ----------------------------------------------------------------------------- bad inputs
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--checkpoint", "{tmp}/nope", "--format", "stablehlo"], "no such generator checkpoint directory"),
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (
+      ["--checkpoint", "{tmp}/nope", "--format", "stablehlo"],
+      "no such generator checkpoint directory",
+    ),
     (["--format", "tflite"], "--format must be one of stablehlo, onnx, orbax, got 'tflite'"),
     (["--format", "stablehlo", "--platforms", "cpu,gpu"], "--platforms: unknown platform 'gpu'"),
-    (["--format", "stablehlo", "--dtype", "bfloat16"], "--dtype bfloat16 applies to --format orbax"),
+    (
+      ["--format", "stablehlo", "--dtype", "bfloat16"],
+      "--dtype bfloat16 applies to --format orbax",
+    ),
     (["--format", "orbax", "--dtype", "float16"], "--dtype must be float32 or bfloat16"),
-    (["--format", "stablehlo", "--output", "{tmp}/afile/model.stablehlo"], "is not a writable directory"),
+    (
+      ["--format", "stablehlo", "--output", "{tmp}/afile/model.stablehlo"],
+      "is not a writable directory",
+    ),
     (["--format", "onnx", "--output", "{tmp}"], "is a directory, expected a file name"),
-])
-def test_bad_inputs_are_one_line_and_write_nothing(argv, message, tiny_checkpoint, tmp_path, capsys):
+  ],
+)
+def test_bad_inputs_are_one_line_and_write_nothing(
+  argv, message, tiny_checkpoint, tmp_path, capsys
+):
   (tmp_path / "afile").write_text("x")
   argv = [a.format(tmp=tmp_path) for a in argv]
   if "--checkpoint" not in argv:
@@ -278,7 +331,15 @@ def test_bad_inputs_are_one_line_and_write_nothing(argv, message, tiny_checkpoin
 
 def test_onnx_without_the_extra_is_an_input_error(monkeypatch, tiny_checkpoint, tmp_path, capsys):
   monkeypatch.setattr(deploy, "onnx_available", lambda: False)
-  rc, io = run_cli(capsys, "export-model", "--checkpoint", tiny_checkpoint, "--format", "onnx",
-                   "--output", tmp_path / "m.onnx")
+  rc, io = run_cli(
+    capsys,
+    "export-model",
+    "--checkpoint",
+    tiny_checkpoint,
+    "--format",
+    "onnx",
+    "--output",
+    tmp_path / "m.onnx",
+  )
   assert rc == 2 and "pip install 'sk-jax[onnx]'" in io.err
   assert os.listdir(tmp_path) == []

@@ -9,8 +9,14 @@ from sk_jax import flops
 from sk_jax.stylizer import Stylizer
 
 
-@pytest.mark.parametrize("config", [sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16),
-                                    sk_jax.ModelConfig(gate=False, kernel_size=5)], ids=["cgm", "full-k5"])
+@pytest.mark.parametrize(
+  "config",
+  [
+    sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16),
+    sk_jax.ModelConfig(gate=False, kernel_size=5),
+  ],
+  ids=["cgm", "full-k5"],
+)
 def test_analytic_flops_match_xla_on_cpu(config, vgg_params):
   st = Stylizer(sk_jax.init_params(config, jax.random.key(0)), config, vgg_params)
   content_hw, style_hw = (64, 48), (40, 56)

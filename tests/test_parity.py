@@ -2,21 +2,34 @@
 
 import numpy as np
 import pytest
-
 import torch  # the optional extra [torch]; CI installs it (torch==2.13.0, CPU build)
 
 from sk_jax import checkpoint, cli, parity, torch_ref
 from sk_jax.models.generator import ModelConfig, init_params
 
-EXPECTED_ROWS = ["encoder relu1_1", "encoder relu2_1", "encoder relu3_1", "encoder relu4_1",
-                 "encoder relu5_1", "encoder relu4_1", "attention A", "gate mask", "Z_cs",
-                 "kernel F1 (k x 1)", "kernel F2 (1 x k)", "kernel bias B", "Z_bar (Eq. 6)", "decoded image"]
+EXPECTED_ROWS = [
+  "encoder relu1_1",
+  "encoder relu2_1",
+  "encoder relu3_1",
+  "encoder relu4_1",
+  "encoder relu5_1",
+  "encoder relu4_1",
+  "attention A",
+  "gate mask",
+  "Z_cs",
+  "kernel F1 (k x 1)",
+  "kernel F2 (1 x k)",
+  "kernel bias B",
+  "Z_bar (Eq. 6)",
+  "decoded image",
+]
 
 
 def random_params(config, seed):
   """init_params, with the two small-initialised output layers redrawn so that the kernels and
   the gate depend on their inputs (at init F1, F2 are nearly deltas and lambda nearly 1)."""
   import jax
+
   params = jax.tree.map(np.asarray, init_params(config, jax.random.key(seed)))
   rng = np.random.default_rng(seed)
   head = params["kernel_head"]["conv2"]
@@ -31,6 +44,7 @@ def random_params(config, seed):
 def pair(photo):
   """Packaged photos: the astronaut as content (64 x 64), scikit-image's coffee as style (64 x 96)."""
   from skimage import data
+
   style = data.coffee().astype(np.float32) / 255.0
   return parity.prepare_image(photo, 64), parity.prepare_image(style, 64)
 
@@ -50,7 +64,9 @@ def test_float32_generator_matches_torch_reference(default_model, pair, vgg_para
   rows = parity.compare(params, vgg_params, config, *pair)
   assert [r.name for r in rows] == EXPECTED_ROWS
   for r in rows:
-    assert r.ok, f"{r.name}: relative error {r.max_rel:.2e} above {r.tolerance:g}\n{parity.format_table(rows)}"
+    assert r.ok, (
+      f"{r.name}: relative error {r.max_rel:.2e} above {r.tolerance:g}\n{parity.format_table(rows)}"
+    )
     if r.name != "gate mask":
       assert r.tolerance == 1e-4 and r.max_rel < 1e-4
   # The comparison is not vacuous: the gate keeps some entries and drops others, the kernels
@@ -63,6 +79,7 @@ def test_float32_generator_matches_torch_reference(default_model, pair, vgg_para
 
 def _torch_run(config, params, vgg_params, pair):
   from sk_jax import port
+
   enc = torch_ref.VGGEncoder()
   enc.load_state_dict(port.vgg16_to_torch(vgg_params))
   gen = torch_ref.Generator(config)
@@ -72,15 +89,38 @@ def _torch_run(config, params, vgg_params, pair):
     return gen(enc(c)["relu4_1"], enc(s)["relu4_1"])
 
 
-@pytest.mark.parametrize("variant", [
-    dict(kernel_size=5, shuffle_groups=1, gate_renormalize=True, learn_sharpness=True,
-         gate_hidden=32, kernel_hidden=32),
+@pytest.mark.parametrize(
+  "variant",
+  [
+    dict(
+      kernel_size=5,
+      shuffle_groups=1,
+      gate_renormalize=True,
+      learn_sharpness=True,
+      gate_hidden=32,
+      kernel_hidden=32,
+    ),
     dict(gate=False, kernel_size=1, shuffle_groups=8, gate_hidden=32, kernel_hidden=32),
     dict(attention="full", gate_hidden=32, kernel_hidden=32),
     dict(attention="topk", topk=5, gate_hidden=32, kernel_hidden=32),
     dict(attention="topk", topk=2, gate_renormalize=True, gate_hidden=32, kernel_hidden=32),
-    dict(attention="cgm", gate_lambda="softplus", gate_renormalize=True, gate_hidden=32, kernel_hidden=32),
-], ids=["k5-renorm-learned-sharpness", "no-gate-k1", "full", "topk5", "topk2-renorm", "cgm-softplus-renorm"])
+    dict(
+      attention="cgm",
+      gate_lambda="softplus",
+      gate_renormalize=True,
+      gate_hidden=32,
+      kernel_hidden=32,
+    ),
+  ],
+  ids=[
+    "k5-renorm-learned-sharpness",
+    "no-gate-k1",
+    "full",
+    "topk5",
+    "topk2-renorm",
+    "cgm-softplus-renorm",
+  ],
+)
 def test_float32_variants_and_alpha(variant, pair, vgg_params):
   config = ModelConfig(**variant)
   params = random_params(config, seed=2)
@@ -140,8 +180,11 @@ def test_a_broken_module_fails_at_that_module(default_model, pair, vgg_params, m
 
 def test_parity_cli(tmp_path, capsys, monkeypatch):
   import jax
+
   config = ModelConfig(gate_hidden=32, kernel_hidden=32)
-  ckpt = checkpoint.save_generator(str(tmp_path / "g"), init_params(config, jax.random.key(0)), config)
+  ckpt = checkpoint.save_generator(
+    str(tmp_path / "g"), init_params(config, jax.random.key(0)), config
+  )
   assert cli.main(["parity", "--checkpoint", ckpt, "--size", "32"]) == 0
   out = capsys.readouterr().out
   assert "matmul precision 'highest'" in out and "dtype float32" in out
@@ -159,4 +202,3 @@ def test_parity_cli(tmp_path, capsys, monkeypatch):
 
   assert cli.main(["parity", "--checkpoint", str(tmp_path / "absent")]) == 2
   assert "no such generator checkpoint directory" in capsys.readouterr().err
-

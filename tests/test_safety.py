@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
+from test_train import ROOT, _steps_in_metrics, tiny_config
 
 import sk_jax
 from sk_jax import checkpoint, cli, data, images, logger, port, sharding
@@ -27,8 +28,6 @@ from sk_jax import train as train_lib
 from sk_jax import workdir as workdir_lib
 from sk_jax.errors import InputError, SaveError
 from sk_jax.stylizer import Stylizer
-
-from test_train import ROOT, _steps_in_metrics, tiny_config
 
 SMALL = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
 
@@ -93,10 +92,14 @@ def test_checkpoint_writers_never_replace_what_they_did_not_write(capsys, tmp_pa
   # a file is never replaced, with or without --overwrite
   (tmp_path / "notes").write_text("x")
   rc, io = run(capsys, "init", "--output", tmp_path / "notes", "--overwrite")
-  assert rc == 2 and "not a directory" in one_error_line(io) and (tmp_path / "notes").read_text() == "x"
+  assert (
+    rc == 2 and "not a directory" in one_error_line(io) and (tmp_path / "notes").read_text() == "x"
+  )
   # the same library rule for VGG directories (port-vgg16, import-torch --vgg-output)
   with pytest.raises(InputError, match="not an sk-jax checkpoint"):
-    checkpoint.save_vgg16_dir(str(out), {"conv1_1": {"kernel": np.zeros((3, 3, 3, 64), np.float32)}})
+    checkpoint.save_vgg16_dir(
+      str(out), {"conv1_1": {"kernel": np.zeros((3, 3, 3, 64), np.float32)}}
+    )
   assert os.listdir(out) == ["thesis.txt"]
   rc, io = run(capsys, "port-vgg16", tmp_path / "whatever.pth", out)
   assert rc == 2 and "not an sk-jax checkpoint" in one_error_line(io)
@@ -134,8 +137,12 @@ def test_stylize_refuses_an_output_that_is_an_input(capsys, gen, tmp_path, monke
   before = (tmp_path / "a.png").read_bytes()
   os.symlink(tmp_path / "a.png", tmp_path / "link.png")
   common = ("stylize", "--checkpoint", gen, "--size", 32, "--style", tmp_path / "s.png")
-  for content, output in (("a.png", "a.png"), ("a.png", "link.png"), ("link.png", "a.png"),
-                          ("a.png", "s.png")):
+  for content, output in (
+    ("a.png", "a.png"),
+    ("a.png", "link.png"),
+    ("link.png", "a.png"),
+    ("a.png", "s.png"),
+  ):
     rc, io = run(capsys, *common, "--content", tmp_path / content, "--output", tmp_path / output)
     assert rc == 2 and "refusing to overwrite an input" in one_error_line(io), (content, output)
   # directory mode: an earlier result lies among the contents, and the output is that directory
@@ -152,11 +159,23 @@ def test_stylize_refuses_an_output_that_is_an_input(capsys, gen, tmp_path, monke
 
 def test_size_and_max_pixels_are_validated_before_allocating(capsys, gen, tmp_path):
   Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / "a.png")
-  common = ("stylize", "--checkpoint", gen, "--content", tmp_path / "a.png", "--style", tmp_path / "a.png",
-            "--output", tmp_path / "o.png")
-  for flags, needle in (((("--size", -5)), "--size must be 0"), (("--size", 8), "--size must be 0"),
-                        (("--max-pixels", -1), "--max-pixels must be"),
-                        (("--size", 100000), "more than --max-pixels=40000000")):
+  common = (
+    "stylize",
+    "--checkpoint",
+    gen,
+    "--content",
+    tmp_path / "a.png",
+    "--style",
+    tmp_path / "a.png",
+    "--output",
+    tmp_path / "o.png",
+  )
+  for flags, needle in (
+    ((("--size", -5)), "--size must be 0"),
+    (("--size", 8), "--size must be 0"),
+    (("--max-pixels", -1), "--max-pixels must be"),
+    (("--size", 100000), "more than --max-pixels=40000000"),
+  ):
     rc, io = run(capsys, *common, *flags)
     assert rc == 2 and needle in one_error_line(io), flags
   assert not (tmp_path / "o.png").exists()
@@ -171,13 +190,22 @@ def test_a_second_trainer_on_a_workdir_is_refused_naming_the_pid(tmp_path):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   holder = subprocess.Popen(
-      [sys.executable, "-c", textwrap.dedent("""
+    [
+      sys.executable,
+      "-c",
+      textwrap.dedent("""
           import sys, time
           from sk_jax import workdir
           with workdir.lock(sys.argv[1]):
             print("locked", flush=True)
             time.sleep(600)
-      """), workdir], stdout=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      """),
+      workdir,
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(InputError, match=rf"another training run \(PID {holder.pid}\)"):
@@ -201,11 +229,15 @@ def _truncate(path, keep=0.5):
     f.truncate(int(os.path.getsize(path) * keep))
 
 
-def test_damaged_latest_checkpoint_falls_back_and_a_torn_metrics_line_is_dropped(trained, tmp_path, caplog):
+def test_damaged_latest_checkpoint_falls_back_and_a_torn_metrics_line_is_dropped(
+  trained, tmp_path, caplog
+):
   """The latest checkpoint's array files truncated and metrics.jsonl's last line half-written:
   the run warns, resumes from the previous checkpoint, keeps the damaged one aside."""
   workdir = _copy(trained, tmp_path)
-  for f in glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2", "state", "ocdbt.process_0", "d", "*")):
+  for f in glob.glob(
+    os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2", "state", "ocdbt.process_0", "d", "*")
+  ):
     _truncate(f)
   with open(os.path.join(workdir, logger.METRICS_FILE), "a") as f:
     f.write('{"step": 3, "loss/to')  # torn by a power loss
@@ -220,9 +252,11 @@ def test_damaged_latest_checkpoint_falls_back_and_a_torn_metrics_line_is_dropped
 def test_restore_falls_back_from_each_damaged_item(trained, tmp_path, damage):
   workdir = _copy(trained, tmp_path)
   step2 = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2")
-  files = {"state": glob.glob(os.path.join(step2, "state", "ocdbt.process_0", "d", "*")),
-           "config": [os.path.join(step2, "config", "metadata")],
-           "iterator": [os.path.join(step2, "content_iter", "process_0-of-1.json")]}[damage]
+  files = {
+    "state": glob.glob(os.path.join(step2, "state", "ocdbt.process_0", "d", "*")),
+    "config": [os.path.join(step2, "config", "metadata")],
+    "iterator": [os.path.join(step2, "content_iter", "process_0-of-1.json")],
+  }[damage]
   for f in files:
     _truncate(f)
   cfg = tiny_config()
@@ -231,8 +265,9 @@ def test_restore_falls_back_from_each_damaged_item(trained, tmp_path, damage):
   streams = data.build_streams(cfg.data, data.open_sources(cfg.data), int(cfg.seed), 0, 1)
   iterators = [iter(ds) for ds in streams]
   try:
-    state, step = checkpoint.restore_newest(mngr, setup.abstract_with_shardings(), setup.model, setup.disc,
-                                            cfg, *iterators)
+    state, step = checkpoint.restore_newest(
+      mngr, setup.abstract_with_shardings(), setup.model, setup.disc, cfg, *iterators
+    )
     assert step == 1 and int(state.step) == 1
     assert mngr.all_steps() == [1]
   finally:
@@ -264,7 +299,9 @@ def test_metrics_log_drops_a_torn_last_line_and_appends(tmp_path):
     log.close()
   assert path.read_text() == "".join(lines) + json.dumps({"step": 4, "loss/total": 1.0}) + "\n"
   assert os.stat(path).st_ino == inode  # appended in place, not rewritten
-  log = logger.MetricLogger(str(tmp_path), start=2, total=5, enabled=True)  # steps after the checkpoint
+  log = logger.MetricLogger(
+    str(tmp_path), start=2, total=5, enabled=True
+  )  # steps after the checkpoint
   log.close()
   assert path.read_text() == "".join(lines[:2])
 
@@ -274,6 +311,7 @@ def test_metrics_log_drops_a_torn_last_line_and_appends(tmp_path):
 
 def test_full_disk_during_a_save_is_one_error_and_a_rerun_resumes(trained, tmp_path, monkeypatch):
   import orbax.checkpoint as ocp
+
   workdir = _copy(trained, tmp_path)
   original = ocp.JsonCheckpointHandler._save_fn
 
@@ -286,7 +324,9 @@ def test_full_disk_during_a_save_is_one_error_and_a_rerun_resumes(trained, tmp_p
   cfg = tiny_config(train__steps=3, log__image_every=0)
   with pytest.raises(SaveError, match="no space left") as e:
     train_lib.train(cfg, workdir)
-  assert "\n" not in str(e.value) and os.path.join(workdir, checkpoint.CHECKPOINT_DIR) in str(e.value)
+  assert "\n" not in str(e.value) and os.path.join(workdir, checkpoint.CHECKPOINT_DIR) in str(
+    e.value
+  )
   assert _all_steps(workdir) == [1, 2]
   assert not glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "*tmp*"))
   monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", original)
@@ -295,7 +335,9 @@ def test_full_disk_during_a_save_is_one_error_and_a_rerun_resumes(trained, tmp_p
   assert _steps_in_metrics(workdir) == [1, 2, 3]
   with open(os.path.join(workdir, logger.METRICS_FILE)) as f:
     last = json.loads(f.readlines()[-1])
-  assert "loss/d" in last and "grad_norm/d" in last  # step 3 is no D step: the latest D metrics (11)
+  assert (
+    "loss/d" in last and "grad_norm/d" in last
+  )  # step 3 is no D step: the latest D metrics (11)
 
 
 def test_save_error_exits_1_with_one_line(capsys, gen, tmp_path, monkeypatch):
@@ -314,7 +356,9 @@ def test_save_error_exits_1_with_one_line(capsys, gen, tmp_path, monkeypatch):
 
 
 def _params_files(ckpt):
-  return sorted(glob.glob(os.path.join(ckpt, "params", "ocdbt.process_0", "d", "*")), key=os.path.getsize)
+  return sorted(
+    glob.glob(os.path.join(ckpt, "params", "ocdbt.process_0", "d", "*")), key=os.path.getsize
+  )
 
 
 def test_damaged_generator_is_one_line(capsys, gen, tmp_path):
@@ -345,7 +389,9 @@ def test_checkpoints_without_a_checksum_still_load(tmp_path):
   assert len(record.pop("sha256")) == 64
   meta.write_text(json.dumps(record))  # as written before checksums existed
   back, _ = checkpoint.load_generator(str(old))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back
+  )
   shared = "/work/shared/models/h200-dev-2500/generator"
   if os.path.isdir(shared):  # a real checkpoint of that age, where this machine has it
     checkpoint.load_generator(shared)
@@ -362,12 +408,36 @@ def test_unwritable_output_directory_fails_before_computing(capsys, gen, tmp_pat
   else:
     (tmp_path / "ro").mkdir(mode=0o555)
     out_dir = str(tmp_path / "ro" / "sub")
-  rc, io = run(capsys, "stylize", "--checkpoint", gen, "--content", tmp_path / "a.png", "--style",
-               tmp_path / "a.png", "--size", 32, "--output", os.path.join(out_dir, "o.png"))
+  rc, io = run(
+    capsys,
+    "stylize",
+    "--checkpoint",
+    gen,
+    "--content",
+    tmp_path / "a.png",
+    "--style",
+    tmp_path / "a.png",
+    "--size",
+    32,
+    "--output",
+    os.path.join(out_dir, "o.png"),
+  )
   assert rc == 2 and "cannot write output" in one_error_line(io)
   (tmp_path / "file").write_text("")
-  rc, io = run(capsys, "stylize", "--checkpoint", gen, "--content", tmp_path / "a.png", "--style",
-               tmp_path / "a.png", "--size", 32, "--output", tmp_path / "file" / "o.png")
+  rc, io = run(
+    capsys,
+    "stylize",
+    "--checkpoint",
+    gen,
+    "--content",
+    tmp_path / "a.png",
+    "--style",
+    tmp_path / "a.png",
+    "--size",
+    32,
+    "--output",
+    tmp_path / "file" / "o.png",
+  )
   assert rc == 2 and "is not a directory" in one_error_line(io)
 
 
@@ -375,8 +445,14 @@ def test_unwritable_output_directory_fails_before_computing(capsys, gen, tmp_pat
 
 
 def _train_py(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
-                        text=True, timeout=120, cwd=cwd, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "train.py"), *args],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=cwd,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
 
 
 def _one_line_exit_2(proc, needle):
@@ -388,16 +464,24 @@ def _one_line_exit_2(proc, needle):
 
 def test_train_py_config_errors_are_one_line(tmp_path):
   workdir = str(tmp_path / "w")
-  _one_line_exit_2(_train_py("--config", "missing.py", "--workdir", workdir), "missing.py: no such config file")
+  _one_line_exit_2(
+    _train_py("--config", "missing.py", "--workdir", workdir), "missing.py: no such config file"
+  )
   # From another directory without --config: configs/default.py is found (and checked).
-  _one_line_exit_2(_train_py("--workdir", workdir, "--config.train.steps=0", cwd=str(tmp_path)),
-                   "train.steps must be >= 1")
+  _one_line_exit_2(
+    _train_py("--workdir", workdir, "--config.train.steps=0", cwd=str(tmp_path)),
+    "train.steps must be >= 1",
+  )
   nomodel = tmp_path / "nomodel.py"
-  nomodel.write_text("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'seed': 0})\n")
+  nomodel.write_text(
+    "import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'seed': 0})\n"
+  )
   _one_line_exit_2(_train_py("--config", str(nomodel), "--workdir", workdir), "no 'model'")
   _one_line_exit_2(_train_py("--workdir", workdir, "--config.foo=1"), "unknown config field 'foo'")
-  _one_line_exit_2(_train_py("--workdir", workdir, "--config.opt.lrr=1"),
-                   "unknown config field 'opt.lrr'; close matches: opt.lr")
+  _one_line_exit_2(
+    _train_py("--workdir", workdir, "--config.opt.lrr=1"),
+    "unknown config field 'opt.lrr'; close matches: opt.lr",
+  )
   assert not os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
 
 
@@ -413,7 +497,9 @@ def test_a_killed_export_leaves_no_temporary_for_good(gen, tmp_path):
   stale = tmp_path / ".gen.tmp-0badf00d"
   shutil.copytree(gen, stale)  # what a SIGKILL between the write and the swap leaves
   (tmp_path / ".other.tmp-12345678").mkdir()  # another target's: not ours to remove
-  checkpoint.save_generator(str(tmp_path / "gen"), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
+  checkpoint.save_generator(
+    str(tmp_path / "gen"), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL
+  )
   assert sorted(os.listdir(tmp_path)) == [".other.tmp-12345678", "gen"]
 
 
@@ -429,9 +515,14 @@ _FUZZ_EXAMPLES = int(os.environ.get("SK_JAX_FUZZ_EXAMPLES", "60"))
 def _seed_files() -> dict:
   rgb = skdata.astronaut()[::16, ::16]  # 32 x 32
   out = {}
-  for fmt, img in (("PNG", Image.fromarray(rgb)), ("JPEG", Image.fromarray(rgb)),
-                   ("GIF", Image.fromarray(rgb).convert("P")), ("PNG", Image.fromarray(rgb).convert("LA"))):
+  for fmt, img in (
+    ("PNG", Image.fromarray(rgb)),
+    ("JPEG", Image.fromarray(rgb)),
+    ("GIF", Image.fromarray(rgb).convert("P")),
+    ("PNG", Image.fromarray(rgb).convert("LA")),
+  ):
     import io
+
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     out[f"{fmt}-{img.mode}"] = buf.getvalue()
@@ -460,12 +551,16 @@ def _mutated(draw):
     elif kind == "insert":
       raw[pos:pos] = draw(st.binary(min_size=1, max_size=16))
     else:
-      del raw[pos:pos + draw(st.integers(1, 16))]
+      del raw[pos : pos + draw(st.integers(1, 16))]
   return name, bytes(raw)
 
 
-@settings(max_examples=_FUZZ_EXAMPLES, deadline=None, derandomize="SK_JAX_FUZZ_EXAMPLES" not in os.environ,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+  max_examples=_FUZZ_EXAMPLES,
+  deadline=None,
+  derandomize="SK_JAX_FUZZ_EXAMPLES" not in os.environ,
+  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(case=_mutated())
 def test_mutated_image_files_decode_or_are_one_line_errors(case, tmp_path):
   name, raw = case

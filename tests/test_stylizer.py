@@ -7,10 +7,12 @@ from sk_jax.stylizer import Stylizer
 
 
 def _images(photo, texture):
-  return photo[::16, ::16], texture[100:140, 60:108]   # 32 x 32 content, 40 x 48 style
+  return photo[::16, ::16], texture[100:140, 60:108]  # 32 x 32 content, 40 x 48 style
 
 
-def test_encoded_style_reused_equals_images_in_image_out(tiny_generator, vgg_params, photo, texture):
+def test_encoded_style_reused_equals_images_in_image_out(
+  tiny_generator, vgg_params, photo, texture
+):
   st = Stylizer(*tiny_generator, vgg_params)
   content, style = _images(photo, texture)
   z_s = st.encode_style(style)
@@ -20,8 +22,12 @@ def test_encoded_style_reused_equals_images_in_image_out(tiny_generator, vgg_par
   # The same encoded style serves a batch of other contents.
   batch = np.stack([content, content[::-1]])
   outs, _ = st.apply(batch, z_s)
-  np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(st(content[::-1], style)[0]), atol=1e-6)
-  np.testing.assert_array_equal(st.stylize(content, style, size=None), np.asarray(st(content, style)[0]))
+  np.testing.assert_allclose(
+    np.asarray(outs[1]), np.asarray(st(content[::-1], style)[0]), atol=1e-6
+  )
+  np.testing.assert_array_equal(
+    st.stylize(content, style, size=None), np.asarray(st(content, style)[0])
+  )
 
 
 def test_no_hidden_host_to_device_copies(tiny_generator, vgg_params, photo, texture):

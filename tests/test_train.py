@@ -46,8 +46,10 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 def _batches(n, batch=8, crop=48, seed=0):
   rng = np.random.default_rng(seed)
-  return [{k: rng.integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8) for k in ("content", "style")}
-          for _ in range(n)]
+  return [
+    {k: rng.integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8) for k in ("content", "style")}
+    for _ in range(n)
+  ]
 
 
 def _restore_latest(workdir, cfg):
@@ -113,12 +115,17 @@ def test_eight_devices_match_one_device(vgg_params):
   for step, (a, b) in enumerate(zip(m1, m8)):
     for k in a:
       if k.startswith("loss/"):
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-5 if step == 0 else 5e-4, err_msg=f"step {step} {k}")
+        np.testing.assert_allclose(
+          b[k], a[k], rtol=1e-5 if step == 0 else 5e-4, err_msg=f"step {step} {k}"
+        )
   np.testing.assert_allclose(m8[0]["grad_norm/g"], m1[0]["grad_norm/g"], rtol=1e-3)
   np.testing.assert_allclose(m8[0]["grad_norm/d"], m1[0]["grad_norm/d"], rtol=1e-3)
   params = lambda s: {"g": s.g.params, "d": s.d.params}
-  for (path, p1), p8, p0 in zip(jax.tree_util.tree_leaves_with_path(params(one_1)), jax.tree.leaves(params(one_8)),
-                                jax.tree.leaves(params(init))):
+  for (path, p1), p8, p0 in zip(
+    jax.tree_util.tree_leaves_with_path(params(one_1)),
+    jax.tree.leaves(params(one_8)),
+    jax.tree.leaves(params(init)),
+  ):
     update = np.linalg.norm(np.float64(p1) - p0)
     assert update > 0, jax.tree_util.keystr(path)
     assert np.linalg.norm(np.float64(p8) - p1) <= 0.03 * update, jax.tree_util.keystr(path)
@@ -126,11 +133,16 @@ def test_eight_devices_match_one_device(vgg_params):
 
 def test_indivisible_batch_fails_before_compiling():
   cfg = tiny_config(mesh__data=8, data__batch_size=6)
-  with pytest.raises(InputError, match="batch_size=6 does not divide by the 8 data-parallel devices"):
+  with pytest.raises(
+    InputError, match="batch_size=6 does not divide by the 8 data-parallel devices"
+  ):
     train_lib.make_setup(cfg, sharding.make_mesh(cfg.mesh))
   with pytest.raises(InputError, match="mesh.model=3"):
     sharding.make_mesh(tiny_config(mesh__data=-1, mesh__model=3).mesh)
-  assert dict(sharding.make_mesh(tiny_config(mesh__data=-1, mesh__model=2).mesh).shape) == {"data": 4, "model": 2}
+  assert dict(sharding.make_mesh(tiny_config(mesh__data=-1, mesh__model=2).mesh).shape) == {
+    "data": 4,
+    "model": 2,
+  }
 
 
 def test_model_axis_shards_parameters():
@@ -152,8 +164,12 @@ def test_resume_gives_the_same_state_as_a_straight_run(tmp_path, trained):
   straight = str(tmp_path / "straight")
   # Also: keep the last checkpoint plus the best by a metric ("max" of the falling total
   # loss, so that the best is an older checkpoint than the last).
-  train_lib.train(tiny_config(train__steps=4, ckpt__keep=1, ckpt__best_metric="loss/total",
-                              ckpt__best_mode="max"), straight)
+  train_lib.train(
+    tiny_config(
+      train__steps=4, ckpt__keep=1, ckpt__best_metric="loss/total", ckpt__best_mode="max"
+    ),
+    straight,
+  )
   step_a, a = _restore_latest(resumed, cfg4)
   step_b, b = _restore_latest(straight, cfg4)
   assert step_a == step_b == 4
@@ -167,7 +183,10 @@ def test_resume_gives_the_same_state_as_a_straight_run(tmp_path, trained):
   assert mngr.all_steps() == sorted({best, 4})
   mngr.close()
   # The run wrote its sample grids, TensorBoard events and the exported generator.
-  assert sorted(os.listdir(os.path.join(straight, "samples"))) == ["step_0000002.png", "step_0000004.png"]
+  assert sorted(os.listdir(os.path.join(straight, "samples"))) == [
+    "step_0000002.png",
+    "step_0000004.png",
+  ]
   assert os.listdir(os.path.join(straight, "tensorboard"))
   params, _ = checkpoint.load_generator(os.path.join(straight, train_lib.EXPORT_DIR))
   _assert_trees_equal(params, b.g.params)
@@ -196,8 +215,12 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
       checkpoint.save = save_then_die
       train.train(ml_collections.ConfigDict(json.load(open(sys.argv[1]))), sys.argv[2])
   """)
-  proc = subprocess.run([sys.executable, "-c", script, str(cfg_path), workdir], capture_output=True,
-                        text=True, timeout=240)
+  proc = subprocess.run(
+    [sys.executable, "-c", script, str(cfg_path), workdir],
+    capture_output=True,
+    text=True,
+    timeout=240,
+  )
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   ckpt_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
   assert any(name.startswith("4.orbax-checkpoint-tmp") for name in os.listdir(ckpt_dir))
@@ -232,7 +255,9 @@ def test_nonfinite_updates_are_skipped(vgg_params):
   good_d = jax.device_get(state.d.params)
   before = jax.device_get(state.g)
   # A NaN discriminator makes the adversarial loss, and so every G gradient, NaN.
-  poisoned = jax.tree.map(lambda x: jax.device_put(jnp.full_like(x, jnp.nan), x.sharding), state.d.params)
+  poisoned = jax.tree.map(
+    lambda x: jax.device_put(jnp.full_like(x, jnp.nan), x.sharding), state.d.params
+  )
   state = state.replace(d=state.d.replace(params=poisoned))
   for step in (1, 2):  # step 2 is a D step: its NaN update is skipped too
     state, m = setup.step_fn(state, vgg_dev, batch)
@@ -240,10 +265,15 @@ def test_nonfinite_updates_are_skipped(vgg_params):
     assert not np.isfinite(float(m["loss/total"]))
   _assert_trees_equal(jax.device_get(state.g), before)  # params, Adam moments and g.step untouched
   assert int(state.d.step) == 0 and int(state.step) == 2
-  state = state.replace(d=state.d.replace(params=jax.tree.map(
-      lambda x, y: jax.device_put(y, x.sharding), state.d.params, good_d)))
+  state = state.replace(
+    d=state.d.replace(
+      params=jax.tree.map(lambda x, y: jax.device_put(y, x.sharding), state.d.params, good_d)
+    )
+  )
   state, m = setup.step_fn(state, vgg_dev, batch)
-  assert int(m["nonfinite/streak"]) == 0 and int(m["nonfinite/total"]) == 2 and int(state.g.step) == 1
+  assert (
+    int(m["nonfinite/streak"]) == 0 and int(m["nonfinite/total"]) == 2 and int(state.g.step) == 1
+  )
 
 
 def test_run_stops_after_too_many_nonfinite_updates(tmp_path, trained, monkeypatch):
@@ -253,12 +283,16 @@ def test_run_stops_after_too_many_nonfinite_updates(tmp_path, trained, monkeypat
 
   def poisoned_restore(*args, **kwargs):
     state = original(*args, **kwargs)
-    nan = jax.tree.map(lambda x: jax.device_put(jnp.full_like(x, jnp.nan), x.sharding), state.d.params)
+    nan = jax.tree.map(
+      lambda x: jax.device_put(jnp.full_like(x, jnp.nan), x.sharding), state.d.params
+    )
     return state.replace(d=state.d.replace(params=nan))
 
   monkeypatch.setattr(checkpoint, "restore", poisoned_restore)
   cfg = tiny_config(train__steps=10, opt__max_nonfinite=2)
-  with pytest.raises(NonFiniteError, match=r"2 non-finite updates in a row .* last good checkpoint: .*/2"):
+  with pytest.raises(
+    NonFiniteError, match=r"2 non-finite updates in a row .* last good checkpoint: .*/2"
+  ):
     train_lib.train(cfg, workdir)
   mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
   assert mngr.all_steps() == [1, 2]
@@ -276,22 +310,35 @@ def test_export_subcommand_writes_a_stylize_checkpoint(tmp_path, trained):
   assert model == ModelConfig.from_dict(cfg.model)
   _, state = _restore_latest(workdir, cfg)
   _assert_trees_equal(params, state.g.params)
-  assert cli.main(["export", "--workdir", workdir, "--output", out, "--step", "7", "--overwrite"]) == 2
+  assert (
+    cli.main(["export", "--workdir", workdir, "--output", out, "--step", "7", "--overwrite"]) == 2
+  )
 
 
 def _run_train_py(*args, timeout=120):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "train.py"), *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=ROOT,
+  )
 
 
 def test_train_py_bad_input_is_one_line_and_exit_2(tmp_path):
   quick = os.path.join(ROOT, "configs", "quick.py")
   typo = _run_train_py("--config", quick, "--workdir", str(tmp_path), "--config.opt.lrr=1")
-  missing = _run_train_py("--config", quick, "--workdir", str(tmp_path), f"--config.data.content={tmp_path}/nope")
+  missing = _run_train_py(
+    "--config", quick, "--workdir", str(tmp_path), f"--config.data.content={tmp_path}/nope"
+  )
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(:\n")
   syntax = _run_train_py("--config", str(broken), "--workdir", str(tmp_path))
-  for proc, needle in ((typo, "lrr"), (missing, f"{tmp_path}/nope: no such image folder"), (syntax, "broken.py")):
+  for proc, needle in (
+    (typo, "lrr"),
+    (missing, f"{tmp_path}/nope: no such image folder"),
+    (syntax, "broken.py"),
+  ):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -308,8 +355,9 @@ def _free_port():
 def test_two_processes_train_together(tmp_path):
   """Two processes with one CPU device each form a 2-device mesh (gloo collectives)."""
   workdir = str(tmp_path / "run")
-  cfg = tiny_config(mesh__data=-1, mesh__distributed=True, data__batch_size=2, train__steps=2,
-                    log__image_every=0)
+  cfg = tiny_config(
+    mesh__data=-1, mesh__distributed=True, data__batch_size=2, train__steps=2, log__image_every=0
+  )
   cfg.mesh.coordinator_address = f"127.0.0.1:{_free_port()}"
   cfg.mesh.num_processes = 2
   script = textwrap.dedent("""
@@ -323,8 +371,16 @@ def test_two_processes_train_together(tmp_path):
       print("RESULT", jax.process_index(), jax.device_count(), json.dumps(metrics))
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [subprocess.Popen([sys.executable, "-c", script, cfg.to_json(), str(i), workdir], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", script, cfg.to_json(), str(i), workdir],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = []
   try:
     for p in procs:
@@ -343,4 +399,7 @@ def test_two_processes_train_together(tmp_path):
   assert np.isfinite(results[0][1]["loss/total"])
   step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2")
   assert sorted(os.listdir(os.path.join(step_dir, "content_iter"))) == [
-      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+    "commit_success.txt",
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]

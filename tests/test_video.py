@@ -20,7 +20,7 @@ def test_pan_zoom_is_smooth_seeded_and_moves(photo):
   assert not np.array_equal(clip, video.pan_zoom_clip(photo[::8, ::8], num_frames=6, seed=4))
   f = clip.astype(np.float64)
   steps = [np.abs(f[t + 1] - f[t]).mean() for t in range(5)]
-  assert 0 < max(steps) < np.abs(f[-1] - f[0]).mean()   # consecutive frames are closer than the ends
+  assert 0 < max(steps) < np.abs(f[-1] - f[0]).mean()  # consecutive frames are closer than the ends
   with pytest.raises(InputError, match="at least 2 frames"):
     video.pan_zoom_clip(photo, num_frames=1)
 
@@ -40,7 +40,9 @@ def test_frames_directory_natural_order_and_gif_round_trip(tmp_path, photo):
   assert np.abs(back.astype(float) - clip[:4]).mean() < 8  # GIF palette quantisation only
 
 
-def test_stylize_frames_encodes_the_style_once(tiny_generator, vgg_params, photo, texture, monkeypatch):
+def test_stylize_frames_encodes_the_style_once(
+  tiny_generator, vgg_params, photo, texture, monkeypatch
+):
   params, config = tiny_generator
   frames = video.pan_zoom_clip(photo[::16, ::16], num_frames=3, seed=0)
   style = texture[::12, ::12]
@@ -49,10 +51,13 @@ def test_stylize_frames_encodes_the_style_once(tiny_generator, vgg_params, photo
   encode = stylizer.encode_style
   monkeypatch.setattr(stylizer, "encode_style", lambda *a: calls.append(1) or encode(*a))
   out, kept = video.stylize_frames(frames, style, stylizer)
-  assert len(calls) == 1 and out.shape == frames.shape and out.dtype == np.uint8 and kept.shape == (3,)
+  assert (
+    len(calls) == 1 and out.shape == frames.shape and out.dtype == np.uint8 and kept.shape == (3,)
+  )
   # The per-frame path equals the image API's (which encodes the style with every call).
-  want, aux = jax.jit(stylize_images, static_argnums=2)(params, vgg_params, config,
-                                                        frames[1:2].astype(np.float32) / 255.0, style[None])
+  want, aux = jax.jit(stylize_images, static_argnums=2)(
+    params, vgg_params, config, frames[1:2].astype(np.float32) / 255.0, style[None]
+  )
   np.testing.assert_array_equal(out[1], images.to_uint8(want[0]))
   np.testing.assert_allclose(kept[1], float(aux["kept_fraction"][0]), rtol=1e-6)
 
@@ -60,24 +65,41 @@ def test_stylize_frames_encodes_the_style_once(tiny_generator, vgg_params, photo
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory, photo, texture):
   root = tmp_path_factory.mktemp("clip")
-  video.write_frames(video.pan_zoom_clip(photo[::16, ::16], num_frames=3, seed=1), str(root / "in.gif"))
+  video.write_frames(
+    video.pan_zoom_clip(photo[::16, ::16], num_frames=3, seed=1), str(root / "in.gif")
+  )
   images.save_image(texture[::12, ::12], str(root / "style.png"))
   return root
 
 
 def test_stylize_video_cli_to_gif_and_directory(tiny_checkpoint, clip_files, tmp_path, capsys):
-  argv = ["stylize-video", "--input", clip_files / "in.gif", "--style", clip_files / "style.png",
-          "--checkpoint", tiny_checkpoint, "--size", 32]
+  argv = [
+    "stylize-video",
+    "--input",
+    clip_files / "in.gif",
+    "--style",
+    clip_files / "style.png",
+    "--checkpoint",
+    tiny_checkpoint,
+    "--size",
+    32,
+  ]
   assert cli.main([str(a) for a in argv + ["--output", tmp_path / "out.gif"]]) == 0
   frames, _ = video.read_frames(str(tmp_path / "out.gif"))
   assert frames.shape == (3, 32, 32, 3)
   assert cli.main([str(a) for a in argv + ["--output", tmp_path / "frames", "--fps", 4]]) == 0
-  assert sorted(os.listdir(tmp_path / "frames")) == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
+  assert sorted(os.listdir(tmp_path / "frames")) == [
+    "frame_00000.png",
+    "frame_00001.png",
+    "frame_00002.png",
+  ]
   pngs = video.read_frames(str(tmp_path / "frames"))[0]
   assert np.abs(pngs.astype(float) - frames).mean() < 8  # the same frames; the GIF has a palette
 
 
-@pytest.mark.parametrize("case, message", [
+@pytest.mark.parametrize(
+  "case, message",
+  [
     ("missing_input", "no such file or directory"),
     ("still_image", "a single still image, not a video"),
     ("corrupt_gif", "not a video or image file"),
@@ -86,9 +108,11 @@ def test_stylize_video_cli_to_gif_and_directory(tiny_checkpoint, clip_files, tmp
     ("bad_smooth", "--smooth must be in [0, 1)"),
     ("alpha_list", "stylize-video takes one value"),
     ("bad_checkpoint", "no such generator checkpoint directory"),
-])
-def test_stylize_video_bad_inputs_exit_2_and_write_nothing(case, message, tiny_checkpoint, clip_files,
-                                                           tmp_path, capsys, request):
+  ],
+)
+def test_stylize_video_bad_inputs_exit_2_and_write_nothing(
+  case, message, tiny_checkpoint, clip_files, tmp_path, capsys, request
+):
   inp, out, ck = clip_files / "in.gif", tmp_path / "out" / "x.gif", tiny_checkpoint
   if case == "missing_input":
     inp = tmp_path / "nope.gif"
@@ -101,7 +125,17 @@ def test_stylize_video_bad_inputs_exit_2_and_write_nothing(case, message, tiny_c
     out = tmp_path / "out" / "x.xyz"
   elif case == "bad_checkpoint":
     ck = tmp_path / "missing_ckpt"
-  argv = ["stylize-video", "--input", inp, "--style", clip_files / "style.png", "--output", out, "--size", 32]
+  argv = [
+    "stylize-video",
+    "--input",
+    inp,
+    "--style",
+    clip_files / "style.png",
+    "--output",
+    out,
+    "--size",
+    32,
+  ]
   if case == "damaged_bundled_generator":  # no --checkpoint: the bundled generator
     request.getfixturevalue("damaged_bundle")
   else:
@@ -146,7 +180,23 @@ def test_stylize_video_mp4_with_the_bundled_generator(clip_files, tmp_path, caps
   inp = str(tmp_path / "in.mp4")
   video.write_frames(video.read_frames(str(clip_files / "in.gif"))[0], inp, fps=9)
   out = tmp_path / "out.mp4"
-  assert cli.main(["stylize-video", "--input", inp, "--style", str(clip_files / "style.png"),
-                   "--output", str(out), "--size", "32", "--smooth", "0.5"]) == 0
+  assert (
+    cli.main(
+      [
+        "stylize-video",
+        "--input",
+        inp,
+        "--style",
+        str(clip_files / "style.png"),
+        "--output",
+        str(out),
+        "--size",
+        "32",
+        "--smooth",
+        "0.5",
+      ]
+    )
+    == 0
+  )
   frames, fps = video.read_frames(str(out))
   assert fps == pytest.approx(9) and frames.shape == (3, 32, 32, 3)

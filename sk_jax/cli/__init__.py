@@ -67,4 +67,3 @@ def main(argv=None, prog: str | None = None) -> int:
 def run() -> None:
   """Console-script entry point."""
   sys.exit(main())
-

@@ -18,21 +18,31 @@ def run_port_vgg16(args) -> None:
   params = port.vgg16_from_torch(args.input)
   rows = None
   if args.verify:
-    rows = port.compare_encoders(port.torch_vgg_state_dict(args.input), params,
-                                port.default_image(args.verify_size))
-    print(f"verify: JAX vs PyTorch VGG-16 on the astronaut at {args.verify_size}px, float32, "
-          f"matmul precision 'highest'; tolerance: relative error <= {port.VERIFY_TOLERANCE:g}")
+    rows = port.compare_encoders(
+      port.torch_vgg_state_dict(args.input), params, port.default_image(args.verify_size)
+    )
+    print(
+      f"verify: JAX vs PyTorch VGG-16 on the astronaut at {args.verify_size}px, float32, "
+      f"matmul precision 'highest'; tolerance: relative error <= {port.VERIFY_TOLERANCE:g}"
+    )
     print(f"{'tap':<9}{'shape':<22}{'max abs err':>13}{'max rel err':>13}  ok")
     for r in rows:
       ok = r["max_rel"] <= port.VERIFY_TOLERANCE
-      print(f"{r['tap']:<9}{str(r['shape']):<22}{r['max_abs']:>13.3e}{r['max_rel']:>13.3e}  "
-            f"{'pass' if ok else 'FAIL'}")
+      print(
+        f"{r['tap']:<9}{str(r['shape']):<22}{r['max_abs']:>13.3e}{r['max_rel']:>13.3e}  "
+        f"{'pass' if ok else 'FAIL'}"
+      )
     bad = [r["tap"] for r in rows if not r["max_rel"] <= port.VERIFY_TOLERANCE]
     if bad:  # nothing is written for weights that do not reproduce PyTorch
-      raise InputError(f"{args.input}: --verify failed at {', '.join(bad)} (relative error above "
-                       f"{port.VERIFY_TOLERANCE:g}); nothing written")
-  print(checkpoint.save_vgg16_dir(args.output_dir, params, source=os.path.abspath(args.input),
-                                  overwrite=args.overwrite))
+      raise InputError(
+        f"{args.input}: --verify failed at {', '.join(bad)} (relative error above "
+        f"{port.VERIFY_TOLERANCE:g}); nothing written"
+      )
+  print(
+    checkpoint.save_vgg16_dir(
+      args.output_dir, params, source=os.path.abspath(args.input), overwrite=args.overwrite
+    )
+  )
 
 
 def run_export_torch(args) -> None:
@@ -49,8 +59,11 @@ def run_import_torch(args) -> None:
     checkpoint.check_target(args.vgg_output, args.overwrite)
   params, config, vgg_params = port.read_export(args.input)
   if args.vgg_output:
-    print(checkpoint.save_vgg16_dir(args.vgg_output, vgg_params, source=os.path.abspath(args.input),
-                                    overwrite=args.overwrite))
+    print(
+      checkpoint.save_vgg16_dir(
+        args.vgg_output, vgg_params, source=os.path.abspath(args.input), overwrite=args.overwrite
+      )
+    )
   print(checkpoint.save_generator(args.output_dir, params, config, overwrite=args.overwrite))
 
 
@@ -71,11 +84,15 @@ def run_parity(args) -> None:
     style = images.load_image(args.style)
   content, style = parity.prepare_image(content, args.size), parity.prepare_image(style, args.size)
   rows = parity.compare(params, vgg_params, config, content, style, args.alpha)
-  print(f"sk-jax parity: JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch reference "
-        f"(sk_jax.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
-        f"style {style.shape[1]}x{style.shape[0]}, float32 matmul precision 'highest'")
-  print("max rel err = max |jax - torch| / max |torch|.  gate mask row: abs = fraction of decisions "
-        "flipped, rel = largest gap |A-T|/max(T,1/Ns) of a flip, which must be below the band")
+  print(
+    f"sk-jax parity: JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch reference "
+    f"(sk_jax.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
+    f"style {style.shape[1]}x{style.shape[0]}, float32 matmul precision 'highest'"
+  )
+  print(
+    "max rel err = max |jax - torch| / max |torch|.  gate mask row: abs = fraction of decisions "
+    "flipped, rel = largest gap |A-T|/max(T,1/Ns) of a flip, which must be below the band"
+  )
   print(parity.format_table(rows))
   bad = [r.name for r in rows if not r.ok]
   if bad:
@@ -91,19 +108,27 @@ def run_export_model(args) -> None:
   if args.dtype not in ("float32", "bfloat16"):
     raise InputError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
   if args.dtype != "float32" and fmt != "orbax":
-    raise InputError("--dtype bfloat16 applies to --format orbax (a smaller checkpoint); "
-                     "the StableHLO and ONNX stylizers embed float32 weights")
+    raise InputError(
+      "--dtype bfloat16 applies to --format orbax (a smaller checkpoint); "
+      "the StableHLO and ONNX stylizers embed float32 weights"
+    )
   if fmt == "onnx" and not deploy.onnx_available():
     raise InputError(deploy.ONNX_EXTRA_HINT)
   deploy.check_output(args.output, fmt)
   params, config = bundled.resolve(args.checkpoint)
 
   if fmt == "orbax":
-    print(checkpoint.save_generator(args.output, params, config, dtype=args.dtype, overwrite=args.overwrite))
+    print(
+      checkpoint.save_generator(
+        args.output, params, config, dtype=args.dtype, overwrite=args.overwrite
+      )
+    )
     return
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
   if fmt == "stablehlo":
-    path = deploy.save_stablehlo(args.output, deploy.export_stablehlo(params, vgg_params, config, platforms))
+    path = deploy.save_stablehlo(
+      args.output, deploy.export_stablehlo(params, vgg_params, config, platforms)
+    )
   else:
     path = deploy.save_onnx(args.output, deploy.export_onnx(params, vgg_params, config))
   print(path)
@@ -111,39 +136,55 @@ def run_export_model(args) -> None:
 
 def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
-      "port-vgg16", help="convert a PyTorch VGG-16 checkpoint into encoder weights for --vgg",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-      description="Reads torchvision's VGG-16 (e.g. vgg16-397923af.pth), a state dict nested under "
-                  "'state_dict'/'model', 'module.'-prefixed keys, a bare nn.Sequential, or .safetensors, "
-                  "and writes an Orbax directory that --vgg and model.vgg_weights accept.")
+    "port-vgg16",
+    help="convert a PyTorch VGG-16 checkpoint into encoder weights for --vgg",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    description="Reads torchvision's VGG-16 (e.g. vgg16-397923af.pth), a state dict nested under "
+    "'state_dict'/'model', 'module.'-prefixed keys, a bare nn.Sequential, or .safetensors, "
+    "and writes an Orbax directory that --vgg and model.vgg_weights accept.",
+  )
   p.add_argument("input", help="PyTorch checkpoint: .pth/.pt/.bin or .safetensors")
   p.add_argument("output_dir", help="directory to write: new or empty (or ours, with --overwrite)")
   p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
-  p.add_argument("--verify", action="store_true",
-                 help="run the PyTorch and JAX encoders on one image and fail above the tolerance")
+  p.add_argument(
+    "--verify",
+    action="store_true",
+    help="run the PyTorch and JAX encoders on one image and fail above the tolerance",
+  )
   p.add_argument("--verify-size", type=int, default=128, help="image size for --verify")
   p.set_defaults(func=run_port_vgg16)
 
-  p = subparsers.add_parser("export-torch", help="write a generator checkpoint as a PyTorch file "
-                            "for sk_jax.torch_ref", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory, or \"bundled\"")
+  p = subparsers.add_parser(
+    "export-torch",
+    help="write a generator checkpoint as a PyTorch file for sk_jax.torch_ref",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument("--output", required=True, help="file to write: .pth or .safetensors")
   p.add_argument("--vgg", help="encoder weights to include (default: the checkpoint's)")
   p.set_defaults(func=run_export_torch)
 
-  p = subparsers.add_parser("import-torch", help="read an export-torch file (e.g. after training in "
-                            "PyTorch) back into a generator checkpoint")
+  p = subparsers.add_parser(
+    "import-torch",
+    help="read an export-torch file (e.g. after training in "
+    "PyTorch) back into a generator checkpoint",
+  )
   p.add_argument("input", help="a .pth or .safetensors file written by export-torch")
   p.add_argument("output_dir", help="generator checkpoint directory to write")
   p.add_argument("--vgg-output", help="also write its encoder weights to this directory")
   p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
   p.set_defaults(func=run_import_torch)
 
-  p = subparsers.add_parser("parity", help="compare JAX with the PyTorch reference, module by module",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory, or \"bundled\"")
+  p = subparsers.add_parser(
+    "parity",
+    help="compare JAX with the PyTorch reference, module by module",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument("--size", type=int, default=128, help="short side of both images")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
+  p.add_argument(
+    "--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)"
+  )
   p.add_argument("--content", help="content image (default: scikit-image's astronaut)")
   p.add_argument("--style", help="style image (default: scikit-image's coffee)")
   p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off")
@@ -151,20 +192,30 @@ def add_commands(subparsers) -> None:
   p.set_defaults(func=run_parity)
 
   p = subparsers.add_parser(
-      "export-model", help="write the stylizer as StableHLO or ONNX, or rewrite a generator checkpoint",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-      description="Serializes the whole stylizer (encoder, generator, decoder; weights embedded, "
-                  "alpha 1) as (content, style) -> stylized, float32 NHWC in [0, 1], sizes multiples "
-                  "of 8 (see docs/interop.md). --format orbax rewrites the generator checkpoint "
-                  "itself, optionally in bfloat16.")
-  p.add_argument("--checkpoint", required=True, help="generator checkpoint directory, or \"bundled\"")
+    "export-model",
+    help="write the stylizer as StableHLO or ONNX, or rewrite a generator checkpoint",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    description="Serializes the whole stylizer (encoder, generator, decoder; weights embedded, "
+    "alpha 1) as (content, style) -> stylized, float32 NHWC in [0, 1], sizes multiples "
+    "of 8 (see docs/interop.md). --format orbax rewrites the generator checkpoint "
+    "itself, optionally in bfloat16.",
+  )
+  p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument("--format", required=True, help=f"one of {', '.join(deploy.FORMATS)}")
   p.add_argument("--output", required=True, help="file to write (a directory for --format orbax)")
-  p.add_argument("--platforms", default="cpu",
-                 help=f"StableHLO: comma-separated, among {', '.join(deploy.PLATFORMS)}")
+  p.add_argument(
+    "--platforms",
+    default="cpu",
+    help=f"StableHLO: comma-separated, among {', '.join(deploy.PLATFORMS)}",
+  )
   p.add_argument("--dtype", default="float32", help="orbax: parameter dtype, float32 or bfloat16")
-  p.add_argument("--vgg", help="VGG-16 weights to embed (an Orbax dir from port-vgg16); "
-                               "default: the checkpoint's")
-  p.add_argument("--overwrite", action="store_true",
-                 help="orbax: replace an existing sk-jax checkpoint at --output")
+  p.add_argument(
+    "--vgg",
+    help="VGG-16 weights to embed (an Orbax dir from port-vgg16); default: the checkpoint's",
+  )
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="orbax: replace an existing sk-jax checkpoint at --output",
+  )
   p.set_defaults(func=run_export_model)

@@ -17,7 +17,9 @@ from sk_jax.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
 
 
 def output_name(content_path: str, style_path: str | tuple[str, ...]) -> str:
-  stem = lambda p: os.path.splitext(os.path.basename(p.split(":", 1)[-1] if images.is_packaged(p) else p))[0]
+  stem = lambda p: os.path.splitext(
+    os.path.basename(p.split(":", 1)[-1] if images.is_packaged(p) else p)
+  )[0]
   styles = (style_path,) if isinstance(style_path, str) else style_path
   return f"{stem(content_path)}_stylized_{'+'.join(stem(s) for s in styles)}.png"
 
@@ -28,7 +30,9 @@ def _plan_outputs(contents, styles, output: str, single: bool) -> list[tuple[str
   if single and os.path.splitext(output)[1] and not os.path.isdir(output):
     return [(contents[0], styles[0], output)]
   if os.path.exists(output) and not os.path.isdir(output):
-    raise InputError(f"{output}: exists and is not a directory (several outputs go into a directory)")
+    raise InputError(
+      f"{output}: exists and is not a directory (several outputs go into a directory)"
+    )
   return [(c, s, os.path.join(output, output_name(c, s))) for c in contents for s in styles]
 
 
@@ -52,17 +56,28 @@ def run_stylize(args) -> None:
   alphas = _check_generator_args(args)
   images.check_size_args(args.size, args.max_pixels)
   contents, styles = images.list_images(args.content), _style_list(args.style)
-  weights = None if args.style_weights is None else controls.parse_floats(args.style_weights, "--style-weights")
+  weights = (
+    None
+    if args.style_weights is None
+    else controls.parse_floats(args.style_weights, "--style-weights")
+  )
   mixed = weights is not None or args.mask is not None
   if weights is not None and args.mask is not None:
-    raise InputError("--mask and --style-weights exclude each other (a mask gives each region one style)")
+    raise InputError(
+      "--mask and --style-weights exclude each other (a mask gives each region one style)"
+    )
   if weights is not None:
     controls.style_weights(weights, len(styles))
   groups = [tuple(styles)] if mixed else [(s,) for s in styles]
-  single = (len(contents) == len(groups) == 1 and not os.path.isdir(args.content)
-            and (mixed or not os.path.isdir(args.style)))
+  single = (
+    len(contents) == len(groups) == 1
+    and not os.path.isdir(args.content)
+    and (mixed or not os.path.isdir(args.style))
+  )
   jobs = _plan_outputs(contents, groups, args.output, single)
-  images.check_outputs([out for _, _, out in jobs], contents + styles + ([args.mask] if args.mask else []))
+  images.check_outputs(
+    [out for _, _, out in jobs], contents + styles + ([args.mask] if args.mask else [])
+  )
   # Read and check every input before writing anything: a bad file stops the run with no output.
   style_size = args.size if args.style_size is None else args.style_size
   loaded = {p: images.prepare(p, args.size, args.max_pixels) for p in dict.fromkeys(contents)}
@@ -75,9 +90,15 @@ def run_stylize(args) -> None:
   stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
   alpha = alphas[0] if len(alphas) == 1 else alphas
   for c, group, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):
-    image = stylizer.stylize(loaded[c], [loaded_styles[s] for s in group] if mixed else loaded_styles[group[0]],
-                             size=None, alpha=alpha, style_weights=weights, mask=mask,
-                             preserve_color=args.preserve_color)
+    image = stylizer.stylize(
+      loaded[c],
+      [loaded_styles[s] for s in group] if mixed else loaded_styles[group[0]],
+      size=None,
+      alpha=alpha,
+      style_weights=weights,
+      mask=mask,
+      preserve_color=args.preserve_color,
+    )
     if image.ndim == 4:  # an alpha strip, left to right
       image = np.concatenate(list(image), axis=1)
     images.save_image(image, out)
@@ -98,9 +119,13 @@ def run_stylize_video(args) -> None:
     images.check_outputs([args.output], [args.input, args.style])
   # Everything is read and checked before anything is written.
   frames, fps = video.read_frames(args.input, args.size or None, args.max_frames)
-  style = images.prepare(args.style, (args.size if args.style_size is None else args.style_size) or None)
+  style = images.prepare(
+    args.style, (args.size if args.style_size is None else args.style_size) or None
+  )
   stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
-  out, _ = video.stylize_frames(frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth)
+  out, _ = video.stylize_frames(
+    frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth
+  )
   written = video.write_frames(out, args.output, args.fps or fps)
   print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
 
@@ -113,52 +138,108 @@ def run_init(args) -> None:
 
 
 def _add_attention_memory(p) -> None:
-  p.add_argument("--attention-memory", type=float, default=DEFAULT_ATTENTION_MB, metavar="MB",
-                 help="memory the attention may take; above it, it runs in chunks of content positions "
-                      "(same result, bounded memory: how 4K images fit)")
+  p.add_argument(
+    "--attention-memory",
+    type=float,
+    default=DEFAULT_ATTENTION_MB,
+    metavar="MB",
+    help="memory the attention may take; above it, it runs in chunks of content positions "
+    "(same result, bounded memory: how 4K images fit)",
+  )
 
 
 def add_commands(subparsers) -> None:
-  p = subparsers.add_parser("stylize", help="stylize images (with the bundled generator or a checkpoint)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--content", required=True, help="content image or directory (or skimage:NAME,...)")
+  p = subparsers.add_parser(
+    "stylize",
+    help="stylize images (with the bundled generator or a checkpoint)",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument(
+    "--content", required=True, help="content image or directory (or skimage:NAME,...)"
+  )
   p.add_argument("--style", required=True, help="style image or directory (or skimage:NAME,...)")
   p.add_argument("--output", required=True, help="output image, or directory for many pairs")
-  p.add_argument("--checkpoint", default=bundled.BUNDLED,
-                 help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})")
-  p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side to resize to; 0 keeps it")
-  p.add_argument("--style-size", type=int, help="the style's short side (default: --size); 0 keeps it")
-  p.add_argument("--alpha", default="1",
-                 help="content-style trade-off, 1 = full style; a comma list (0,0.5,1) writes a strip, left to right")
-  p.add_argument("--style-weights", help="mix the styles of --style (a,b or a dir) with these weights, e.g. 0.7,0.3")
-  p.add_argument("--mask", help="an image with one flat colour per style (darkest = first style): "
-                                "each region of the content takes its style")
-  p.add_argument("--preserve-color", action="store_true",
-                 help="keep the content's colours (luminance-only transfer in YIQ)")
-  p.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
-                 help="refuse input images with more pixels than this")
-  p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
+  p.add_argument(
+    "--checkpoint",
+    default=bundled.BUNDLED,
+    help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})",
+  )
+  p.add_argument(
+    "--size", type=int, default=DEFAULT_SIZE, help="short side to resize to; 0 keeps it"
+  )
+  p.add_argument(
+    "--style-size", type=int, help="the style's short side (default: --size); 0 keeps it"
+  )
+  p.add_argument(
+    "--alpha",
+    default="1",
+    help="content-style trade-off, 1 = full style; a comma list (0,0.5,1) writes a strip, left to right",
+  )
+  p.add_argument(
+    "--style-weights",
+    help="mix the styles of --style (a,b or a dir) with these weights, e.g. 0.7,0.3",
+  )
+  p.add_argument(
+    "--mask",
+    help="an image with one flat colour per style (darkest = first style): "
+    "each region of the content takes its style",
+  )
+  p.add_argument(
+    "--preserve-color",
+    action="store_true",
+    help="keep the content's colours (luminance-only transfer in YIQ)",
+  )
+  p.add_argument(
+    "--max-pixels",
+    type=int,
+    default=images.DEFAULT_MAX_PIXELS,
+    help="refuse input images with more pixels than this",
+  )
+  p.add_argument(
+    "--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's"
+  )
   _add_attention_memory(p)
   p.set_defaults(func=run_stylize)
 
-  p = subparsers.add_parser("stylize-video", help="stylize every frame of a clip with one style",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--input", required=True,
-                 help="a directory of frames (natural order) or a video: GIF/WebP/APNG, or "
-                      "MP4/MOV/... when PyAV or imageio-ffmpeg is installed")
+  p = subparsers.add_parser(
+    "stylize-video",
+    help="stylize every frame of a clip with one style",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument(
+    "--input",
+    required=True,
+    help="a directory of frames (natural order) or a video: GIF/WebP/APNG, or "
+    "MP4/MOV/... when PyAV or imageio-ffmpeg is installed",
+  )
   p.add_argument("--style", required=True, help="style image")
-  p.add_argument("--output", required=True, help="output directory (frame_00000.png, ...) or video file")
-  p.add_argument("--checkpoint", default=bundled.BUNDLED,
-                 help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})")
-  p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="short side of frames and style; 0 keeps it")
-  p.add_argument("--style-size", type=int, help="the style's short side (default: --size); 0 keeps it")
+  p.add_argument(
+    "--output", required=True, help="output directory (frame_00000.png, ...) or video file"
+  )
+  p.add_argument(
+    "--checkpoint",
+    default=bundled.BUNDLED,
+    help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})",
+  )
+  p.add_argument(
+    "--size", type=int, default=DEFAULT_SIZE, help="short side of frames and style; 0 keeps it"
+  )
+  p.add_argument(
+    "--style-size", type=int, help="the style's short side (default: --size); 0 keeps it"
+  )
   p.add_argument("--alpha", default="1", help="content-style trade-off, 1 = full style")
-  p.add_argument("--smooth", type=float, default=0.0,
-                 help="temporal smoothing in [0, 1): each frame's style kernels are averaged as "
-                      "smooth * previous + (1 - smooth) * its own; 0 is off")
+  p.add_argument(
+    "--smooth",
+    type=float,
+    default=0.0,
+    help="temporal smoothing in [0, 1): each frame's style kernels are averaged as "
+    "smooth * previous + (1 - smooth) * its own; 0 is off",
+  )
   p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 10)")
   p.add_argument("--max-frames", type=int, help="stylize only the first N frames")
-  p.add_argument("--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's")
+  p.add_argument(
+    "--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's"
+  )
   _add_attention_memory(p)
   p.set_defaults(func=run_stylize_video)
 

@@ -10,7 +10,9 @@ def run_export(args) -> None:
 
 
 def add_commands(subparsers) -> None:
-  p = subparsers.add_parser("export", help="write the generator of a training checkpoint for `sk-jax stylize`")
+  p = subparsers.add_parser(
+    "export", help="write the generator of a training checkpoint for `sk-jax stylize`"
+  )
   p.add_argument("--workdir", required=True, help="training workdir (holds checkpoints/)")
   p.add_argument("--output", required=True, help="generator checkpoint directory to write")
   p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")

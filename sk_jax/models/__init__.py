@@ -1,11 +1,11 @@
 """Flax modules of StyleKernel; one file per component family."""
 
 from sk_jax.models.generator import (
-    Generator,
-    ModelConfig,
-    encode,
-    init_params,
-    stylize_images,
+  Generator,
+  ModelConfig,
+  encode,
+  init_params,
+  stylize_images,
 )
 from sk_jax.models.vgg import vgg16_features
 

@@ -21,6 +21,7 @@ class GateNet(nn.Module):
   lambda_form "linear" is the raw output (as printed); "softplus" keeps lambda
   positive. beta is returned in units of the uniform attention weight 1/Ns.
   """
+
   hidden: int
   dtype: jnp.dtype = jnp.float32
   lambda_form: str = "linear"
@@ -32,9 +33,14 @@ class GateNet(nn.Module):
     # is the attention-weighted mean of A_r; the small weights still pass
     # gradient to conv1 from the first step.
     lam0 = _SOFTPLUS_ONE if self.lambda_form == "softplus" else 1.0
-    out = nn.Conv(2, (3, 3), dtype=self.dtype, name="conv2",
-                  kernel_init=nn.initializers.normal(1e-3),
-                  bias_init=lambda *_: jnp.array([lam0, 0.0], jnp.float32))(h)
+    out = nn.Conv(
+      2,
+      (3, 3),
+      dtype=self.dtype,
+      name="conv2",
+      kernel_init=nn.initializers.normal(1e-3),
+      bias_init=lambda *_: jnp.array([lam0, 0.0], jnp.float32),
+    )(h)
     out = out.astype(jnp.float32)
     # lax.index_in_dim rather than out[..., 0]: under symbolic shapes (jax.export, ONNX)
     # basic indexing becomes a gather, which converters handle poorly.
@@ -46,6 +52,7 @@ class GateNet(nn.Module):
 
 class StyleAlignment(nn.Module):
   """Z_c, Z_s -> Z_cs (Eqs. 1-5, or Fig. 3's full / topK aggregation); aux holds the attention statistics."""
+
   sharpness: float
   learn_sharpness: bool
   attention: str | bool  # "full", "topk", "cgm"; a bool is the old `gate` switch (True: "cgm")
@@ -55,13 +62,15 @@ class StyleAlignment(nn.Module):
   dtype: jnp.dtype = jnp.float32
   topk: int = 16
   gate_lambda: str = "linear"
-  precision: str = "highest"          # of the attention's einsums (ops.PRECISIONS)
-  query_chunk: int | None = None      # content positions per chunk (None: all at once)
+  precision: str = "highest"  # of the attention's einsums (ops.PRECISIONS)
+  query_chunk: int | None = None  # content positions per chunk (None: all at once)
 
   @nn.compact
   def __call__(self, z_c, z_s):
     if self.learn_sharpness:
-      log_alpha = self.param("log_sharpness", lambda *_: jnp.array(math.log(self.sharpness), jnp.float32))
+      log_alpha = self.param(
+        "log_sharpness", lambda *_: jnp.array(math.log(self.sharpness), jnp.float32)
+      )
       sharpness = jnp.exp(log_alpha)
     else:
       sharpness = self.sharpness
@@ -77,12 +86,24 @@ class StyleAlignment(nn.Module):
     else:
       lam = beta = beta_ns = jnp.zeros(z_c.shape[:3], jnp.float32)
     z_cs, aux = ops.aligned_style_features(
-        z_c, z_s, lam, beta, sharpness, attention=attention, topk=self.topk,
-        temperature=self.temperature, renormalize=self.renormalize, return_aux=True,
-        query_chunk=self.query_chunk, precision=self.precision)
+      z_c,
+      z_s,
+      lam,
+      beta,
+      sharpness,
+      attention=attention,
+      topk=self.topk,
+      temperature=self.temperature,
+      renormalize=self.renormalize,
+      return_aux=True,
+      query_chunk=self.query_chunk,
+      precision=self.precision,
+    )
     # Per-image gate statistics for the logs (docs/method.md, "Why the gate opens").
     b = z_c.shape[0]
-    aux.update(gate_lambda=jax.lax.stop_gradient(jnp.mean(lam.reshape(b, -1), axis=1)),
-               gate_beta_ns=jax.lax.stop_gradient(jnp.mean(beta_ns.reshape(b, -1), axis=1)),
-               gate_threshold_ns=jnp.mean(aux["threshold"], axis=1) * ns)
+    aux.update(
+      gate_lambda=jax.lax.stop_gradient(jnp.mean(lam.reshape(b, -1), axis=1)),
+      gate_beta_ns=jax.lax.stop_gradient(jnp.mean(beta_ns.reshape(b, -1), axis=1)),
+      gate_threshold_ns=jnp.mean(aux["threshold"], axis=1) * ns,
+    )
     return z_cs, aux

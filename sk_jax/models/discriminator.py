@@ -17,11 +17,12 @@ from sk_jax.models.fields import ConfigFields
 @dataclasses.dataclass(frozen=True)
 class DiscriminatorConfig(ConfigFields):
   """Everything that fixes the discriminator's parameters."""
+
   GROUP = "disc"
-  num_scales: int = 3      # pix2pixHD's num_D
-  features: int = 64       # ndf: width of the first layer, doubled per layer up to 512
-  num_layers: int = 3      # stride-2 layers per scale (n_layers_D)
-  norm: str = "instance"   # "instance" (pix2pixHD) or "none"
+  num_scales: int = 3  # pix2pixHD's num_D
+  features: int = 64  # ndf: width of the first layer, doubled per layer up to 512
+  num_layers: int = 3  # stride-2 layers per scale (n_layers_D)
+  norm: str = "instance"  # "instance" (pix2pixHD) or "none"
 
   def __post_init__(self):
     if self.num_scales < 1 or self.num_layers < 1 or self.features < 1:
@@ -41,6 +42,7 @@ def downsample(x):
 
 class PatchDiscriminator(nn.Module):
   """pix2pixHD's NLayerDiscriminator: (B, H, W, 3) -> (B, h, w, 1) real/fake logits per patch."""
+
   features: int = 64
   num_layers: int = 3
   norm: str = "instance"
@@ -49,8 +51,9 @@ class PatchDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x):
     # Kernel 4 with zero padding 2, as in pix2pixHD (padw = ceil((4 - 1) / 2)).
-    conv = lambda f, s, name, bias=True: nn.Conv(f, (4, 4), (s, s), padding=((2, 2), (2, 2)),
-                                                 use_bias=bias, dtype=self.dtype, name=name)
+    conv = lambda f, s, name, bias=True: nn.Conv(
+      f, (4, 4), (s, s), padding=((2, 2), (2, 2)), use_bias=bias, dtype=self.dtype, name=name
+    )
     x = jax.nn.leaky_relu(conv(self.features, 2, "conv0")(x), 0.2)
     nf = self.features
     for i in range(1, self.num_layers + 1):
@@ -69,6 +72,7 @@ class MultiScaleDiscriminator(nn.Module):
 
   __call__((B, H, W, 3) RGB in [0, 1]) -> list of (B, h_i, w_i, 1) logits, finest scale first.
   """
+
   config: DiscriminatorConfig
   dtype: Any = jnp.float32
 
@@ -78,8 +82,9 @@ class MultiScaleDiscriminator(nn.Module):
     x = (images.astype(jnp.float32) * 2.0 - 1.0).astype(self.dtype)  # pix2pixHD sees [-1, 1]
     outputs = []
     for i in range(cfg.num_scales):
-      outputs.append(PatchDiscriminator(cfg.features, cfg.num_layers, cfg.norm, self.dtype,
-                                        name=f"scale{i}")(x))
+      outputs.append(
+        PatchDiscriminator(cfg.features, cfg.num_layers, cfg.norm, self.dtype, name=f"scale{i}")(x)
+      )
       if i + 1 < cfg.num_scales:
         x = downsample(x)
     return outputs

@@ -31,5 +31,8 @@ class ConfigFields:
 
   def diff(self, other) -> list[str]:
     """'group.field: mine != other's' for every field that differs."""
-    return [f"{self.GROUP}.{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
-            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+    return [
+      f"{self.GROUP}.{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
+      for f in dataclasses.fields(self)
+      if getattr(self, f.name) != getattr(other, f.name)
+    ]

@@ -28,23 +28,26 @@ LEGACY_DEFAULTS = {"gate_lambda": "linear"}
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(ConfigFields):
   """Everything that fixes the generator's parameters and its forward pass."""
+
   GROUP = "model"
-  attention_sharpness: float = 10.0   # alpha of Eq. 1
+  attention_sharpness: float = 10.0  # alpha of Eq. 1
   learn_sharpness: bool = False
-  attention: str = "cgm"              # "full" (Eq. 2), "topk" (Fig. 3's SANet + topK), "cgm" (Eqs. 3-5)
-  topk: int = 16                      # K of "topk"
-  gate: bool | None = None            # old switch, an alias: False -> attention "full"; set from attention
-  gate_renormalize: bool = False      # divide the kept attention by its sum ("topk" and "cgm")
-  gate_lambda: str = "linear"         # lambda from E_f: "linear" (as printed) or "softplus" (kept > 0)
-  gate_temperature: float = 1.0       # straight-through surrogate, in units of 1/Ns
+  attention: str = "cgm"  # "full" (Eq. 2), "topk" (Fig. 3's SANet + topK), "cgm" (Eqs. 3-5)
+  topk: int = 16  # K of "topk"
+  gate: bool | None = None  # old switch, an alias: False -> attention "full"; set from attention
+  gate_renormalize: bool = False  # divide the kept attention by its sum ("topk" and "cgm")
+  gate_lambda: str = "linear"  # lambda from E_f: "linear" (as printed) or "softplus" (kept > 0)
+  gate_temperature: float = 1.0  # straight-through surrogate, in units of 1/Ns
   gate_hidden: int = 128
-  attention_precision: str = "highest"  # the attention's matmuls: "highest" (float32 everywhere) or "default"
-  kernel_size: int = 3                # k of the k x 1 and 1 x k style kernels
+  attention_precision: str = (
+    "highest"  # the attention's matmuls: "highest" (float32 everywhere) or "default"
+  )
+  kernel_size: int = 3  # k of the k x 1 and 1 x k style kernels
   kernel_hidden: int = 256
   kernel_init_std: float = 1e-3
-  shuffle_groups: int = 4             # GS groups; 1 disables the shuffle
-  dtype: str = "float32"              # compute dtype: float32 or bfloat16
-  vgg_weights: str = "bundled"        # "bundled" or an Orbax dir from `sk-jax port-vgg16`
+  shuffle_groups: int = 4  # GS groups; 1 disables the shuffle
+  dtype: str = "float32"  # compute dtype: float32 or bfloat16
+  vgg_weights: str = "bundled"  # "bundled" or an Orbax dir from `sk-jax port-vgg16`
 
   def __post_init__(self):
     # `gate` predates `attention`: gate=False (with attention left at "cgm") is the
@@ -52,26 +55,38 @@ class ModelConfig(ConfigFields):
     if self.gate is False and self.attention == "cgm":
       object.__setattr__(self, "attention", "full")
     if self.attention not in ATTENTIONS:
-      raise InputError(f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+      raise InputError(
+        f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
+      )
     if self.gate is True and self.attention != "cgm":
-      raise InputError(f"model.gate=True asks for the CGM but model.attention is {self.attention!r}; "
-                       "set only model.attention")
+      raise InputError(
+        f"model.gate=True asks for the CGM but model.attention is {self.attention!r}; "
+        "set only model.attention"
+      )
     object.__setattr__(self, "gate", self.attention == "cgm")
     if self.attention_precision not in ops.PRECISIONS:
-      raise InputError(f"model.attention_precision must be one of {', '.join(ops.PRECISIONS)}, "
-                       f"got {self.attention_precision!r}")
+      raise InputError(
+        f"model.attention_precision must be one of {', '.join(ops.PRECISIONS)}, "
+        f"got {self.attention_precision!r}"
+      )
     if self.topk < 1:
       raise InputError(f"model.topk must be >= 1, got {self.topk}")
     if self.gate_lambda not in GATE_LAMBDAS:
-      raise InputError(f"model.gate_lambda must be one of {', '.join(GATE_LAMBDAS)}, got {self.gate_lambda!r}")
+      raise InputError(
+        f"model.gate_lambda must be one of {', '.join(GATE_LAMBDAS)}, got {self.gate_lambda!r}"
+      )
     if self.kernel_size not in (1, 3, 5):
       raise InputError(f"model.kernel_size must be 1, 3 or 5, got {self.kernel_size}")
     if self.shuffle_groups < 1 or FEATURE_CHANNELS % self.shuffle_groups:
-      raise InputError(f"model.shuffle_groups must divide {FEATURE_CHANNELS}, got {self.shuffle_groups}")
+      raise InputError(
+        f"model.shuffle_groups must divide {FEATURE_CHANNELS}, got {self.shuffle_groups}"
+      )
     if self.dtype not in ("float32", "bfloat16"):
       raise InputError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
     if self.attention_sharpness <= 0:
-      raise InputError(f"model.attention_sharpness must be positive, got {self.attention_sharpness}")
+      raise InputError(
+        f"model.attention_sharpness must be positive, got {self.attention_sharpness}"
+      )
 
   @classmethod
   def from_dict(cls, d, source: str | None = None) -> "ModelConfig":
@@ -96,6 +111,7 @@ class Generator(nn.Module):
   alpha blends Z_bar with Z_c (1: full style). query_chunk (content positions at a time
   in the attention; None: all at once) changes memory, not results (ops.aligned_style_features).
   """
+
   config: ModelConfig
   query_chunk: int | None = None
 
@@ -105,11 +121,27 @@ class Generator(nn.Module):
     dtype = cfg.compute_dtype
     z_c, z_s = z_c.astype(dtype), z_s.astype(dtype)
     z_cs, aux = StyleAlignment(
-        cfg.attention_sharpness, cfg.learn_sharpness, cfg.attention, cfg.gate_renormalize,
-        cfg.gate_temperature, cfg.gate_hidden, dtype, topk=cfg.topk, gate_lambda=cfg.gate_lambda,
-        precision=cfg.attention_precision, query_chunk=self.query_chunk, name="alignment")(z_c, z_s)
-    f_v, f_h, bias = KernelHead(FEATURE_CHANNELS, cfg.kernel_size, cfg.kernel_hidden,
-                                cfg.kernel_init_std, dtype, name="kernel_head")(z_cs)
+      cfg.attention_sharpness,
+      cfg.learn_sharpness,
+      cfg.attention,
+      cfg.gate_renormalize,
+      cfg.gate_temperature,
+      cfg.gate_hidden,
+      dtype,
+      topk=cfg.topk,
+      gate_lambda=cfg.gate_lambda,
+      precision=cfg.attention_precision,
+      query_chunk=self.query_chunk,
+      name="alignment",
+    )(z_c, z_s)
+    f_v, f_h, bias = KernelHead(
+      FEATURE_CHANNELS,
+      cfg.kernel_size,
+      cfg.kernel_hidden,
+      cfg.kernel_init_std,
+      dtype,
+      name="kernel_head",
+    )(z_cs)
     z_bar = apply_style_kernels(z_c, f_v, f_h, bias, cfg.shuffle_groups)
     z_mix = alpha * z_bar + (1.0 - alpha) * z_c.astype(jnp.float32)
     image = Decoder(dtype, name="decoder")(z_mix)
@@ -139,7 +171,9 @@ def init_params(config: ModelConfig, rng, feature_hw=(4, 4)):
   return Generator(config).init(rng, z, z)["params"]
 
 
-def stylize_images(params, vgg_params, config: ModelConfig, content, style, alpha=1.0, query_chunk=None):
+def stylize_images(
+  params, vgg_params, config: ModelConfig, content, style, alpha=1.0, query_chunk=None
+):
   """Images in, image out: (B, H, W, 3) content and (B, Hs, Ws, 3) style in [0, 1].
 
   Any H and W: inputs are reflection-padded to multiples of 8 and the output is

@@ -14,9 +14,25 @@ import numpy as np
 from sk_jax.errors import InputError
 
 # torchvision's vgg16().features, in order; "M" is a 2x2 max pool.
-LAYERS = ("conv1_1", "conv1_2", "M", "conv2_1", "conv2_2", "M",
-          "conv3_1", "conv3_2", "conv3_3", "M", "conv4_1", "conv4_2", "conv4_3", "M",
-          "conv5_1", "conv5_2", "conv5_3")
+LAYERS = (
+  "conv1_1",
+  "conv1_2",
+  "M",
+  "conv2_1",
+  "conv2_2",
+  "M",
+  "conv3_1",
+  "conv3_2",
+  "conv3_3",
+  "M",
+  "conv4_1",
+  "conv4_2",
+  "conv4_3",
+  "M",
+  "conv5_1",
+  "conv5_2",
+  "conv5_3",
+)
 CONVS = tuple(name for name in LAYERS if name != "M")
 CHANNELS = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512, "conv5": 512}
 TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -46,15 +62,21 @@ def check_params(params, source: str) -> None:
     if name not in params:
       raise InputError(f"{source}: missing VGG-16 layer {name!r}")
     for key, shape in shapes.items():
-      got = getattr(params[name].get(key), "shape", None) if isinstance(params[name], dict) else None
+      got = (
+        getattr(params[name].get(key), "shape", None) if isinstance(params[name], dict) else None
+      )
       if tuple(got or ()) != shape:
         raise InputError(f"{source}: {name}.{key} has shape {got}, expected {shape}")
 
 
 def _conv(x, layer):
   y = jax.lax.conv_general_dilated(
-      x, layer["kernel"].astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x,
+    layer["kernel"].astype(x.dtype),
+    window_strides=(1, 1),
+    padding=((1, 1), (1, 1)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   return y + layer["bias"].astype(x.dtype)
 
 
