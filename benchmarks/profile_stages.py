@@ -4,7 +4,7 @@
 
 Stages: the encoder (VGG-16 to relu4_1, one image), the alignment (SAE + CGM), the
 kernel head, Eq. 6 and the decoder; each jitted on its own (JAX) or run eagerly
-(PyTorch), batch 1, the two interleaved, median of --repeats after a warm-up.
+(PyTorch), batch 1, median of --repeats after a warm-up, each side in its own phase (see main).
 """
 
 from __future__ import annotations
@@ -128,11 +128,13 @@ def main():
   vgg_params = sk_jax.load_vgg16()  # host copies for torch; jax.device_put below for JAX
   rows = {}
   for name, (j, t) in stages(config, params, vgg_params, args.size).items():
-    jt, tt = [], []
-    j(), t()
-    for _ in range(args.repeats):
-      jt += _time(j, 1)
-      tt += _time(t, 1)
+    # Not interleaved: torch's OpenMP threads spin for a while after each call and slow a
+    # JAX call that follows at once (and XLA's threads do the same to torch), which distorts
+    # short stages. Each side runs its repeats as one phase, with a pause between.
+    jt = _time(j, args.repeats)
+    time.sleep(1.0)
+    tt = _time(t, args.repeats)
+    time.sleep(1.0)
     rows[name] = {
       "jax_s": statistics.median(jt),
       "torch_s": statistics.median(tt),

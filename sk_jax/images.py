@@ -26,24 +26,6 @@ Image.MAX_IMAGE_PIXELS = None
 # images for style.
 PACKAGED_PREFIX = "skimage:"
 PACKAGED_ALIAS = "embedded:"
-PACKAGED = (
-  "astronaut",
-  "camera",
-  "chelsea",
-  "coffee",
-  "rocket",
-  "motorcycle_left",
-  "coins",
-  "moon",
-  "brick",
-  "grass",
-  "gravel",
-  "hubble_deep_field",
-  "immunohistochemistry",
-  "colorwheel",
-  "retina",
-  "logo",
-)
 PACKAGED_SETS = {
   "photos": (
     "astronaut",
@@ -66,6 +48,7 @@ PACKAGED_SETS = {
     "logo",
   ),
 }
+PACKAGED = PACKAGED_SETS["photos"] + PACKAGED_SETS["styles"]
 
 
 def is_packaged(spec: str) -> bool:

@@ -207,6 +207,9 @@ class Stylizer:
     params, config = bundled.resolve(path)
     return cls(params, config, weights.load_vgg16(vgg or config.vgg_weights), attention_mb)
 
+  def _chunk_for_features(self, content, style_features) -> int | None:
+    return self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
+
   def query_chunk(self, content_hw, style_hw) -> int | None:
     """Content positions per attention chunk for images of these sizes (None: all at once)."""
     positions = lambda hw: -(-hw[0] // STRIDE) * -(-hw[1] // STRIDE)
@@ -226,7 +229,7 @@ class Stylizer:
     the decoded image before clipping).
     """
     content = _batch(content)
-    chunk = self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
+    chunk = self._chunk_for_features(content, style_features)
     return _apply(
       self.params,
       self.vgg_params,
@@ -248,7 +251,7 @@ class Stylizer:
     z = tuple(style_features)
     w = controls.style_weights(None, len(z)) if weights is None else np.asarray(weights, np.float32)
     content = _batch(content)
-    chunk = self.query_chunk(content.shape[1:3], np.multiply(z[0].shape[1:3], STRIDE))
+    chunk = self._chunk_for_features(content, z[0])
     return _apply_controls(
       self.params,
       self.vgg_params,
@@ -268,7 +271,7 @@ class Stylizer:
     as `previous` for the next frame).
     """
     content = _batch(content)
-    chunk = self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
+    chunk = self._chunk_for_features(content, style_features)
     return _apply_smoothed(
       self.params,
       self.vgg_params,

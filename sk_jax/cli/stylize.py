@@ -137,7 +137,21 @@ def run_init(args) -> None:
   print(checkpoint.save_generator(args.output, params, config, overwrite=args.overwrite))
 
 
-def _add_attention_memory(p) -> None:
+def _add_generator_args(p, size_help: str, alpha_help: str) -> None:
+  """The options `stylize` and `stylize-video` share: the generator, sizes, alpha, encoder, memory."""
+  p.add_argument(
+    "--checkpoint",
+    default=bundled.BUNDLED,
+    help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})",
+  )
+  p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=size_help)
+  p.add_argument(
+    "--style-size", type=int, help="the style's short side (default: --size); 0 keeps it"
+  )
+  p.add_argument("--alpha", default="1", help=alpha_help)
+  p.add_argument(
+    "--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's"
+  )
   p.add_argument(
     "--attention-memory",
     type=float,
@@ -159,21 +173,10 @@ def add_commands(subparsers) -> None:
   )
   p.add_argument("--style", required=True, help="style image or directory (or skimage:NAME,...)")
   p.add_argument("--output", required=True, help="output image, or directory for many pairs")
-  p.add_argument(
-    "--checkpoint",
-    default=bundled.BUNDLED,
-    help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})",
-  )
-  p.add_argument(
-    "--size", type=int, default=DEFAULT_SIZE, help="short side to resize to; 0 keeps it"
-  )
-  p.add_argument(
-    "--style-size", type=int, help="the style's short side (default: --size); 0 keeps it"
-  )
-  p.add_argument(
-    "--alpha",
-    default="1",
-    help="content-style trade-off, 1 = full style; a comma list (0,0.5,1) writes a strip, left to right",
+  _add_generator_args(
+    p,
+    "short side to resize to; 0 keeps it",
+    "content-style trade-off, 1 = full style; a comma list (0,0.5,1) writes a strip, left to right",
   )
   p.add_argument(
     "--style-weights",
@@ -195,10 +198,6 @@ def add_commands(subparsers) -> None:
     default=images.DEFAULT_MAX_PIXELS,
     help="refuse input images with more pixels than this",
   )
-  p.add_argument(
-    "--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's"
-  )
-  _add_attention_memory(p)
   p.set_defaults(func=run_stylize)
 
   p = subparsers.add_parser(
@@ -216,18 +215,9 @@ def add_commands(subparsers) -> None:
   p.add_argument(
     "--output", required=True, help="output directory (frame_00000.png, ...) or video file"
   )
-  p.add_argument(
-    "--checkpoint",
-    default=bundled.BUNDLED,
-    help=f"generator checkpoint directory; 'bundled' is the generator inside the package ({bundled.NAME})",
+  _add_generator_args(
+    p, "short side of frames and style; 0 keeps it", "content-style trade-off, 1 = full style"
   )
-  p.add_argument(
-    "--size", type=int, default=DEFAULT_SIZE, help="short side of frames and style; 0 keeps it"
-  )
-  p.add_argument(
-    "--style-size", type=int, help="the style's short side (default: --size); 0 keeps it"
-  )
-  p.add_argument("--alpha", default="1", help="content-style trade-off, 1 = full style")
   p.add_argument(
     "--smooth",
     type=float,
@@ -237,10 +227,6 @@ def add_commands(subparsers) -> None:
   )
   p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 10)")
   p.add_argument("--max-frames", type=int, help="stylize only the first N frames")
-  p.add_argument(
-    "--vgg", help="VGG-16 weights (an Orbax dir from port-vgg16); default: the checkpoint's"
-  )
-  _add_attention_memory(p)
   p.set_defaults(func=run_stylize_video)
 
   p = subparsers.add_parser("init", help="write a randomly initialised generator checkpoint")
