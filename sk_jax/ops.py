@@ -188,7 +188,9 @@ def gated_attention(
 
 def renormalize_rows(attn_BxNcxNs):
   """Divides each row by its sum, so the kept weights again sum to one."""
-  return attn_BxNcxNs / (jnp.sum(attn_BxNcxNs, axis=-1, keepdims=True) + 1e-12)
+  total = jnp.sum(attn_BxNcxNs, axis=-1, keepdims=True)
+  # A row that the threshold emptied stays empty, and its gradient finite (not 1 / 1e-12).
+  return attn_BxNcxNs / jnp.where(total > 0, total, 1.0)
 
 
 def topk_attention(attn_BxNcxNs, k: int, renormalize=False):

@@ -168,7 +168,8 @@ class StyleAlignment(nn.Module):
       mask = own if mask is None else mask.to(attn.dtype)
       gated = attn * mask
       if cfg.gate_renormalize:
-        gated = gated / (gated.sum(-1, keepdim=True) + 1e-12)
+        total = gated.sum(-1, keepdim=True)
+        gated = gated / torch.where(total > 0, total, torch.ones_like(total))
     else:
       gated, mask = attn, torch.ones_like(attn)
     values = z_s.flatten(2).transpose(1, 2).float()

@@ -120,3 +120,18 @@ def test_query_chunk_for_a_memory_budget():
   assert ops.query_chunk_for(4096, 4096, 2**30) is None  # 512 px: 268 MB at once
   rows = ops.query_chunk_for(129_600, 16_384, 2**30)  # 4K content, 1024 px style
   assert 8 <= rows < 129_600 and rows * 16_384 * 16 <= 2**30
+
+
+def test_a_row_the_gate_empties_has_a_finite_gradient():
+  z_c, z_s, lam, beta = _inputs(5)
+  beta = jnp.full_like(beta, 1.0)  # T above every weight: every row is emptied
+
+  def f(beta):
+    z = ops.aligned_style_features(
+      z_c, z_s, lam, beta, 10.0, attention="cgm", temperature=1.0, renormalize=True
+    )
+    return jnp.sum(z)
+
+  value, grad = jax.value_and_grad(f)(beta)
+  assert float(value) == 0.0
+  assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() < 1e3
