@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from sk_jax import checkpoint as ckpt
 from sk_jax.errors import InputError
 from sk_jax.models.generator import ModelConfig
 
@@ -51,8 +52,6 @@ def resolve(checkpoint: str | None, expected: ModelConfig | None = None):
         f"bundled generator: another model config ({'; '.join(expected.diff(config))})"
       )
     return params, config
-  from sk_jax import checkpoint as ckpt  # Orbax only when a directory is named
-
   return ckpt.load_generator(checkpoint, expected)
 
 

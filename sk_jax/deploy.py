@@ -34,27 +34,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sk_jax import images
+from sk_jax import images, port
 from sk_jax.errors import InputError
+from sk_jax.images import MIN_SIDE
+from sk_jax.models import vgg
+from sk_jax.models.generator import STRIDE, Generator, encode
+from sk_jax.parity import gate_gap
 
-STRIDE = 8
-MIN_SIDE = 16
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 FORMATS = ("stablehlo", "onnx", "orbax")
 INPUT_NAMES = ("content", "style")
 OUTPUT_NAME = "stylized"
 GATE_OUTPUT_NAME = "gate_mask"
 # The encoder layers the stylizer runs (up to relu4_1); the rest of VGG-16 is not embedded.
-ENCODER_LAYERS = (
-  "conv1_1",
-  "conv1_2",
-  "conv2_1",
-  "conv2_2",
-  "conv3_1",
-  "conv3_2",
-  "conv3_3",
-  "conv4_1",
-)
+ENCODER_LAYERS = vgg.CONVS[: vgg.CONVS.index("conv4_1") + 1]
 ONNX_EXTRA_HINT = "ONNX export needs the optional extra: pip install 'sk-jax[onnx]'"
 
 
@@ -93,8 +86,6 @@ def stylizer_fn(params, vgg_params, config, gate_output: bool = False):
     f(content (b, H, W, 3), style (b, Hs, Ws, 3)) -> stylized (b, H, W, 3) in [0, 1],
     H, W, Hs, Ws multiples of 8. Equal to `stylize_images(...)[0]` at alpha 1 there.
   """
-  from sk_jax.models.generator import Generator, encode
-
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
   missing = [name for name in ENCODER_LAYERS if name not in vgg_params]
   if missing:
@@ -353,26 +344,15 @@ def reference_gate(params, vgg_params, config, content, style):
   Returns (mask (b, Nc, Ns) float32, gap (b, Nc, Ns)) with gap = |A - T| / max(|T|, 1/Ns),
   the quantity `sk-jax parity` holds flipped decisions to (`sk_jax.parity.GATE_BAND`).
   """
-  from sk_jax import ops
-  from sk_jax.models.alignment import GateNet
-  from sk_jax.models.generator import Generator, encode
-  from sk_jax.parity import gate_gap
-
   dtype = config.compute_dtype
   z_c, z_s = encode(vgg_params, content, dtype), encode(vgg_params, style, dtype)
   _, aux = Generator(config).apply({"params": params}, z_c, z_s, 1.0)
-  lam, beta = GateNet(config.gate_hidden, dtype).apply(
-    {"params": params["alignment"]["gate"]}, z_c.astype(dtype)
-  )
-  b, ns = z_c.shape[0], z_s.shape[1] * z_s.shape[2]
-  thresh = ops.gate_threshold(aux["attention"], lam.reshape(b, -1), (beta / ns).reshape(b, -1))
-  return np.asarray(aux["mask"], np.float32), gate_gap(aux["attention"], thresh)
+  return np.asarray(aux["mask"], np.float32), gate_gap(aux["attention"], aux["threshold"])
 
 
 def relative_error(ours, ref) -> float:
-  """max |ours - ref| / max |ref| (the measure of `sk-jax parity`)."""
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
+  """max |ours - ref| / max |ref|: `sk_jax.port.relative_error`'s relative part."""
+  return port.relative_error(ours, ref)[1]
 
 
 def cast_params(params, dtype: str | None):

@@ -43,18 +43,22 @@ DEFAULT_SIZE = 512
 DEFAULT_ATTENTION_MB = 1024
 
 
+def _features(vgg_params, config: ModelConfig, images):
+  """relu4_1 of images padded to multiples of 8, and the images' own (H, W) to crop back to."""
+  images, hw = pad_to_stride(images)
+  return encode(vgg_params, images, config.compute_dtype), hw
+
+
 @functools.partial(jax.jit, static_argnums=(2,))
 def _encode(vgg_params, style, config: ModelConfig):
-  style, _ = pad_to_stride(style)
-  return encode(vgg_params, style, config.compute_dtype)
+  return _features(vgg_params, config, style)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(2,), static_argnames=("return_aux", "query_chunk"))
 def _apply(
   params, vgg_params, config: ModelConfig, z_s, content, alpha, return_aux=False, query_chunk=None
 ):
-  content, (h, w) = pad_to_stride(content)
-  z_c = encode(vgg_params, content, config.compute_dtype)
+  z_c, (h, w) = _features(vgg_params, config, content)
   z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
   image, aux = Generator(config, query_chunk).apply({"params": params}, z_c, z_s, alpha)
   image = image[:, :h, :w]
@@ -138,8 +142,7 @@ def _apply_controls(
   what depends on alpha (Eq. 6's blend and the decoder) is batched: the encoder, the
   alignment and the kernels are computed once.
   """
-  content, (h, w) = pad_to_stride(content)
-  z_c = encode(vgg_params, content, config.compute_dtype)
+  z_c, (h, w) = _features(vgg_params, config, content)
   z_styles = tuple(jnp.broadcast_to(z, (z_c.shape[0], *z.shape[1:])) for z in z_styles)
   w_BxHxWxS = jnp.broadcast_to(weights_S, (*z_c.shape[:3], len(z_styles)))
 
@@ -159,8 +162,7 @@ def _apply_smoothed(
 
   Returns the image (B, H, W, 3), the kept fraction (B,) and the kernels used (F_v, F_h, B).
   """
-  content, (h, w) = pad_to_stride(content)
-  z_c = encode(vgg_params, content, config.compute_dtype)
+  z_c, (h, w) = _features(vgg_params, config, content)
   z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
   generator = Generator(config, query_chunk)
   if previous is None:
