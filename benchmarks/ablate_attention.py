@@ -105,7 +105,56 @@ VARIANTS = {
     },
     {"gate_lr_scale": 0.01},
   ),
+  # The restoring forces of docs/method.md ("The gate's equilibrium"), on the reading above.
+  **{
+    f"cgm_{force}{target}": (
+      {
+        "attention": "cgm",
+        "gate_lambda": "linear",
+        "gate_renormalize": False,
+        "gate_temperature": 1.0,
+        "gate_target": target,
+        "gate_force": force,
+      },
+      {"gate_lr_scale": 0.01},
+    )
+    for force, targets in (("controller", (0.25, 0.5)), ("budget", (0.25,)))
+    for target in targets
+  },
+  "cgm_linear_surrogate": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": False,
+      "gate_temperature": 1.0,
+      "gate_surrogate": "linear",
+    },
+    {"gate_lr_scale": 0.01},
+  ),
+  # The control: a fixed share of every row, no E_f (= topK with K = k* Ns at one Ns).
+  **{
+    f"quantile{q}": ({"attention": "quantile", "gate_target": q, "gate_renormalize": False}, {})
+    for q in (0.25, 0.5)
+  },
+  "topk32": ({"attention": "topk", "topk": 32, "gate_renormalize": False}, {}),
+  # The noise floor: "full" again with another seed.
+  "full_seed1": ({"attention": "full"}, {}),
 }
+# The long runs of issue 17 (docs/method.md, "The gate's equilibrium"), in training order.
+LONG = (
+  "cgm_controller0.25",
+  "full",
+  "cgm_budget0.25",
+  "cgm_controller0.5",
+  "quantile0.25",
+  "cgm_ef_lr0.01",
+  "full_seed1",
+  "quantile0.5",
+  "cgm_linear_surrogate",
+)
+# Seed offsets from --seed: full_seed1 is full on another seed (the noise floor).
+SEEDS = {"full_seed1": 1}
+WARMUP = 200  # steps before the band criterion applies
 # Training order: the saturated topK last (they reuse "full"), the cheap-to-lose ones late.
 ORDER = (
   "full",
@@ -121,12 +170,23 @@ ORDER = (
   "cgm_tau0.25",
   "topk64",
   "topk256",
+  *(n for n in LONG if n not in ("full", "cgm_ef_lr0.01")),
+  "topk32",
 )
 # The E_f step-size factor is pinned too, so that every variant except cgm_ef_lr0.01 is the
 # plain recipe whatever configs/default.py chooses.
 for _m, _o in VARIANTS.values():
   _o.setdefault("gate_lr_scale", 1.0)
-MODEL_KEYS = ("attention", "topk", "gate_lambda", "gate_renormalize", "gate_temperature")
+MODEL_KEYS = (
+  "attention",
+  "topk",
+  "gate_lambda",
+  "gate_renormalize",
+  "gate_temperature",
+  "gate_target",
+  "gate_force",
+  "gate_surrogate",
+)
 
 
 def base_config(size: int, batch: int, steps: int, seed: int, content_dir: str, style_dir: str):
@@ -219,71 +279,80 @@ def evaluate(params, vgg_params, model, content, style):
       mean(losses.content_loss(f_cs, f_c)),
       mean(losses.style_loss(f_cs, f_s)),
       mean(aux["kept_fraction"]),
+      mean(aux["kept_std"]),
     )
 
-  c, s, kept = (float(x) for x in run(params, content, style))
-  return {"content": c, "style": s, "total": c + s, "kept_fraction": kept}
+  c, s, kept, kept_std = (float(x) for x in run(params, content, style))
+  return {"content": c, "style": s, "total": c + s, "kept_fraction": kept, "kept_std": kept_std}
 
 
-def train_variant(name, cfg, vgg_params, held, log=print):
-  """Trains one variant; returns its record (curves every step)."""
-  import jax
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl (one per logged step)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def holding(steps, kept, target, warmup: int = WARMUP) -> dict:
+  """docs/method.md's criteria: share of logged steps after `warmup` within target +- 0.1, and
+  the least-squares trend of the kept fraction over the second half, per 1000 steps."""
   import numpy as np
 
-  from sk_jax import data, sharding, train
+  steps, kept = np.asarray(steps, float), np.asarray(kept, float)
+  after = steps > warmup
+  out = {"warmup": warmup}
+  if target is not None and after.any():
+    out["in_band_share"] = float(np.mean(np.abs(kept[after] - target) <= 0.1))
+  half = steps > steps[-1] / 2
+  if half.sum() >= 2:
+    out["trend_per_1000"] = float(np.polyfit(steps[half], kept[half], 1)[0] * 1000)
+  return out
 
-  mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-  setup = train.make_setup(cfg, mesh)
-  state = setup.init(int(cfg.seed))
-  content_it, style_it = (
-    iter(s) for s in data.build_streams(cfg.data, data.open_sources(cfg.data), int(cfg.seed))
-  )
-  vgg_dev = jax.device_put(vgg_params, sharding.replicated(mesh))
-  steps, rows = int(cfg.train.steps), []
+
+def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
+  """Trains one variant as a train.py run in `workdir` (a killed run resumes from its last
+  checkpoint: run the same command again); returns its record (curves every step)."""
+  import numpy as np
+
+  from sk_jax import checkpoint, train
+
+  cfg.log.every, cfg.log.image_every = 1, 0
+  cfg.ckpt.every, cfg.ckpt.keep = max(1, min(100, int(cfg.train.steps) // 4)), 2
   t0 = time.perf_counter()
-  compile_s = None
-  try:
-    for step in range(steps):
-      batch = sharding.global_batch(
-        mesh, {"content": next(content_it)["image"], "style": next(style_it)["image"]}
-      )
-      state, m = setup.step_fn(state, vgg_dev, batch)
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      if compile_s is None:
-        compile_s = time.perf_counter() - t0
-      rows.append({"step": step + 1, **m})
-      if (step + 1) % max(1, steps // 10) == 0:
-        log(
-          f"  {name} step {step + 1}/{steps}: total {m['loss/total']:.3f} content {m['loss/content']:.3f} "
-          f"style {m['loss/style']:.3f} kept {m['gate/kept_fraction']:.3f} ({time.perf_counter() - t0:.0f} s)"
-        )
-  finally:
-    content_it.close()
-    style_it.close()
-  seconds = time.perf_counter() - t0
+  train.train(cfg, workdir)
+  rows = [r for r in read_metrics(workdir) if "loss/total" in r]
+  steps = int(cfg.train.steps)
   ns = (cfg.data.crop // 8) ** 2
   tail = rows[-max(1, steps // 10) :]
   mean = lambda k: float(np.mean([r[k] for r in tail]))
-  model = setup.model
+  params, model = checkpoint.load_generator(os.path.join(workdir, train.EXPORT_DIR))
+  rate = [r["throughput/steps_per_s"] for r in rows if r.get("throughput/steps_per_s")]
   record = {
     "attention": model.attention,
     "topk": model.topk if model.attention == "topk" else None,
     "model": {k: getattr(model, k) for k in MODEL_KEYS},
-    "gate_lr_scale": float(cfg.opt.get("gate_lr_scale", 1.0)),
+    "gate_lr_scale": float(cfg.opt.gate_lr_scale),
+    "seed": int(cfg.seed),
+    "workdir": workdir,
     "kept_fraction_final": mean("gate/kept_fraction"),
     "kept_fraction_curve": [[r["step"], r["gate/kept_fraction"]] for r in rows],
+    "kept_std_final": mean("gate/kept_std") if "gate/kept_std" in tail[-1] else None,
     "kept_nodes_final": mean("gate/kept_fraction") * ns,
     "content_loss": mean("loss/content"),
     "style_loss": mean("loss/style"),
     "total_loss": mean("loss/total"),
-    "seconds": seconds,
-    "compile_seconds": compile_s,
-    "curves": {k: [r[k] for r in rows] for k in rows[0] if k.startswith(("loss/", "gate/"))},
+    # Seconds of training (steps / median logged rate), not of this call (it may resume).
+    "seconds": steps / float(np.median(rate)) if rate else time.perf_counter() - t0,
+    "curves": {k: [r.get(k) for r in rows] for k in rows[-1] if k.startswith(("loss/", "gate/"))},
   }
-  ev = evaluate(state.g.params, vgg_params, model, *held)
+  target = model.gate_target if model.attention == "cgm" else None
+  record["holding"] = holding(
+    [r["step"] for r in rows], [r["gate/kept_fraction"] for r in rows], target
+  )
+  ev = evaluate(params, vgg_params, model, *held)
   record.update(
     {f"heldout_{k}_loss": ev[k] for k in ("content", "style", "total")},
     heldout_kept_fraction=ev["kept_fraction"],
+    heldout_kept_std=ev["kept_std"],
   )
   return record
 
@@ -296,7 +365,13 @@ def run(args):
   size = args.size or (32 if args.quick else 64)
   steps = args.steps or (20 if args.quick else 100)
   batch = args.batch or (2 if args.quick else 4)
-  names = args.variants.split(",") if args.variants else list(ORDER)
+  names = (
+    list(LONG)
+    if args.variants == "long"
+    else args.variants.split(",")
+    if args.variants
+    else list(ORDER)
+  )
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
@@ -325,28 +400,29 @@ def run(args):
       out["variants"] = old["variants"]
   vgg_params = weights.load_vgg16()
   held = held_out_pairs(size)
-  with tempfile.TemporaryDirectory() as tmp:
-    content_dir, style_dir = write_split(tmp)
-    for name in names:
-      if name in out["variants"]:
-        continue
-      m, o = VARIANTS[name]
-      if add_saturated(out, name):
-        print(f"{name}: K >= Ns = {ns}, identical to full", flush=True)
-        continue
-      cfg = base_config(size, batch, steps, args.seed, content_dir, style_dir)
-      cfg.model.update(m)
-      cfg.opt.update(o)
-      print(f"{name}: training {steps} steps at {size} px, batch {batch}", flush=True)
-      rec = train_variant(name, cfg, vgg_params, held, log=lambda s: print(s, flush=True))
-      out["variants"][name] = rec
-      print(
-        f"{name}: kept {rec['kept_fraction_final']:.3f} content {rec['content_loss']:.3f} "
-        f"style {rec['style_loss']:.3f} total {rec['total_loss']:.3f} held-out content "
-        f"{rec['heldout_content_loss']:.3f} style {rec['heldout_style_loss']:.3f} ({rec['seconds']:.0f} s)",
-        flush=True,
-      )
-      write_json(out, args.out)
+  root = os.path.abspath(args.workdirs or tempfile.mkdtemp(prefix="sk-ablation-"))
+  content_dir, style_dir = write_split(os.path.join(root, "data"))
+  for name in names:
+    if name in out["variants"]:
+      continue
+    m, o = VARIANTS[name]
+    if add_saturated(out, name):
+      print(f"{name}: K >= Ns = {ns}, identical to full", flush=True)
+      continue
+    cfg = base_config(size, batch, steps, args.seed + SEEDS.get(name, 0), content_dir, style_dir)
+    cfg.model.update(m)
+    cfg.opt.update(o)
+    print(f"{name}: training {steps} steps at {size} px, batch {batch}", flush=True)
+    workdir = os.path.join(root, f"{name}_{size}px_b{batch}_s{args.seed}")
+    rec = train_variant(name, cfg, vgg_params, held, workdir, log=lambda s: print(s, flush=True))
+    out["variants"][name] = rec
+    print(
+      f"{name}: kept {rec['kept_fraction_final']:.3f} content {rec['content_loss']:.3f} "
+      f"style {rec['style_loss']:.3f} total {rec['total_loss']:.3f} held-out content "
+      f"{rec['heldout_content_loss']:.3f} style {rec['heldout_style_loss']:.3f} ({rec['seconds']:.0f} s)",
+      flush=True,
+    )
+    write_json(out, args.out)
   write_json(out, args.out)
   plot(args.out)
 
@@ -502,7 +578,15 @@ def main(argv=None):
   p.add_argument("--size", type=int, help="crop size, a multiple of 8 (default 64; quick 32)")
   p.add_argument("--batch", type=int, help="batch size (default 4; quick 2)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
+  p.add_argument(
+    "--variants",
+    help=f"comma-separated subset of {','.join(VARIANTS)}; 'long': the long runs {','.join(LONG)}",
+  )
+  p.add_argument(
+    "--workdirs",
+    help="folder of the variants' train.py workdirs (default: a new temporary folder); "
+    "rerunning with the same folder resumes each variant from its last checkpoint",
+  )
   p.add_argument(
     "--resume", action="store_true", help="keep the variants already in --out (same settings)"
   )

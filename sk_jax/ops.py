@@ -151,16 +151,28 @@ def gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc, a_r_BxNs=None, precision: 
   )
 
 
-def hard_gate(diff, temperature: float | None = None):
+# The straight-through backward of Eq. 5's Sign: "sigmoid" is the derivative of
+# sigmoid(diff / temperature), which vanishes once T is far below every weight (the open gate
+# is absorbing); "linear" is that derivative's value at 0, 1 / (4 temperature), everywhere
+# (DynaST's SignWithSigmoidGrad on unscaled differences), so it never saturates.
+SURROGATES = ("sigmoid", "linear")
+
+
+def hard_gate(diff, temperature: float | None = None, surrogate: str = "sigmoid"):
   """Eq. 5's Sign: 1 where diff > 0 else 0, with a straight-through gradient.
 
-  The backward pass uses the derivative of sigmoid(diff / temperature); with
+  The backward pass is the derivative of `surrogate` (SURROGATES) at temperature; with
   temperature None the step has no gradient at all.
   """
   hard = (diff > 0).astype(diff.dtype)
   if temperature is None:
     return hard
-  soft = jax.nn.sigmoid(diff / temperature)
+  if surrogate == "linear":
+    soft = diff / (4.0 * temperature)
+  elif surrogate == "sigmoid":
+    soft = jax.nn.sigmoid(diff / temperature)
+  else:
+    raise ValueError(f"hard_gate: surrogate must be one of {SURROGATES}, got {surrogate!r}")
   return soft + jax.lax.stop_gradient(hard - soft)
 
 
@@ -172,6 +184,7 @@ def gated_attention(
   renormalize=False,
   a_r_BxNs=None,
   precision: str = "highest",
+  surrogate: str = "sigmoid",
 ):
   """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask, T (B, Nc))."""
   thresh_BxNc = gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc, a_r_BxNs, precision)
@@ -179,7 +192,7 @@ def gated_attention(
   # does not depend on the style resolution.
   ns = attn_BxNcxNs.shape[-1]
   diff = (attn_BxNcxNs - thresh_BxNc[..., None]) * ns
-  mask = hard_gate(diff, temperature)
+  mask = hard_gate(diff, temperature, surrogate)
   gated = attn_BxNcxNs * mask
   if renormalize:
     gated = renormalize_rows(gated)
@@ -213,7 +226,16 @@ def topk_attention(attn_BxNcxNs, k: int, renormalize=False):
   return gated, mask, kth_BxNc
 
 
-ATTENTIONS = ("full", "topk", "cgm")
+def quantile_k(fraction: float, ns: int) -> int:
+  """The number of weights per row that the fixed-quantile gate keeps: round(fraction Ns), >= 1."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"quantile gate: the kept fraction must be in (0, 1], got {fraction}")
+  return max(1, min(ns, round(fraction * ns)))
+
+
+# "quantile" is the control of docs/method.md ("The gate's equilibrium"): every row keeps
+# its largest round(k* Ns) weights, with no E_f: topK with K proportional to Ns.
+ATTENTIONS = ("full", "topk", "cgm", "quantile")
 
 
 def _aggregate(
@@ -227,13 +249,14 @@ def _aggregate(
   renormalize,
   a_r_BxNs,
   precision,
+  surrogate,
 ):
   """One block of query rows: the chosen aggregation, then Eq. 2 -> (Z_cs rows, mask, threshold)."""
   if attention == "cgm":
     attn_bar, mask, thresh = gated_attention(
-      attn_BxUxNs, lam_BxU, beta_BxU, temperature, renormalize, a_r_BxNs, precision
+      attn_BxUxNs, lam_BxU, beta_BxU, temperature, renormalize, a_r_BxNs, precision, surrogate
     )
-  elif attention == "topk":
+  elif attention in ("topk", "quantile"):
     attn_bar, mask, thresh = topk_attention(attn_BxUxNs, int(topk), renormalize)
   else:
     attn_bar, mask, thresh = (
@@ -268,7 +291,9 @@ def aligned_style_features(
   *,
   attention=None,
   topk=None,
+  fraction=None,
   temperature=None,
+  surrogate: str = "sigmoid",
   renormalize=False,
   return_aux=False,
   query_chunk: int | None = None,
@@ -283,12 +308,18 @@ def aligned_style_features(
     sharpness: alpha of Eq. 1.
     gate: the old switch, used when `attention` is None: True is "cgm", False "full".
     attention: "full" (Eq. 2 over every style position, SANet), "topk" (the k
-      largest weights of each row, Fig. 3) or "cgm" (Eqs. 3-5).
+      largest weights of each row, Fig. 3), "cgm" (Eqs. 3-5) or "quantile" (the largest
+      `fraction` of each row's weights: topK with k = quantile_k(fraction, Ns)).
     topk: k of "topk".
+    fraction: the kept fraction of "quantile".
     temperature: straight-through surrogate temperature of "cgm" (None: forward only).
-    renormalize: divide the kept weights by their sum ("topk" and "cgm").
+    surrogate: the straight-through backward of "cgm" (SURROGATES).
+    renormalize: divide the kept weights by their sum ("topk", "quantile" and "cgm").
     return_aux: also return a dict with the threshold (B, Nc) ("cgm": T; "topk": the
-      k-th largest weight), the kept fraction (B,) and, unchunked, the attention and the mask.
+      k-th largest weight), the kept fraction (B,), its std over content positions
+      `kept_std` (B,), `kept_st` (B,): the kept fraction with a straight-through backward of
+      slope -1/4 per unit of T Ns at every position ("cgm"; the budget term's, which keeps a
+      gradient when the gate is fully open), and, unchunked, the attention and the mask.
     query_chunk: None computes the (B, Nc, Ns) attention at once; an int processes that
       many content positions at a time (memory chunk x Ns instead of Nc x Ns; the CGM's
       A_r is a first pass over the chunks). The results equal the unchunked ones up to
@@ -309,14 +340,17 @@ def aligned_style_features(
   q = _unit_rows(z_c.reshape(b, nc, c))
   k = _unit_rows(z_s.reshape(b, -1, c))
   ns = k.shape[1]
+  if attention == "quantile":
+    topk = quantile_k(fraction, ns)
   values = z_s.reshape(b, ns, c).astype(jnp.float32)
   lam, beta = lam.reshape(b, nc).astype(jnp.float32), beta.reshape(b, nc).astype(jnp.float32)
   args = (values, attention, topk, temperature, renormalize)
 
   if query_chunk is None or query_chunk >= nc:
     attn = _softmax_rows(q, k, sharpness, precision)
-    z_cs, mask, thresh = _aggregate(attn, lam, beta, *args, None, precision)
-    aux = {"attention": attn, "mask": mask, "kept_fraction": jnp.mean(mask, axis=(1, 2))}
+    z_cs, mask, thresh = _aggregate(attn, lam, beta, *args, None, precision, surrogate)
+    kept_rows = jnp.mean(mask, axis=2)
+    aux = {"attention": attn, "mask": mask}
   else:
     n = -(-nc // query_chunk)
     q_n, lam_n, beta_n = (_chunks(x, n, query_chunk) for x in (q, lam, beta))
@@ -334,20 +368,32 @@ def aligned_style_features(
       a_r = jnp.sum(column_sums, axis=0) / nc
 
     def block(xs):
-      q_c, lam_c, beta_c, valid_c = xs
+      q_c, lam_c, beta_c = xs
       z, mask, thresh = _aggregate(
-        _softmax_rows(q_c, k, sharpness, precision), lam_c, beta_c, *args, a_r, precision
+        _softmax_rows(q_c, k, sharpness, precision),
+        lam_c,
+        beta_c,
+        *args,
+        a_r,
+        precision,
+        surrogate,
       )
-      return z, thresh, jnp.sum(mask * valid_c[..., None], axis=(1, 2))
+      return z, thresh, jnp.mean(mask, axis=2)
 
-    z_n, thresh_n, kept_n = jax.lax.map(jax.checkpoint(block), (q_n, lam_n, beta_n, valid_n))
-    z_cs, thresh = _unchunk(z_n, nc), _unchunk(thresh_n, nc)
-    aux = {"kept_fraction": jnp.sum(kept_n, axis=0) / (nc * ns)}
+    z_n, thresh_n, kept_n = jax.lax.map(jax.checkpoint(block), (q_n, lam_n, beta_n))
+    z_cs, thresh, kept_rows = (_unchunk(x, nc) for x in (z_n, thresh_n, kept_n))
+    aux = {}
   z_cs = z_cs.reshape(b, h, w, c).astype(z_s.dtype)
   if not return_aux:
     return z_cs
-  aux["kept_fraction"] = jax.lax.stop_gradient(aux["kept_fraction"])
-  aux["threshold"] = jax.lax.stop_gradient(thresh)
+  kept_rows = jax.lax.stop_gradient(kept_rows)
+  t_ns = thresh * ns
+  aux.update(
+    kept_fraction=jnp.mean(kept_rows, axis=1),
+    kept_std=jnp.std(kept_rows, axis=1),
+    kept_st=jnp.mean(kept_rows - 0.25 * (t_ns - jax.lax.stop_gradient(t_ns)), axis=1),
+    threshold=jax.lax.stop_gradient(thresh),
+  )
   return z_cs, aux
 
 

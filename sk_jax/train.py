@@ -88,6 +88,19 @@ def scale_gate_updates(scale: float) -> optax.GradientTransformation:
   )
 
 
+def control_gate_offset(params, kept, target: float, rate: float):
+  """The CGM's controller: beta_offset += rate sign(kept - target), in units of 1/Ns.
+
+  A gate that keeps too much raises its threshold, one that keeps too little lowers it;
+  no gradient is involved (the offset enters the forward pass under stop_gradient, so
+  Adam's update of it is exactly 0), as the auxiliary-loss-free load balancing of
+  DeepSeek-V3 (arXiv 2408.15664) moves its expert biases.
+  """
+  alignment = dict(params["alignment"])
+  alignment["beta_offset"] = alignment["beta_offset"] + rate * jnp.sign(kept - target)
+  return {**params, "alignment": alignment}
+
+
 def _apply_if_finite(net: NetState, grads, loss):
   """One optimiser update, or none at all when the loss or a gradient is not finite."""
   norm = optax.tree.norm(grads)
@@ -171,12 +184,14 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
       + lc.style * terms["style"]
       + lc.remd * terms["remd"]
     )
+    if model.gate_budgeted:
+      # The restoring force as a loss term (docs/method.md, "The gate's equilibrium"), on a
+      # kept fraction whose gradient does not vanish when the gate is fully open.
+      terms["gate_budget"] = jnp.mean((aux["kept_st"][:b] - model.gate_target) ** 2)
+      total = total + lc.gate_budget * terms["gate_budget"]
+    # Of I_cs only.
     terms["kept_fraction"] = jnp.mean(aux["kept_fraction"][:b])
-    for k in (
-      "gate_lambda",
-      "gate_beta_ns",
-      "gate_threshold_ns",
-    ):  # of I_cs only, as the kept fraction
+    for k in ("kept_std", "gate_lambda", "gate_beta_ns", "gate_threshold_ns"):
       terms[k] = jnp.mean(aux[k][:b])
     return total, (terms, i_cs)
 
@@ -188,6 +203,7 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
   g_loss_fn = make_generator_loss(cfg, model, disc)
   dnet = MultiScaleDiscriminator(disc, model.compute_dtype)
   gan, d_every = cfg.loss.gan, int(cfg.train.d_every)
+  gate_rate = float(cfg.opt.gate_offset_rate)
 
   def train_step(state: TrainState, vgg_params, batch):
     key = jax.random.fold_in(state.rng, state.step)
@@ -196,6 +212,13 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
       state.g.params, state.d.params, vgg_params, content, style, key
     )
     g_new, g_ok, g_norm = _apply_if_finite(state.g, g_grads, g_loss)
+    if model.gate_controlled:
+      controlled = control_gate_offset(
+        g_new.params, terms["kept_fraction"], model.gate_target, gate_rate
+      )
+      g_new = g_new.replace(
+        params=jax.tree.map(lambda c, p: jnp.where(g_ok, c, p), controlled, g_new.params)
+      )
     fake = jax.lax.stop_gradient(i_cs)
 
     def d_update(d: NetState):
@@ -223,7 +246,13 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
       nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32),
     )
     metrics = {f"loss/{k}": v for k, v in terms.items() if not k.startswith(("kept_", "gate_"))}
-    metrics.update({f"gate/{k[5:]}": v for k, v in terms.items() if k.startswith("gate_")})
+    metrics.update(
+      {f"gate/{k[5:]}": v for k, v in terms.items() if k.startswith("gate_") and k != "gate_budget"}
+    )
+    if "gate_budget" in terms:
+      metrics["loss/gate_budget"] = terms["gate_budget"]
+    if model.gate_controlled:
+      metrics["gate/beta_offset"] = g_new.params["alignment"]["beta_offset"]
     if "gate" in g_grads.get(
       "alignment", {}
     ):  # what the straight-through path sends to E_f's output
@@ -237,6 +266,7 @@ def make_train_step(cfg, model: ModelConfig, disc: DiscriminatorConfig):
         "grad_norm/g": g_norm,
         "grad_norm/d": d_norm,
         "gate/kept_fraction": terms["kept_fraction"],
+        "gate/kept_std": terms["kept_std"],
         "nonfinite/streak": new_state.nonfinite_streak,
         "nonfinite/total": new_state.nonfinite_total,
       }

@@ -62,8 +62,17 @@ class StyleAlignment(nn.Module):
   dtype: jnp.dtype = jnp.float32
   topk: int = 16
   gate_lambda: str = "linear"
-  precision: str = "highest"  # of the attention's einsums (ops.PRECISIONS)
-  query_chunk: int | None = None  # content positions per chunk (None: all at once)
+  # of the attention's einsums (ops.PRECISIONS)
+  precision: str = "highest"
+  # content positions per chunk (None: all at once)
+  query_chunk: int | None = None
+  # k* of "quantile"; with gate_offset, the kept fraction the controller holds "cgm" at
+  gate_target: float | None = None
+  # a "beta_offset" parameter (units of 1/Ns) added to E_f's beta, moved by the trainer's
+  # controller only (sk_jax.train.control_gate_offset); gradients never reach it
+  gate_offset: bool = False
+  # the straight-through backward of "cgm" (ops.SURROGATES)
+  gate_surrogate: str = "sigmoid"
 
   @nn.compact
   def __call__(self, z_c, z_s):
@@ -80,6 +89,9 @@ class StyleAlignment(nn.Module):
       attention = "cgm" if attention else "full"
     if attention == "cgm":
       lam, beta_ns = GateNet(self.gate_hidden, self.dtype, self.gate_lambda, name="gate")(z_c)
+      if self.gate_offset:
+        offset = self.param("beta_offset", nn.initializers.zeros_init(), (), jnp.float32)
+        beta_ns = beta_ns + jax.lax.stop_gradient(offset)
       # beta is predicted in units of the uniform attention weight 1/Ns, so one
       # network serves every style resolution (docs/method.md).
       beta = beta_ns / ns
@@ -93,7 +105,9 @@ class StyleAlignment(nn.Module):
       sharpness,
       attention=attention,
       topk=self.topk,
+      fraction=self.gate_target,
       temperature=self.temperature,
+      surrogate=self.gate_surrogate,
       renormalize=self.renormalize,
       return_aux=True,
       query_chunk=self.query_chunk,

@@ -19,7 +19,10 @@ from sk_jax.models.kernels import KernelHead, apply_style_kernels
 FEATURE_TAP = "relu4_1"
 FEATURE_CHANNELS = 512
 STRIDE = 8  # relu4_1 is at 1/8 of the image size
-ATTENTIONS = ("full", "topk", "cgm")
+ATTENTIONS = ops.ATTENTIONS
+# How the CGM is held at model.gate_target (docs/method.md, "The gate's equilibrium"):
+# "controller" moves a beta offset by sign(kept - k*) each step, "budget" adds a loss term.
+GATE_FORCES = ("controller", "budget")
 # What a config written before `attention` existed meant by the fields added with it:
 # an old checkpoint loads with these and reproduces its outputs.
 LEGACY_DEFAULTS = {"gate_lambda": "linear"}
@@ -39,9 +42,15 @@ class ModelConfig(ConfigFields):
   gate_lambda: str = "linear"  # lambda from E_f: "linear" (as printed) or "softplus" (kept > 0)
   gate_temperature: float = 1.0  # straight-through surrogate, in units of 1/Ns
   gate_hidden: int = 128
-  attention_precision: str = (
-    "highest"  # the attention's matmuls: "highest" (float32 everywhere) or "default"
-  )
+  # k*: the kept fraction a restoring force holds the CGM at, and the fraction "quantile"
+  # keeps; None: no force (the paper's equations alone)
+  gate_target: float | None = None
+  # the restoring force of "cgm" with a gate_target (GATE_FORCES)
+  gate_force: str = "controller"
+  # the straight-through backward of "cgm": "sigmoid" or "linear" (never saturates)
+  gate_surrogate: str = "sigmoid"
+  # the attention's matmuls: "highest" (float32 everywhere) or "default"
+  attention_precision: str = "highest"
   kernel_size: int = 3  # k of the k x 1 and 1 x k style kernels
   kernel_hidden: int = 256
   kernel_init_std: float = 1e-3
@@ -68,6 +77,19 @@ class ModelConfig(ConfigFields):
       raise InputError(
         f"model.attention_precision must be one of {', '.join(ops.PRECISIONS)}, "
         f"got {self.attention_precision!r}"
+      )
+    if self.gate_target is not None and not 0.0 < self.gate_target <= 1.0:
+      raise InputError(f"model.gate_target must be in (0, 1] or None, got {self.gate_target}")
+    if self.attention == "quantile" and self.gate_target is None:
+      raise InputError('model.attention="quantile" needs model.gate_target, the kept fraction')
+    if self.gate_force not in GATE_FORCES:
+      raise InputError(
+        f"model.gate_force must be one of {', '.join(GATE_FORCES)}, got {self.gate_force!r}"
+      )
+    if self.gate_surrogate not in ops.SURROGATES:
+      raise InputError(
+        f"model.gate_surrogate must be one of {', '.join(ops.SURROGATES)}, "
+        f"got {self.gate_surrogate!r}"
       )
     if self.topk < 1:
       raise InputError(f"model.topk must be >= 1, got {self.topk}")
@@ -97,6 +119,18 @@ class ModelConfig(ConfigFields):
       for k, v in LEGACY_DEFAULTS.items():
         d.setdefault(k, v)
     return super().from_dict(d, source)
+
+  @property
+  def gate_controlled(self) -> bool:
+    """Whether the CGM carries a beta offset that the trainer's controller moves."""
+    return (
+      self.attention == "cgm" and self.gate_target is not None and self.gate_force == "controller"
+    )
+
+  @property
+  def gate_budgeted(self) -> bool:
+    """Whether training adds the budget term loss.gate_budget (kept - k*)^2."""
+    return self.attention == "cgm" and self.gate_target is not None and self.gate_force == "budget"
 
   @property
   def compute_dtype(self):
@@ -130,6 +164,9 @@ class Generator(nn.Module):
       dtype,
       topk=cfg.topk,
       gate_lambda=cfg.gate_lambda,
+      gate_target=cfg.gate_target,
+      gate_offset=cfg.gate_controlled,
+      gate_surrogate=cfg.gate_surrogate,
       precision=cfg.attention_precision,
       query_chunk=self.query_chunk,
       name="alignment",
