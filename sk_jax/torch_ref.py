@@ -146,6 +146,9 @@ class StyleAlignment(nn.Module):
       self.log_sharpness = nn.Parameter(torch.tensor(math.log(config.attention_sharpness)))
     if config.attention == "cgm":
       self.gate = GateNet(config.gate_hidden, config.gate_lambda)
+    if config.gate_controlled:
+      # Moved by the trainer's controller, never by a gradient (sk_jax.train.control_gate_offset).
+      self.beta_offset = nn.Parameter(torch.zeros(()), requires_grad=False)
 
   def forward(self, z_c, z_s, mask=None):
     """mask: (B, Nc, Ns) gate decisions to use instead of this module's own (see sk_jax.parity)."""
@@ -156,12 +159,17 @@ class StyleAlignment(nn.Module):
     aux = {"attention": attn}
     if cfg.attention == "cgm":
       lam, beta = self.gate(z_c)
+      if cfg.gate_controlled:
+        beta = beta + self.beta_offset
       beta = beta / (z_s.shape[2] * z_s.shape[3])  # beta in units of 1/Ns, as in JAX
       thresh = gate_threshold(attn, lam.reshape(b, h * w), beta.reshape(b, h * w))
       # ops.gated_attention scales by Ns before the sign; kept for bit-equal decisions.
       own = ((attn - thresh.unsqueeze(-1)) * attn.shape[-1] > 0).to(attn.dtype)
-    elif cfg.attention == "topk":
-      thresh = topk_threshold(attn, cfg.topk)
+    elif cfg.attention in ("topk", "quantile"):
+      # "quantile" keeps round(k* Ns) weights of each row (ops.quantile_k), at least one.
+      ns = attn.shape[-1]
+      k = cfg.topk if cfg.attention == "topk" else max(1, min(ns, round(cfg.gate_target * ns)))
+      thresh = topk_threshold(attn, k)
       own = (attn >= thresh.unsqueeze(-1)).to(attn.dtype)
     if cfg.attention != "full":
       aux.update(threshold=thresh, own_mask=own)
