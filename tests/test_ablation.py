@@ -82,3 +82,18 @@ def test_json_shape_and_plots(ablate, tmp_path):
     } <= set(v)
   for suffix in ("loss", "fig3", "kept"):
     assert os.path.getsize(tmp_path / f"ablation_test_{suffix}.png") > 1000
+
+
+def test_holding_criteria(ablate):
+  """The band share after the warm-up and the second half's trend (docs/method.md)."""
+  import numpy as np
+
+  steps = np.arange(1, 1001)
+  flat = 0.25 + 0.05 * np.sin(steps)  # inside 0.25 +- 0.1 everywhere, no trend
+  h = ablate.holding(steps, flat, 0.25)
+  assert h["in_band_share"] == 1.0 and abs(h["trend_per_1000"]) < 0.01
+  creep = np.linspace(0.2, 0.6, 1000)  # leaves the band at 0.35, trend 0.4 per 1000 steps
+  h = ablate.holding(steps, creep, 0.25)
+  assert 0.15 < h["in_band_share"] < 0.25
+  assert h["trend_per_1000"] == pytest.approx(0.4, rel=1e-3)
+  assert "in_band_share" not in ablate.holding(steps, creep, None)
