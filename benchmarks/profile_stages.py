@@ -16,7 +16,6 @@ import platform
 import statistics
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 import sk_jax
 from sk_jax import port, torch_ref
 from sk_jax.models import vgg
+from sk_jax.models.decoder import Decoder
 from sk_jax.models.generator import FEATURE_CHANNELS, Generator
 from sk_jax.models.kernels import apply_style_kernels
 
@@ -58,26 +58,17 @@ def stages(config, params, vgg_params, size):
   nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   t_img, t_z = nchw(image), nchw(z)
 
-  # The generator's own submodules, caught as it runs, each with its parameters.
-  parts = {}
-
-  def catch(next_fun, args, kwargs, context):
-    name = context.module.name
-    if name in ("alignment", "kernel_head", "decoder") and context.method_name == "__call__":
-      parts.setdefault(name, (context.module.clone(parent=None), params[name]))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(catch):
-    Generator(config).apply({"params": params}, jnp.asarray(z), jnp.asarray(z))
-
-  def sub(name, post=lambda out: out):
-    module, p = parts[name]
-    p = jax.device_put(p)
-    return jax.jit(lambda _, *a: post(module.apply({"params": p}, *a)))
+  # The generator's own stages (Generator.align, .kernels) and its decoder, each jitted alone.
+  gen = Generator(config)
+  stage = lambda method: jax.jit(lambda p, *a: gen.apply({"params": p}, *a, method=method))
+  decoder = Decoder(config.compute_dtype)
+  dec = jax.jit(lambda p, x: decoder.apply({"params": p["decoder"]}, x))
 
   enc = jax.jit(lambda v, x: vgg.vgg16_features(v, x, taps=("relu4_1",))["relu4_1"])
   vgg_dev = jax.device_put(vgg_params)
-  align, kern, dec = sub("alignment", lambda out: out[0]), sub("kernel_head"), sub("decoder")
+  params = jax.device_put(params)
+  align_both, kern = stage(Generator.align), stage(Generator.kernels)
+  align = lambda p, z_c, z_s: align_both(p, z_c, z_s)[0]
   z_cs = align(params, z, z)
   f_v, f_h, b = kern(params, z_cs)
   eq6 = jax.jit(lambda *a: apply_style_kernels(*a, config.shuffle_groups))

@@ -38,7 +38,7 @@ from sk_jax import images, port
 from sk_jax.errors import InputError
 from sk_jax.images import MIN_SIDE
 from sk_jax.models import vgg
-from sk_jax.models.generator import STRIDE, Generator, encode
+from sk_jax.models.generator import STRIDE, encode, generate
 from sk_jax.parity import gate_gap
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -94,12 +94,11 @@ def stylizer_fn(params, vgg_params, config, gate_output: bool = False):
     name: {k: np.asarray(v, np.float32) for k, v in vgg_params[name].items()}
     for name in ENCODER_LAYERS
   }
-  model = Generator(config)
 
   def stylize(content, style):
     dtype = config.compute_dtype
     z_c, z_s = encode(vgg_used, content, dtype), encode(vgg_used, style, dtype)
-    image, aux = model.apply({"params": params}, z_c, z_s, 1.0)
+    image, aux = generate(params, config, z_c, z_s)
     image = jnp.clip(image, 0.0, 1.0)
     if gate_output:
       return image, aux["mask"].astype(jnp.float32)
@@ -346,7 +345,7 @@ def reference_gate(params, vgg_params, config, content, style):
   """
   dtype = config.compute_dtype
   z_c, z_s = encode(vgg_params, content, dtype), encode(vgg_params, style, dtype)
-  _, aux = Generator(config).apply({"params": params}, z_c, z_s, 1.0)
+  _, aux = generate(params, config, z_c, z_s)
   return np.asarray(aux["mask"], np.float32), gate_gap(aux["attention"], aux["threshold"])
 
 

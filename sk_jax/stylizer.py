@@ -19,23 +19,20 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sk_jax import bundled, controls, images, ops, weights
 from sk_jax.errors import InputError
-from sk_jax.models.alignment import StyleAlignment
 from sk_jax.models.generator import (
   STRIDE,
-  Generator,
   ModelConfig,
   encode,
+  generate,
   pad_to_stride,
   stylize_images,
 )
-from sk_jax.models.kernels import KernelHead
 
 DEFAULT_SIZE = 512
 # The attention's float32 temporaries may take this much; above it the attention runs in
@@ -54,17 +51,40 @@ def _encode(vgg_params, style, config: ModelConfig):
   return _features(vgg_params, config, style)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("return_aux", "query_chunk"))
+@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("extra", "query_chunk"))
 def _apply(
-  params, vgg_params, config: ModelConfig, z_s, content, alpha, return_aux=False, query_chunk=None
+  params,
+  vgg_params,
+  config: ModelConfig,
+  z_styles,
+  content,
+  style_weights=None,
+  alpha=1.0,
+  previous=None,
+  smooth=0.0,
+  extra="kept",
+  query_chunk=None,
 ):
+  """Content images and encoded styles -> (images in [0, 1], extra): `generate` (the one
+  forward pass) between the encoder and the crop. extra: "kept" (the kept fraction),
+  "kernels" (the kept fraction and the kernels used, float32) or "aux" (the whole aux)."""
   z_c, (h, w) = _features(vgg_params, config, content)
-  z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
-  image, aux = Generator(config, query_chunk).apply({"params": params}, z_c, z_s, alpha)
-  image = image[:, :h, :w]
-  if return_aux:
-    aux = dict(aux, decoded=image)  # before clipping
-  return jnp.clip(image, 0.0, 1.0), (aux if return_aux else aux["kept_fraction"])
+  batch = lambda z: jnp.broadcast_to(z, (z_c.shape[0], *z.shape[1:]))
+  z_styles = tuple(map(batch, z_styles)) if isinstance(z_styles, tuple) else batch(z_styles)
+  if style_weights is not None:
+    style_weights = jnp.broadcast_to(style_weights, (*z_c.shape[:3], len(z_styles)))
+  image, aux = generate(
+    params, config, z_c, z_styles, style_weights, alpha, previous, smooth, query_chunk
+  )
+  image = image[..., :h, :w, :]
+  if extra == "aux":
+    extra = dict(aux, decoded=image)  # before clipping
+  elif extra == "kernels":
+    kernels = tuple(aux[k].astype(jnp.float32) for k in ("f_v", "f_h", "bias"))
+    extra = aux["kept_fraction"], kernels
+  else:
+    extra = aux["kept_fraction"]
+  return jnp.clip(image, 0.0, 1.0), extra
 
 
 @functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
@@ -75,103 +95,6 @@ def _forward(params, vgg_params, config: ModelConfig, content, style, alpha, que
 def _device(x, dtype=np.float32) -> jax.Array:
   """Host data to the device explicitly (so `jax.transfer_guard("disallow")` sees no hidden copy)."""
   return x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x, dtype))
-
-
-def _is_call(context, module_type) -> bool:
-  return isinstance(context.module, module_type) and context.method_name == "__call__"
-
-
-def _mix_alignment(z_styles, w_BxHxWxS):
-  """An interceptor that runs the alignment (SAE + CGM) once per style and returns
-  Z_cs = sum_s w_s * Z_cs(Z_c, Z_s), per content position, to the kernel head.
-
-  Intercepting keeps `Generator` the one definition of the forward pass: the controls
-  change only what reaches the kernel head, whatever the alignment's own arguments are.
-  """
-  inside = []  # the per-style calls below pass through this interceptor
-
-  def interceptor(next_fun, args, kwargs, context):
-    if inside or not _is_call(context, StyleAlignment):
-      return next_fun(*args, **kwargs)
-    # A compact module cannot be called twice in one scope (its submodule names are taken),
-    # so each style runs an unbound copy with the same fields and the same variables.
-    module, variables = context.module.clone(parent=None), context.module.variables
-    z_c, _, *rest = args
-    inside.append(True)
-    try:
-      outs = [
-        module.apply(variables, z_c, z_s.astype(z_c.dtype), *rest, **kwargs) for z_s in z_styles
-      ]
-    finally:
-      inside.pop()
-    w = w_BxHxWxS.astype(jnp.float32)
-    z_cs = sum(w[..., i : i + 1] * z.astype(jnp.float32) for i, (z, _) in enumerate(outs))
-    share = w.mean(axis=(1, 2))  # (B, S): each style's share of the positions
-    aux = dict(
-      outs[0][1],
-      kept_fraction=sum(share[:, i] * a["kept_fraction"] for i, (_, a) in enumerate(outs)),
-    )
-    return z_cs.astype(outs[0][0].dtype), aux
-
-  return interceptor
-
-
-def _smooth_kernels(previous, beta):
-  """An interceptor that replaces the kernel head's (F_v, F_h, B) by an exponential moving
-  average beta * previous + (1 - beta) * current (temporal smoothing of a clip)."""
-
-  def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if not _is_call(context, KernelHead):
-      return out
-    return tuple(
-      (beta * p + (1.0 - beta) * k.astype(jnp.float32)).astype(k.dtype)
-      for p, k in zip(previous, out)
-    )
-
-  return interceptor
-
-
-@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
-def _apply_controls(
-  params, vgg_params, config: ModelConfig, z_styles, content, weights_S, alphas_A, query_chunk=None
-):
-  """Several styles mixed by (S,) or (h, w, S) weights, for every alpha of (A,) in one program.
-
-  Returns (A, B, H, W, 3) in [0, 1] and the kept fraction (A, B). Under vmap over alpha only
-  what depends on alpha (Eq. 6's blend and the decoder) is batched: the encoder, the
-  alignment and the kernels are computed once.
-  """
-  z_c, (h, w) = _features(vgg_params, config, content)
-  z_styles = tuple(jnp.broadcast_to(z, (z_c.shape[0], *z.shape[1:])) for z in z_styles)
-  w_BxHxWxS = jnp.broadcast_to(weights_S, (*z_c.shape[:3], len(z_styles)))
-
-  def one(alpha):
-    with nn.intercept_methods(_mix_alignment(z_styles, w_BxHxWxS)):
-      image, aux = Generator(config, query_chunk).apply({"params": params}, z_c, z_styles[0], alpha)
-    return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux["kept_fraction"]
-
-  return jax.vmap(one)(alphas_A)
-
-
-@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
-def _apply_smoothed(
-  params, vgg_params, config: ModelConfig, z_s, content, alpha, previous, beta, query_chunk=None
-):
-  """`_apply` with the kernels smoothed against `previous` (None: the first frame).
-
-  Returns the image (B, H, W, 3), the kept fraction (B,) and the kernels used (F_v, F_h, B).
-  """
-  z_c, (h, w) = _features(vgg_params, config, content)
-  z_s = jnp.broadcast_to(z_s, (z_c.shape[0], *z_s.shape[1:]))
-  generator = Generator(config, query_chunk)
-  if previous is None:
-    image, aux = generator.apply({"params": params}, z_c, z_s, alpha)
-  else:
-    with nn.intercept_methods(_smooth_kernels(previous, beta)):
-      image, aux = generator.apply({"params": params}, z_c, z_s, alpha)
-  kernels = tuple(aux[k].astype(jnp.float32) for k in ("f_v", "f_h", "bias"))
-  return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux["kept_fraction"], kernels
 
 
 def _batch(x) -> jax.Array:
@@ -238,8 +161,8 @@ class Stylizer:
       self.config,
       style_features,
       content,
-      _device(alpha),
-      return_aux=return_aux,
+      alpha=_device(alpha),
+      extra="aux" if return_aux else "kept",
       query_chunk=chunk,
     )
 
@@ -254,7 +177,7 @@ class Stylizer:
     w = controls.style_weights(None, len(z)) if weights is None else np.asarray(weights, np.float32)
     content = _batch(content)
     chunk = self._chunk_for_features(content, z[0])
-    return _apply_controls(
+    return _apply(
       self.params,
       self.vgg_params,
       self.config,
@@ -274,17 +197,19 @@ class Stylizer:
     """
     content = _batch(content)
     chunk = self._chunk_for_features(content, style_features)
-    return _apply_smoothed(
+    images, (kept, kernels) = _apply(
       self.params,
       self.vgg_params,
       self.config,
       style_features,
       content,
-      _device(alpha),
-      previous,
-      _device(beta),
+      alpha=_device(alpha),
+      previous=previous,
+      smooth=_device(beta),
+      extra="kernels",
       query_chunk=chunk,
     )
+    return images, kept, kernels
 
   def __call__(self, content, style, alpha=1.0) -> jax.Array:
     """Images in, images out, in one compiled program: (B, H, W, 3) in [0, 1]."""

@@ -44,7 +44,7 @@ from sk_jax.models.discriminator import (
   MultiScaleDiscriminator,
   init_discriminator,
 )
-from sk_jax.models.generator import Generator, ModelConfig, init_params, stylize_images
+from sk_jax.models.generator import ModelConfig, generate, init_params, stylize_images
 
 EXPORT_DIR = "generator"
 NetState = train_state.TrainState  # params + optimiser state of one network
@@ -151,7 +151,7 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
   Returns g_loss(g_params, d_params, vgg_params, content, style, key) -> (total, (terms, I_cs))
   for content and style (B, H, W, 3) in [0, 1]; every term is a batch mean.
   """
-  gen, dnet = Generator(model), MultiScaleDiscriminator(disc, model.compute_dtype)
+  dnet = MultiScaleDiscriminator(disc, model.compute_dtype)
   dtype, lc, taps = model.compute_dtype, cfg.loss, vgg.TAPS
 
   def g_loss(g_params, d_params, vgg_params, content, style, key):
@@ -162,8 +162,8 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
     feats_c, feats_s = _split(real, 2)
     z_c, z_s = feats_c["relu4_1"], feats_s["relu4_1"]
     # One generator call for I_cs = G(c, s), I_cc = G(c, c), I_ss = G(s, s).
-    out, aux = gen.apply(
-      {"params": g_params}, jnp.concatenate([z_c, z_c, z_s]), jnp.concatenate([z_s, z_c, z_s])
+    out, aux = generate(
+      g_params, model, jnp.concatenate([z_c, z_c, z_s]), jnp.concatenate([z_s, z_c, z_s])
     )
     i_cs, i_cc, i_ss = jnp.split(out, 3)
     f_cs, f_cc, f_ss = _split(vgg.vgg16_features(vgg_params, out, taps, dtype), 3)

@@ -172,7 +172,7 @@ def test_alpha_strip_is_one_compiled_call_with_the_kernels_computed_once(st):
 
   z = (st.encode_style(images.prepare(STYLE_A, SIZE)),)
   content = images.prepare(CONTENT, SIZE)[None]
-  jaxpr = jax.make_jaxpr(module._apply_controls, static_argnums=(2,))(
+  jaxpr = jax.make_jaxpr(module._apply, static_argnums=(2,))(
     st.params,
     st.vgg_params,
     st.config,

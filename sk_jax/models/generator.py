@@ -138,23 +138,25 @@ class ModelConfig(ConfigFields):
 
 
 class Generator(nn.Module):
-  """relu4_1 features of content and style -> stylized RGB image.
+  """relu4_1 features of content and style -> stylized RGB image, in three explicit stages.
 
-  __call__(z_c (B, H, W, 512), z_s (B, Hs, Ws, 512), alpha) returns the image
-  (B, 8H, 8W, 3) and an aux dict (attention, mask, kept fraction, z_cs, kernels, z_bar).
-  alpha blends Z_bar with Z_c (1: full style). query_chunk (content positions at a time
-  in the attention; None: all at once) changes memory, not results (ops.aligned_style_features).
+  `align` (SAE + CGM, Eqs. 1-5): Z_c, Z_s -> Z_cs and the attention statistics;
+  `kernels` (SKG): Z_cs -> (F_v, F_h, B); `render` (Eq. 6, alpha's blend with Z_c, the
+  decoder): Z_c, kernels, alpha -> image. `__call__(z_c (B, H, W, 512), z_s (B, Hs, Ws, 512),
+  alpha)` runs all three and returns the image (B, 8H, 8W, 3) and an aux dict (attention,
+  mask, kept fraction, z_cs, kernels, z_bar); `generate` below is the one function that runs
+  them with the controls (style mixing, kernel smoothing, several alphas). query_chunk
+  (content positions at a time in the attention; None: all at once) changes memory, not
+  results (ops.aligned_style_features).
   """
 
   config: ModelConfig
   query_chunk: int | None = None
 
-  @nn.compact
-  def __call__(self, z_c, z_s, alpha=1.0):
+  def setup(self):
     cfg = self.config
     dtype = cfg.compute_dtype
-    z_c, z_s = z_c.astype(dtype), z_s.astype(dtype)
-    z_cs, aux = StyleAlignment(
+    self.alignment = StyleAlignment(
       cfg.attention_sharpness,
       cfg.learn_sharpness,
       cfg.attention,
@@ -169,21 +171,84 @@ class Generator(nn.Module):
       gate_surrogate=cfg.gate_surrogate,
       precision=cfg.attention_precision,
       query_chunk=self.query_chunk,
-      name="alignment",
-    )(z_c, z_s)
-    f_v, f_h, bias = KernelHead(
-      FEATURE_CHANNELS,
-      cfg.kernel_size,
-      cfg.kernel_hidden,
-      cfg.kernel_init_std,
-      dtype,
-      name="kernel_head",
-    )(z_cs)
-    z_bar = apply_style_kernels(z_c, f_v, f_h, bias, cfg.shuffle_groups)
+    )
+    self.kernel_head = KernelHead(
+      FEATURE_CHANNELS, cfg.kernel_size, cfg.kernel_hidden, cfg.kernel_init_std, dtype
+    )
+    self.decoder = Decoder(dtype)
+
+  def align(self, z_c, z_s):
+    """Z_cs (B, H, W, 512) and the attention statistics (ops.aligned_style_features' aux)."""
+    dtype = self.config.compute_dtype
+    return self.alignment(z_c.astype(dtype), z_s.astype(dtype))
+
+  def kernels(self, z_cs):
+    """The style kernels (F_v, F_h (B, H, W, 512, k), B (B, H, W, 512)) of Z_cs."""
+    return self.kernel_head(z_cs)
+
+  def render(self, z_c, kernels, alpha=1.0):
+    """Eq. 6 on Z_c, blended with Z_c by alpha (1: full style), decoded: (image, Z_bar)."""
+    z_c = z_c.astype(self.config.compute_dtype)
+    z_bar = apply_style_kernels(z_c, *kernels, self.config.shuffle_groups)
     z_mix = alpha * z_bar + (1.0 - alpha) * z_c.astype(jnp.float32)
-    image = Decoder(dtype, name="decoder")(z_mix)
-    aux.update(z_cs=z_cs, f_v=f_v, f_h=f_h, bias=bias, z_bar=z_bar)
-    return image, aux
+    return self.decoder(z_mix), z_bar
+
+  def __call__(self, z_c, z_s, alpha=1.0):
+    z_cs, aux = self.align(z_c, z_s)
+    f_v, f_h, bias = self.kernels(z_cs)
+    image, z_bar = self.render(z_c, (f_v, f_h, bias), alpha)
+    return image, dict(aux, z_cs=z_cs, f_v=f_v, f_h=f_h, bias=bias, z_bar=z_bar)
+
+
+def generate(
+  params,
+  config: ModelConfig,
+  z_c,
+  z_styles,
+  style_weights=None,
+  alpha=1.0,
+  previous=None,
+  smooth=0.0,
+  query_chunk=None,
+):
+  """The one forward pass of the generator, with the stylize controls; pure, jit it outside.
+
+  Args:
+    z_c: (B, H, W, 512) content features.
+    z_styles: (B, Hs, Ws, 512) style features, or a tuple of S of them, mixed in Z_cs as
+      sum_s w_s Z_cs(Z_c, Z_s) with `style_weights` (B, H, W, S) (docs/method.md, "Controls").
+    alpha: a scalar, or (A,) alphas rendered from one alignment and one set of kernels
+      (vmap over `render`): the image gains a leading axis A.
+    previous, smooth: kernels of the previous frame; the kernels used are
+      smooth * previous + (1 - smooth) * this frame's (temporal smoothing of a clip).
+
+  Returns the image (B, 8H, 8W, 3), or (A, B, 8H, 8W, 3), before clipping, and the aux dict
+  of `Generator.__call__` (for several styles: the first style's attention statistics, the
+  kept fraction weighted by each style's share of the positions).
+  """
+  gen, variables = Generator(config, query_chunk), {"params": params}
+  if isinstance(z_styles, (tuple, list)) and len(z_styles) == 1:
+    z_styles = z_styles[0]
+  if isinstance(z_styles, (tuple, list)):
+    outs = [gen.apply(variables, z_c, z_s, method=Generator.align) for z_s in z_styles]
+    w = style_weights.astype(jnp.float32)
+    z_cs = sum(w[..., i : i + 1] * z.astype(jnp.float32) for i, (z, _) in enumerate(outs))
+    z_cs = z_cs.astype(outs[0][0].dtype)
+    share = w.mean(axis=(1, 2))  # (B, S): each style's share of the positions
+    kept = sum(share[:, i] * a["kept_fraction"] for i, (_, a) in enumerate(outs))
+    aux = dict(outs[0][1], kept_fraction=kept)
+  else:
+    z_cs, aux = gen.apply(variables, z_c, z_styles, method=Generator.align)
+  kernels = gen.apply(variables, z_cs, method=Generator.kernels)
+  if previous is not None:
+    kernels = tuple(
+      (smooth * p + (1.0 - smooth) * k.astype(jnp.float32)).astype(k.dtype)
+      for p, k in zip(previous, kernels)
+    )
+  render = lambda a: gen.apply(variables, z_c, kernels, a, method=Generator.render)
+  image, z_bar = render(alpha) if jnp.ndim(alpha) == 0 else jax.vmap(render)(alpha)
+  f_v, f_h, bias = kernels
+  return image, dict(aux, z_cs=z_cs, f_v=f_v, f_h=f_h, bias=bias, z_bar=z_bar)
 
 
 def encode(vgg_params, images, dtype=jnp.float32):
@@ -220,5 +285,5 @@ def stylize_images(
   style, _ = pad_to_stride(style)
   dtype = config.compute_dtype
   z_c, z_s = encode(vgg_params, content, dtype), encode(vgg_params, style, dtype)
-  image, aux = Generator(config, query_chunk).apply({"params": params}, z_c, z_s, alpha)
-  return jnp.clip(image[:, :h, :w], 0.0, 1.0), aux
+  image, aux = generate(params, config, z_c, z_s, alpha=alpha, query_chunk=query_chunk)
+  return jnp.clip(image[..., :h, :w, :], 0.0, 1.0), aux
