@@ -151,8 +151,7 @@ def load_stablehlo(path: str) -> jax.export.Exported:
 
   Call it as `exported.call(content, style)`.
   """
-  if not os.path.isfile(path):
-    raise InputError(f"{path}: no such file")
+  files.check_input(path, "a serialized StableHLO file")
   with open(path, "rb") as f:
     blob = f.read()
   try:
