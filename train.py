@@ -55,6 +55,24 @@ def _unknown_field(argv, key: str) -> str | None:
   )
 
 
+def _config_error(e: BaseException, argv) -> str | None:
+  """ "FILE: malformed config (ValueError: boom)" when loading the config file raised: the
+  innermost exception that ml_collections' "Error whilst parsing config file" wraps."""
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  if not any("Error whilst parsing config file" in str(x) for x in chain):
+    return None
+  inner = chain[-1]
+  path = _config_path(argv)
+  if "Error whilst parsing config file" in str(inner):  # nothing underneath: its last line
+    text = str(inner).strip().splitlines()[-1]
+    return f"{path}: malformed config ({text})"
+  return f"{path}: malformed config ({type(inner).__name__}: {_one_line(inner)})"
+
+
 def _flag_error(e: BaseException, argv):
   cause = e if isinstance(e, KeyError) else e.__context__ or e.__cause__
   key = (
@@ -63,6 +81,8 @@ def _flag_error(e: BaseException, argv):
     else None
   )
   message = _unknown_field(argv, key) if key else None
+  if message is None:
+    message = _config_error(e, argv)
   print(f"train.py: error: {message or _one_line(e)}", file=sys.stderr)
   sys.exit(2)
 

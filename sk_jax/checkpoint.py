@@ -32,13 +32,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from sk_jax import files
 from sk_jax.errors import InputError, SaveError, is_disk_full
 from sk_jax.models import vgg
 from sk_jax.models.discriminator import DiscriminatorConfig
 from sk_jax.models.generator import ModelConfig, init_params
 
-GENERATOR_FORMAT = "sk-jax-generator"
-VGG16_FORMAT = "sk-jax-vgg16"
+GENERATOR_FORMAT, VGG16_FORMAT = files.CHECKPOINT_FORMATS
 VERSION = 1
 
 
@@ -65,39 +65,11 @@ def params_checksum(arrays) -> str:
   return h.hexdigest()
 
 
-def _own_format(path: str) -> str | None:
-  """The format of an sk-jax checkpoint directory at `path`, else None."""
-  if not os.path.isdir(os.path.join(path, "meta")):
-    return None
-  try:
-    meta = _read_json_item(path, "meta")
-  except Exception:  # a damaged meta item: not provably ours
-    return None
-  fmt = meta.get("format") if isinstance(meta, dict) else None
-  return fmt if fmt in (GENERATOR_FORMAT, VGG16_FORMAT) else None
-
-
-def check_target(path: str, overwrite: bool = False) -> None:
+def check_target(path: str, overwrite: bool = False, inputs=()) -> None:
   """InputError unless `path` may be written: missing, an empty directory, or (with `overwrite`)
-  a checkpoint of ours. A file or a directory holding anything else is never replaced."""
-  if not os.path.lexists(path):
-    return
-  if not os.path.isdir(path):
-    raise InputError(
-      f"{path}: exists and is not a directory; refusing to replace it (choose another output)"
-    )
-  if not os.listdir(path):
-    return
-  fmt = _own_format(path)
-  if fmt is None:
-    raise InputError(
-      f"{path}: is a non-empty directory that is not an sk-jax checkpoint; refusing "
-      "to replace it (choose a new or empty directory)"
-    )
-  if not overwrite:
-    raise InputError(
-      f"{path}: already holds an sk-jax checkpoint ({fmt}); pass --overwrite to replace it"
-    )
+  a checkpoint of ours; never an input. A file or a directory holding anything else is never
+  replaced (`sk_jax.files.check_outputs`)."""
+  files.check_outputs([files.checkpoint(path)], inputs, overwrite)
 
 
 def _remove_partial(pattern: str, settle_s: float = 0.5, limit_s: float = 30.0) -> None:
@@ -204,6 +176,27 @@ def _open(path: str, fmt: str, what: str) -> tuple[str, dict]:
   return path, config
 
 
+def _check_readable(path: str, what: str) -> None:
+  """Reads every stored value of the params item once, synchronously, one at a time: a truncated
+  or missing file is an InputError here, before Orbax's concurrent restore, whose other reads
+  would otherwise still complete into its closed event loop (an asyncio traceback after the
+  error)."""
+  import tensorstore as ts
+
+  params_dir = os.path.join(path, "params")
+  if not os.path.isfile(os.path.join(params_dir, "manifest.ocdbt")):
+    return  # not OCDBT: Orbax reads (and reports) it
+  try:
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{params_dir}/"}).result()
+    for key in kv.list().result():
+      kv.read(key).result()
+  except Exception as e:  # TensorStore reports a short read as ValueError: OUT_OF_RANGE
+    raise InputError(
+      f"{path}: unreadable {what} parameters, truncated or damaged "
+      f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+    ) from None
+
+
 def _restore_arrays(path: str, abstract, what: str):
   """Restores `params` against the expected tree; a mismatch names the first differing leaf."""
   try:
@@ -241,6 +234,7 @@ def _restore_arrays(path: str, abstract, what: str):
     lambda k, a: jax.ShapeDtypeStruct(a.shape, saved_dtype[jax.tree_util.keystr(k)] or a.dtype),
     abstract,
   )
+  _check_readable(path, what)
   try:
     with _checkpointer() as ckptr:
       params = ckptr.restore(
@@ -563,7 +557,7 @@ def export_generator(
   Reads only the generator's parameters (not D, the optimiser states or the data iterators).
   `output` must be new, empty, or (with `overwrite`) an sk-jax checkpoint.
   """
-  check_target(output, overwrite)
+  check_target(output, overwrite, inputs=[workdir])
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   if not os.path.isdir(ckpt_dir):
     raise InputError(f"{workdir}: no training checkpoints (expected {ckpt_dir})")

@@ -8,6 +8,7 @@ import os
 
 import ml_collections
 
+from sk_jax import files
 from sk_jax.errors import InputError
 from sk_jax.models.discriminator import DiscriminatorConfig
 from sk_jax.models.generator import ModelConfig
@@ -15,8 +16,9 @@ from sk_jax.models.generator import ModelConfig
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """Runs `get_config()` of a Python config file; any failure is an InputError naming the file."""
-  if not os.path.isfile(path):
+  if not os.path.lexists(path):
     raise InputError(f"{path}: no such config file")
+  files.check_input(path, "a config file (configs/*.py)")
   try:
     spec = importlib.util.spec_from_file_location("_sk_jax_config", path)
     module = importlib.util.module_from_spec(spec)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sk_jax import images, port
+from sk_jax import files, images, port
 from sk_jax.errors import InputError
 from sk_jax.images import MIN_SIDE
 from sk_jax.models import vgg
@@ -150,8 +150,7 @@ def load_stablehlo(path: str) -> jax.export.Exported:
 
   Call it as `exported.call(content, style)`.
   """
-  if not os.path.isfile(path):
-    raise InputError(f"{path}: no such file")
+  files.check_input(path, "a serialized StableHLO file")
   with open(path, "rb") as f:
     blob = f.read()
   try:
@@ -381,16 +380,33 @@ def _write_file(path: str, write) -> None:
     raise InputError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
-def check_output(path: str, fmt: str) -> None:
-  """Refuses an output path that cannot be written, before any work is done."""
-  path = os.path.abspath(path)
+def is_stablehlo_stylizer(path: str) -> bool:
+  """True for a file `save_stablehlo` wrote: a serialized jax.export of (content, style)."""
+  try:
+    with open(path, "rb") as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+    return len(exported.in_avals) == 2 and len(exported.out_avals) in (1, 2)
+  except Exception:  # not a flatbuffer of jax.export, or of another version
+    return False
+
+
+def is_onnx_stylizer(path: str) -> bool:
+  """True for a file `save_onnx` wrote: an ONNX model with inputs (content, style) -> stylized."""
+  try:
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return tuple(i.name for i in graph.input) == INPUT_NAMES and graph.output[0].name == OUTPUT_NAME
+  except Exception:  # onnx missing, or not an ONNX protobuf
+    return False
+
+
+def check_output(path: str, fmt: str, inputs=(), overwrite: bool = False) -> None:
+  """Refuses an output path that cannot be written or would replace what is not ours
+  (`sk_jax.files.check_outputs`), before any work is done."""
   if fmt == "orbax":
-    if os.path.exists(path) and not os.path.isdir(path):
-      raise InputError(f"{path}: exists and is not a directory (a checkpoint is a directory)")
-  elif os.path.isdir(path):
-    raise InputError(f"{path}: is a directory, expected a file name")
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-    raise InputError(f"{path}: cannot write there ({parent} is not a writable directory)")
+    out = files.checkpoint(path)
+  else:
+    owned = is_stablehlo_stylizer if fmt == "stablehlo" else is_onnx_stylizer
+    out = files.export(path, owned, f"{fmt} stylizer")
+  files.check_outputs([out], inputs, overwrite)

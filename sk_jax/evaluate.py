@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import sk_jax
-from sk_jax import bundled, images, metrics, peers, video, weights
+from sk_jax import bundled, files, images, metrics, peers, video, weights
 from sk_jax.errors import InputError
 from sk_jax.models.generator import init_params
 from sk_jax.stylizer import Stylizer
@@ -500,6 +500,12 @@ def make_grid(contents, styles, outputs, cell: int) -> Image.Image:
 # ----------------------------------------------------------------------------- all of it
 
 
+def output_plan(args: Settings, methods) -> files.Output:
+  """The files `run` writes into the output directory (for `sk_jax.files.check_outputs`)."""
+  names = ["metrics.json", "metrics.md"] + [f"grid_{name}.png" for name in methods]
+  return files.directory(args.output_dir, names)
+
+
 def run(args: Settings) -> dict:
   """Evaluates, then writes metrics.json, metrics.md and grid_<method>.png; returns the report."""
   args.check()
@@ -516,6 +522,12 @@ def run(args: Settings) -> dict:
 
   # Read and check every input before computing or writing anything.
   content_paths, style_paths = list_inputs(args.content), list_inputs(args.style)
+  plan = output_plan(args, available)
+  inputs = [args.content, args.style, *content_paths, *style_paths, *args.clips]
+  inputs += [
+    p for p in (args.checkpoint, args.vgg, *args.sweep_checkpoints) if p and p != "bundled"
+  ]
+  files.check_outputs([plan], inputs)
   contents = load_inputs(content_paths, args.size or None)
   styles = load_inputs(style_paths, args.size or None)
   clips = make_clips(
@@ -604,7 +616,7 @@ def run(args: Settings) -> dict:
       main, sweep_checkpoints, contents, styles, clips, vgg_params, args, timing_input
     )
 
-  os.makedirs(args.output_dir, exist_ok=True)
+  files.claim_directory(plan.path, plan.names)
   out = lambda name: os.path.join(args.output_dir, name)
   images.write_atomic(
     out("metrics.json"), lambda p: pathlib.Path(p).write_text(json.dumps(report, indent=2) + "\n")

@@ -10,6 +10,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sk_jax import files
 from sk_jax.errors import InputError
 
 MIN_SIDE = 16
@@ -118,13 +119,8 @@ def decode(img: Image.Image) -> np.ndarray:
 
 
 def check_file(path: str, expected: str = "an image file") -> None:
-  """InputError unless `path` is an existing, non-empty regular file."""
-  if not os.path.exists(path):
-    raise InputError(f"{path}: no such file")
-  if os.path.isdir(path):
-    raise InputError(f"{path}: is a directory, expected {expected}")
-  if os.path.getsize(path) == 0:
-    raise InputError(f"{path}: empty file")
+  """InputError unless `path` is an existing, non-empty regular file (sk_jax.files.check_input)."""
+  files.check_input(path, expected)
 
 
 @contextlib.contextmanager
@@ -216,9 +212,8 @@ def write_atomic(path: str, write) -> None:
 
 def save_image(image, path: str) -> None:
   """Writes (H, W, 3) float in [0, 1] to `path` atomically."""
-  fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
-  if fmt is None:
-    raise InputError(f"{path}: unknown image extension; use .png or .jpg")
+  files.check_image_writer(path)
+  fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
   pil = Image.fromarray(to_uint8(image))
   write_atomic(path, lambda tmp: pil.save(tmp, format=fmt))
 
@@ -246,9 +241,7 @@ def list_images(path: str) -> list[str]:
   "skimage:a,b" or "skimage:photos" -> ["skimage:a", "skimage:b"] (packaged images)."""
   if is_packaged(path):
     return [PACKAGED_PREFIX + name for name in packaged_names(path)]
-  if not os.path.exists(path):
-    raise InputError(f"{path}: no such file or directory")
-  if not os.path.isdir(path):
+  if files.check_input(path, directory_ok=True) == "file":
     return [path]
   found = sorted(
     os.path.join(root, name)
@@ -259,45 +252,3 @@ def list_images(path: str) -> list[str]:
   if not found:
     raise InputError(f"{path}: no images found (looked for {', '.join(EXTENSIONS)})")
   return found
-
-
-def _same_file(a: str, b: str) -> bool:
-  """True when a and b name one file: through symbolic links, `..` and hard links."""
-  if os.path.realpath(a) == os.path.realpath(b):
-    return True
-  try:
-    return os.path.samefile(a, b)
-  except OSError:  # one of them does not exist (yet)
-    return False
-
-
-def check_outputs(outputs, inputs) -> None:
-  """Before any compute: no output may be one of the inputs (also through links), and every output's
-  directory must be writable. InputError otherwise, naming the path."""
-  files = [p for p in dict.fromkeys(inputs) if not is_packaged(p)]
-  for out in dict.fromkeys(outputs):
-    for src in files:
-      if _same_file(out, src):
-        raise InputError(
-          f"{out}: is the input {src}; refusing to overwrite an input (choose another --output)"
-        )
-  for directory in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in outputs):
-    check_writable_dir(directory)
-
-
-def check_writable_dir(directory: str) -> None:
-  """InputError unless files can be created in `directory` (or, while it does not exist yet, in its
-  nearest existing ancestor): a probe file is written and removed; nothing else is created."""
-  existing = os.path.abspath(directory)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise InputError(f"{directory}: cannot write output there ({existing} is not a directory)")
-  try:
-    fd, probe = tempfile.mkstemp(dir=existing, prefix=".tmp-probe-")
-    os.close(fd)
-    os.unlink(probe)
-  except OSError as e:
-    raise InputError(
-      f"{directory}: cannot write output there ({e.strerror or type(e).__name__})"
-    ) from None

@@ -345,6 +345,30 @@ def export_torch(params, config, vgg_params, path: str) -> str:
   return path
 
 
+def is_export(path: str) -> bool:
+  """True for a file that `export_torch` wrote (its header says so; nothing is unpickled): a
+  safetensors file whose metadata names EXPORT_FORMAT, or a torch zip whose pickle holds it."""
+  import struct
+  import zipfile
+
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if zipfile.is_zipfile(f):
+        with zipfile.ZipFile(f) as z:
+          pickles = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+          return bool(pickles) and EXPORT_FORMAT.encode() in z.read(pickles[0])
+      (size,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+      if not 0 < size <= 1 << 24:
+        return False
+      f.seek(8)
+      header = json.loads(f.read(size))
+  except (OSError, ValueError, zipfile.BadZipFile, struct.error):
+    return False
+  meta = header.get("__metadata__") if isinstance(header, dict) else None
+  return isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT
+
+
 def load_torch_model(path: str):
   """A file from `sk-jax export-torch` -> `sk_jax.torch_ref.StyleKernel` in eval mode (weights-only
   loading): encoder and generator in plain PyTorch."""

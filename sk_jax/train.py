@@ -33,7 +33,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from sk_jax import checkpoint, data, losses, sharding, weights
+from sk_jax import checkpoint, data, files, losses, sharding, weights
 from sk_jax import workdir as workdir_lock
 from sk_jax.config import validate_config
 from sk_jax.errors import NonFiniteError, SaveError, is_disk_full
@@ -344,16 +344,15 @@ def train(cfg, workdir: str, devices=None) -> dict:
   models = validate_config(cfg)
   sources = data.open_sources(cfg.data)  # bad data paths fail before any device is touched
   sharding.maybe_initialize_distributed(cfg.mesh)
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lock.create(workdir)
   # One trainer per workdir (per host; process 0 owns it): a second one refuses, naming the PID.
   with workdir_lock.lock(workdir, enabled=jax.process_index() == 0):
     return _train(cfg, workdir, devices, models, sources)
 
 
 def _train(cfg, workdir: str, devices, models, sources) -> dict:
-  checkpoint.check_target(
-    os.path.join(workdir, EXPORT_DIR), overwrite=True
-  )  # fails now, not at the end
+  # Fails now, not at the end: WORKDIR/generator is replaced only when it is one of ours.
+  files.check_outputs([files.checkpoint(os.path.join(workdir, EXPORT_DIR))], overwrite=True)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   setup = make_setup(cfg, mesh, models)
   pidx, pcount = jax.process_index(), jax.process_count()

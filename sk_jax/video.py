@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 from tqdm import tqdm
 
-from sk_jax import images
+from sk_jax import files, images
 from sk_jax.errors import InputError
 from sk_jax.stylizer import Stylizer
 
@@ -58,6 +58,11 @@ def _fit_frames(frames, count: int, size: int | None, source: str) -> np.ndarray
     frame = _as_float(frame)
     if out is None:
       h, w = images.resize_short_side(frame, size).shape[:2]
+      if min(h, w) < images.MIN_SIDE:
+        raise InputError(
+          f"{source}: {w}x{h} frames are smaller than {images.MIN_SIDE} pixels on a side "
+          f"(give --size {images.MIN_SIDE} or more to enlarge them)"
+        )
       out = np.empty((count, h, w, 3), np.uint8)
     if frame.shape[:2] != (h, w):
       frame = np.asarray(
@@ -156,15 +161,13 @@ def read_frames(path: str, size: int | None = None, max_frames: int | None = Non
   Frames of a directory are taken in natural order (frame_2 before frame_10); every
   frame is resized to the first one's size, after its short side is resized to `size`.
   """
-  if not os.path.exists(path):
-    raise InputError(f"{path}: no such file or directory")
-  if os.path.isdir(path):
-    files = sorted(images.list_images(path), key=_natural_key)
-    if max_frames:
-      files = files[:max_frames]
-    return _fit_frames((images.load_image(f) for f in files), len(files), size, path), DEFAULT_FPS
-  if os.path.getsize(path) == 0:
-    raise InputError(f"{path}: empty file")
+  if max_frames is not None and max_frames < 1:
+    raise InputError(
+      f"--max-frames must be at least 1 (leave it out for every frame), got {max_frames}"
+    )
+  if files.check_input(path, "a video file", directory_ok=True) == "dir":
+    paths = sorted(images.list_images(path), key=_natural_key)[:max_frames]
+    return _fit_frames((images.load_image(f) for f in paths), len(paths), size, path), DEFAULT_FPS
   ext = os.path.splitext(path)[1].lower()
   if ext in PLUGIN_VIDEO_EXTENSIONS:
     frames, fps = _read_with_plugin(path, max_frames)
@@ -198,21 +201,38 @@ def check_output(path: str) -> str:
   )
 
 
-def write_frames(frames, path: str, fps: float = DEFAULT_FPS) -> list[str]:
+def frame_names(count: int) -> list[str]:
+  return [f"frame_{t:05d}.png" for t in range(count)]
+
+
+def output_plan(path: str, count: int) -> files.Output:
+  """What `write_frames` will write for `count` frames, for `sk_jax.files.check_outputs`."""
+  if check_output(path) == "dir":
+    return files.directory(path, frame_names(count))
+  return files.video(path)
+
+
+def write_frames(frames, path: str, fps: float = DEFAULT_FPS, inputs=()) -> list[str]:
   """Writes (T, H, W, 3) frames to a directory (frame_00000.png, ...) or a video file.
 
-  A video file is written to a temporary name and renamed, so it is never half-written.
-  Returns the paths written.
+  The output is checked first (`sk_jax.files.check_outputs`, against `inputs`): a directory must
+  be new, empty or one sk-jax wrote, whose earlier frames are replaced; a video file may replace
+  an image or video. A video file is written to a temporary name and renamed, so it is never
+  half-written. Returns the paths written.
   """
   frames = np.asarray(frames)
   if frames.dtype != np.uint8:
     frames = images.to_uint8(frames)
-  if check_output(path) == "dir":
-    os.makedirs(path, exist_ok=True)
-    out = [os.path.join(path, f"frame_{t:05d}.png") for t in range(len(frames))]
+  plan = output_plan(path, len(frames))
+  files.check_outputs([plan], inputs)
+  if plan.kind == "dir":
+    files.claim_directory(path, plan.names, replace=True)
+    out = [os.path.join(path, name) for name in plan.names]
     for frame, name in zip(frames, out):
       images.save_image(frame.astype(np.float32) / 255.0, name)
     return out
+  if not (math.isfinite(fps) and fps > 0):
+    raise InputError(f"fps must be a positive number, got {fps}")
   ext = os.path.splitext(path)[1].lower()
 
   def write(tmp):

@@ -17,6 +17,21 @@ from sk_jax.errors import InputError
 LOCK_FILE = ".lock"
 
 
+def create(workdir: str) -> None:
+  """Makes the workdir (and its parents); a path that is a file, or where nothing can be created
+  (/proc/x, no permission), is an InputError naming it."""
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"{workdir}: --workdir exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, LOCK_FILE)
+    os.close(os.open(probe, os.O_RDWR | os.O_CREAT, 0o644))
+  except OSError as e:
+    raise InputError(
+      f"{workdir}: cannot use it as --workdir ({e.strerror or type(e).__name__})"
+    ) from None
+
+
 @contextlib.contextmanager
 def lock(workdir: str, enabled: bool = True):
   """Holds WORKDIR/.lock for the duration; another holder -> InputError naming its PID."""

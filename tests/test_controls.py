@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sk_jax import bundled, cli, controls, images
+from sk_jax import bundled, cli, controls, files, images
 from sk_jax.errors import InputError
 from sk_jax.models.generator import init_params
 from sk_jax.stylizer import Stylizer
@@ -281,7 +281,10 @@ def test_cli_controls_write_one_image_each(st, singles, tmp_path, capsys):
     SIZE,
   )
   assert rc == 0, io.err
-  assert os.listdir(tmp_path / "out") == ["astronaut_stylized_immunohistochemistry+gravel.png"]
+  assert sorted(os.listdir(tmp_path / "out")) == [
+    files.MARKER,
+    "astronaut_stylized_immunohistochemistry+gravel.png",
+  ]
 
 
 @pytest.mark.parametrize(

@@ -309,7 +309,7 @@ def test_bfloat16_checkpoint_halves_the_size(
     (["--format", "orbax", "--dtype", "float16"], "--dtype must be float32 or bfloat16"),
     (
       ["--format", "stablehlo", "--output", "{tmp}/afile/model.stablehlo"],
-      "is not a writable directory",
+      "is not a directory",
     ),
     (["--format", "onnx", "--output", "{tmp}"], "is a directory, expected a file name"),
   ],

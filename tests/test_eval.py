@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sk_jax import checkpoint, cli, evaluate, images, metrics, peers, video
+from sk_jax import checkpoint, cli, evaluate, files, images, metrics, peers, video
 from sk_jax.models.generator import init_params, stylize_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +90,7 @@ def test_eval_writes_json_table_grid_and_is_reproducible(
     )
     == 0
   )
-  assert sorted(os.listdir(out)) == ["grid_sk-jax.png", "metrics.json", "metrics.md"]
+  assert sorted(os.listdir(out)) == [files.MARKER, "grid_sk-jax.png", "metrics.json", "metrics.md"]
   report = json.loads((out / "metrics.json").read_text())
   m = report["methods"]["sk-jax"]
   (pair,) = m["pairs"]

@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data
 
 import sk_jax
-from sk_jax import checkpoint, cli, images
+from sk_jax import checkpoint, cli, files, images
 from sk_jax.errors import InputError
 from sk_jax.stylizer import Stylizer
 
@@ -83,6 +83,7 @@ def test_stylize_directories_writes_every_pair(capsys, ckpt, inputs, tmp_path):
   )
   assert rc == 0, io.err
   assert sorted(os.listdir(tmp_path / "out")) == [
+    files.MARKER,  # the list of files sk-jax wrote there, so that a rerun may replace them
     "astronaut_stylized_brick.png",
     "astronaut_stylized_chelsea.png",
     "coffee_stylized_brick.png",

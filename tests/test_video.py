@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sk_jax import cli, images, video
+from sk_jax import cli, files, images, video
 from sk_jax.errors import InputError
 from sk_jax.models.generator import stylize_images
 from sk_jax.stylizer import Stylizer
@@ -89,6 +89,7 @@ def test_stylize_video_cli_to_gif_and_directory(tiny_checkpoint, clip_files, tmp
   assert frames.shape == (3, 32, 32, 3)
   assert cli.main([str(a) for a in argv + ["--output", tmp_path / "frames", "--fps", 4]]) == 0
   assert sorted(os.listdir(tmp_path / "frames")) == [
+    files.MARKER,
     "frame_00000.png",
     "frame_00001.png",
     "frame_00002.png",

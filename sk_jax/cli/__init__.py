@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 
 from sk_jax.cli import evaluation, interop, stylize, training
@@ -54,8 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# A value such as -1,2 or -.5 that argparse would take for an option (it only knows -1 and -.5).
+_NEGATIVE_VALUES = re.compile(r"^-(\d|\.\d)[\d.,eE+-]*$")
+
+
+def attach_negative_values(argv) -> list[str]:
+  """`--style-weights -1,2` -> `--style-weights=-1,2`: a negative number (list) after a long option
+  is its value, so that the option's own check gives the one-line error rather than argparse's
+  usage."""
+  out = []
+  for arg in argv:
+    if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_VALUES.match(arg):
+      out[-1] = f"{out[-1]}={arg}"
+    else:
+      out.append(arg)
+  return out
+
+
 def main(argv=None, prog: str | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = build_parser().parse_args(attach_negative_values(argv))
   try:
     with exit_codes(prog or f"sk-jax {args.command}"):
       args.func(args)

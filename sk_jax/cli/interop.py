@@ -9,12 +9,13 @@ import os
 
 import jax
 
-from sk_jax import bundled, checkpoint, deploy, images, parity, port, weights
+from sk_jax import bundled, checkpoint, deploy, files, images, parity, port, weights
 from sk_jax.errors import InputError, ParityError
 
 
 def run_port_vgg16(args) -> None:
-  checkpoint.check_target(args.output_dir, args.overwrite)  # before the conversion
+  # before the conversion
+  files.check_outputs([files.checkpoint(args.output_dir)], [args.input], args.overwrite)
   params = port.vgg16_from_torch(args.input)
   rows = None
   if args.verify:
@@ -45,18 +46,24 @@ def run_port_vgg16(args) -> None:
   )
 
 
+def _inputs(args) -> list[str]:
+  """The files and directories a command reads (the bundled generator lies in the package)."""
+  paths = [getattr(args, "checkpoint", None), getattr(args, "vgg", None)]
+  return [p for p in paths if p and not bundled.is_bundled(p)]
+
+
 def run_export_torch(args) -> None:
+  files.check_outputs(
+    [files.export(args.output, port.is_export, "export-torch file")], _inputs(args), args.overwrite
+  )
   params, config = bundled.resolve(args.checkpoint)
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
-  if os.path.isdir(args.output):
-    raise InputError(f"{args.output}: is a directory, expected a .pth or .safetensors file name")
   print(port.export_torch(params, config, vgg_params, args.output))
 
 
 def run_import_torch(args) -> None:
-  checkpoint.check_target(args.output_dir, args.overwrite)
-  if args.vgg_output:
-    checkpoint.check_target(args.vgg_output, args.overwrite)
+  outputs = [files.checkpoint(args.output_dir), files.checkpoint(args.vgg_output or None)]
+  files.check_outputs([o for o in outputs if o.path], [args.input], args.overwrite)
   params, config, vgg_params = port.read_export(args.input)
   if args.vgg_output:
     print(
@@ -114,7 +121,7 @@ def run_export_model(args) -> None:
     )
   if fmt == "onnx" and not deploy.onnx_available():
     raise InputError(deploy.ONNX_EXTRA_HINT)
-  deploy.check_output(args.output, fmt)
+  deploy.check_output(args.output, fmt, _inputs(args), args.overwrite)
   params, config = bundled.resolve(args.checkpoint)
 
   if fmt == "orbax":
@@ -162,6 +169,9 @@ def add_commands(subparsers) -> None:
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument("--output", required=True, help="file to write: .pth or .safetensors")
   p.add_argument("--vgg", help="encoder weights to include (default: the checkpoint's)")
+  p.add_argument(
+    "--overwrite", action="store_true", help="replace an existing export-torch file at --output"
+  )
   p.set_defaults(func=run_export_torch)
 
   p = subparsers.add_parser(
@@ -216,6 +226,7 @@ def add_commands(subparsers) -> None:
   p.add_argument(
     "--overwrite",
     action="store_true",
-    help="orbax: replace an existing sk-jax checkpoint at --output",
+    help="replace an existing sk-jax export of this format at --output (anything else is never "
+    "replaced)",
   )
   p.set_defaults(func=run_export_model)

@@ -3,37 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from sk_jax import bundled, checkpoint, controls, images, video
+from sk_jax import bundled, checkpoint, controls, files, images, video
 from sk_jax.config import load_config
 from sk_jax.errors import InputError
 from sk_jax.models.generator import ModelConfig, init_params
 from sk_jax.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
 
 
-def output_name(content_path: str, style_path: str | tuple[str, ...]) -> str:
+def output_name(
+  content_path: str, style_path: str | tuple[str, ...], root: str | None = None
+) -> str:
+  """CONTENT_stylized_STYLE.png; with `root` (the content directory), the content's subdirectory
+  under it is kept (a/x.png -> a/x_stylized_s.png), so that a/x.png and b/x.png do not collide."""
   stem = lambda p: os.path.splitext(
     os.path.basename(p.split(":", 1)[-1] if images.is_packaged(p) else p)
   )[0]
   styles = (style_path,) if isinstance(style_path, str) else style_path
-  return f"{stem(content_path)}_stylized_{'+'.join(stem(s) for s in styles)}.png"
+  name = f"{stem(content_path)}_stylized_{'+'.join(stem(s) for s in styles)}.png"
+  sub = os.path.dirname(os.path.relpath(content_path, root)) if root else ""
+  return os.path.join(sub, name) if sub else name
 
 
-def _plan_outputs(contents, styles, output: str, single: bool) -> list[tuple[str, str, str]]:
-  """(content, style, output path) for every pair; a single pair may name an output file.
-  A style may be a tuple of styles mixed into one output."""
+def _plan_outputs(
+  contents, styles, output: str, single: bool, root: str | None = None
+) -> tuple[list[tuple[str, str, str]], files.Output]:
+  """(content, style, output path) for every pair, and the Output to check; a single pair may
+  name an output file. A style may be a tuple of styles mixed into one output."""
   if single and os.path.splitext(output)[1] and not os.path.isdir(output):
-    return [(contents[0], styles[0], output)]
-  if os.path.exists(output) and not os.path.isdir(output):
+    return [(contents[0], styles[0], output)], files.image(output)
+  if os.path.lexists(output) and not os.path.isdir(output):
     raise InputError(
       f"{output}: exists and is not a directory (several outputs go into a directory)"
     )
-  return [(c, s, os.path.join(output, output_name(c, s))) for c in contents for s in styles]
+  pairs = [(c, s, output_name(c, s, root)) for c in contents for s in styles]
+  plan = files.directory(
+    output, [n for _, _, n in pairs], [f"{c} with {'+'.join(s)}" for c, s, _ in pairs]
+  )
+  return [(c, s, os.path.join(output, n)) for c, s, n in pairs], plan
 
 
 def _style_list(spec: str) -> list[str]:
@@ -74,10 +87,10 @@ def run_stylize(args) -> None:
     and not os.path.isdir(args.content)
     and (mixed or not os.path.isdir(args.style))
   )
-  jobs = _plan_outputs(contents, groups, args.output, single)
-  images.check_outputs(
-    [out for _, _, out in jobs], contents + styles + ([args.mask] if args.mask else [])
-  )
+  root = args.content if os.path.isdir(args.content) else None
+  jobs, plan = _plan_outputs(contents, groups, args.output, single, root)
+  inputs = [args.content, args.style, *contents, *styles] + ([args.mask] if args.mask else [])
+  files.check_outputs([plan], inputs)
   # Read and check every input before writing anything: a bad file stops the run with no output.
   style_size = args.size if args.style_size is None else args.style_size
   loaded = {p: images.prepare(p, args.size, args.max_pixels) for p in dict.fromkeys(contents)}
@@ -89,6 +102,8 @@ def run_stylize(args) -> None:
       controls.mask_weights(mask, loaded[c].shape[:2], len(styles), f"--mask {args.mask}")
   stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
   alpha = alphas[0] if len(alphas) == 1 else alphas
+  if plan.kind == "dir":
+    files.claim_directory(plan.path, plan.names)
   for c, group, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):
     image = stylizer.stylize(
       loaded[c],
@@ -110,27 +125,39 @@ def run_stylize_video(args) -> None:
   alphas = _check_generator_args(args)
   if len(alphas) != 1:
     raise InputError(f"--alpha: stylize-video takes one value, got {len(alphas)}")
-  if args.fps is not None and args.fps <= 0:
-    raise InputError(f"--fps must be positive, got {args.fps}")
+  if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+    raise InputError(f"--fps must be a positive number, got {args.fps}")
   if not 0.0 <= args.smooth < 1.0:
     raise InputError(f"--smooth must be in [0, 1), got {args.smooth}")
+  if args.max_frames is not None and args.max_frames < 1:
+    raise InputError(
+      f"--max-frames must be at least 1 (leave it out for every frame), got {args.max_frames}"
+    )
   images.check_size_args(args.size, None)
-  if video.check_output(args.output) == "video":
-    images.check_outputs([args.output], [args.input, args.style])
+  inputs = [args.input, args.style]
+  # The directory itself first (new, empty or ours), then, once the frames are counted, each name.
+  files.check_outputs([video.output_plan(args.output, 0)], inputs)
   # Everything is read and checked before anything is written.
   frames, fps = video.read_frames(args.input, args.size or None, args.max_frames)
+  files.check_outputs([video.output_plan(args.output, len(frames))], inputs)
   style = images.prepare(
     args.style, (args.size if args.style_size is None else args.style_size) or None
   )
+  fps = args.fps or fps
+  if not (math.isfinite(fps) and fps > 0):
+    raise InputError(f"{args.input}: frame rate {fps} is not a positive number; give --fps")
   stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
   out, _ = video.stylize_frames(
     frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth
   )
-  written = video.write_frames(out, args.output, args.fps or fps)
+  written = video.write_frames(out, args.output, fps, inputs)
   print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
 
 
 def run_init(args) -> None:
+  files.check_outputs(
+    [files.checkpoint(args.output)], [args.config] if args.config else [], args.overwrite
+  )
   model = load_config(args.config).model.to_dict() if args.config else {}
   config = ModelConfig.from_dict(model, source=args.config or "defaults")
   params = init_params(config, jax.random.key(args.seed))
@@ -226,7 +253,9 @@ def add_commands(subparsers) -> None:
     "smooth * previous + (1 - smooth) * its own; 0 is off",
   )
   p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 10)")
-  p.add_argument("--max-frames", type=int, help="stylize only the first N frames")
+  p.add_argument(
+    "--max-frames", type=int, help="stylize only the first N frames (N >= 1; default: all)"
+  )
   p.set_defaults(func=run_stylize_video)
 
   p = subparsers.add_parser("init", help="write a randomly initialised generator checkpoint")

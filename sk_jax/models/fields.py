@@ -16,7 +16,7 @@ class ConfigFields:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any], source: str | None = None):
     """Builds from a ConfigDict or a dict; unknown fields are an InputError naming them."""
-    source = source or f"config.{cls.GROUP}"
+    named, source = source is not None, source or f"config.{cls.GROUP}"
     d = dict(d)
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
@@ -24,6 +24,10 @@ class ConfigFields:
     try:
       return cls(**d)
     except TypeError as e:
+      raise InputError(f"{source}: {e}") from None
+    except InputError as e:  # a field's own check: name where the value came from
+      if not named or str(e).startswith(source):
+        raise
       raise InputError(f"{source}: {e}") from None
 
   def to_dict(self) -> dict[str, Any]:
