@@ -126,7 +126,7 @@ class SkJax:
     compiled = self.stylizer.lower(c, s, self.alpha).compile()
     compile_s = time.perf_counter() - t0
     st, alpha = self.stylizer, np.float32(self.alpha)
-    run = lambda: compiled(st.params, st.vgg_params, c, s, alpha).block_until_ready()
+    run = lambda: jax.block_until_ready(compiled(st.params, st.vgg_params, c, s, alpha))
     for _ in range(warmup):
       run()
     runs = []

@@ -89,7 +89,8 @@ def _apply(
 
 @functools.partial(jax.jit, static_argnums=(2,), static_argnames=("query_chunk",))
 def _forward(params, vgg_params, config: ModelConfig, content, style, alpha, query_chunk=None):
-  return stylize_images(params, vgg_params, config, content, style, alpha, query_chunk)[0]
+  image, aux = stylize_images(params, vgg_params, config, content, style, alpha, query_chunk)
+  return image, aux["kept_fraction"]
 
 
 def _device(x, dtype=np.float32) -> jax.Array:
@@ -213,6 +214,9 @@ class Stylizer:
 
   def __call__(self, content, style, alpha=1.0) -> jax.Array:
     """Images in, images out, in one compiled program: (B, H, W, 3) in [0, 1]."""
+    return self._call(content, style, alpha)[0]
+
+  def _call(self, content, style, alpha):
     content, style = _batch(content), _batch(style)
     return _forward(
       self.params,
@@ -249,6 +253,7 @@ class Stylizer:
     mask=None,
     preserve_color: bool = False,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    return_kept: bool = False,
   ) -> np.ndarray:
     """One content with one style or a mix of styles, from paths or (H, W, 3) arrays in [0, 1].
 
@@ -258,7 +263,8 @@ class Stylizer:
     (H', W', 3) image or its path, one flat colour per style, darkest first), one style per
     masked region. preserve_color keeps the content's colours (YIQ luminance-only transfer).
     Returns (H, W, 3) float32 in [0, 1] at the resized content's size, or for a sequence
-    of alphas (A, H, W, 3), computed in one call with the styles encoded once.
+    of alphas (A, H, W, 3), computed in one call with the styles encoded once; with
+    return_kept also the CGM's kept fraction (for a mix: weighted by each style's share).
     """
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     if not styles:
@@ -276,9 +282,12 @@ class Stylizer:
     else:
       w = controls.style_weights(style_weights, len(s))
     if len(s) == 1 and mask is None and style_weights is None and np.ndim(alpha) == 0:
-      out = np.asarray(self(c, s[0], float(alphas[0])))  # (1, H, W, 3)
+      out, kept = self._call(c, s[0], float(alphas[0]))  # (1, H, W, 3), (1,)
     else:
-      out = np.asarray(self.apply_mixed(c, [self.encode_style(x) for x in s], w, alphas)[0][:, 0])
+      out, kept = self.apply_mixed(c, [self.encode_style(x) for x in s], w, alphas)
+      out, kept = out[:, 0], kept[:, 0]  # (A, H, W, 3), (A,)
+    out = np.asarray(out)
     if preserve_color:
       out = controls.preserve_color(out, c)
-    return out[0] if np.ndim(alpha) == 0 else out
+    out = out[0] if np.ndim(alpha) == 0 else out
+    return (out, float(np.asarray(kept)[0])) if return_kept else out

@@ -1,6 +1,7 @@
 """`sk-jax stylize` / `sk-jax init`, the Python API, and every bad input the core issue lists."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -59,6 +60,9 @@ def test_stylize_one_pair_to_a_file(capsys, ckpt, inputs, tmp_path):
   )
   assert rc == 0, io.err
   assert Image.open(out).size == (32, 32)
+  # Whether the gate selects, on one line of stderr.
+  kept = re.search(r"^cgm kept fraction of the style positions: (\d\.\d{3})$", io.err, re.M)
+  assert kept and 0.0 < float(kept.group(1)) <= 1.0, io.err
   umask = os.umask(0)
   os.umask(umask)
   assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # a normal file, not the temp file's 0600
@@ -91,6 +95,9 @@ def test_stylize_directories_writes_every_pair(capsys, ckpt, inputs, tmp_path):
   ]
   coffee = Image.open(tmp_path / "out" / "coffee_stylized_brick.png")
   assert coffee.size == (48, 32)  # 400 x 600 / 8, short side resized to 32
+  kept = re.search(r"^cgm kept fraction per pair, mean: (\S+) \((\S+)-(\S+)\)$", io.err, re.M)
+  mean, low, high = map(float, kept.groups())
+  assert 0.0 < low <= mean <= high <= 1.0, io.err
 
 
 def test_python_api_accepts_paths_and_arrays(ckpt, inputs):

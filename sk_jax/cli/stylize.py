@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 import jax
 import numpy as np
@@ -104,8 +105,9 @@ def run_stylize(args) -> None:
   alpha = alphas[0] if len(alphas) == 1 else alphas
   if plan.kind == "dir":
     files.claim_directory(plan.path, plan.names)
+  kept = []
   for c, group, out in tqdm(jobs, desc="stylize", unit="pair", disable=len(jobs) < 2):
-    image = stylizer.stylize(
+    image, k = stylizer.stylize(
       loaded[c],
       [loaded_styles[s] for s in group] if mixed else loaded_styles[group[0]],
       size=None,
@@ -113,12 +115,24 @@ def run_stylize(args) -> None:
       style_weights=weights,
       mask=mask,
       preserve_color=args.preserve_color,
+      return_kept=True,
     )
+    kept.append(k)
     if image.ndim == 4:  # an alpha strip, left to right
       image = np.concatenate(list(image), axis=1)
     images.save_image(image, out)
     if len(jobs) < 2:
       print(out)
+  _report_kept(stylizer.config, kept)
+
+
+def _report_kept(config, kept) -> None:
+  """One line on stderr: whether the CGM selects (docs/method.md, "The gate's equilibrium")."""
+  if config.attention == "full":
+    return
+  what = "per pair, mean" if len(kept) > 1 else "of the style positions"
+  span = f" ({min(kept):.3f}-{max(kept):.3f})" if len(kept) > 1 else ""
+  print(f"{config.attention} kept fraction {what}: {np.mean(kept):.3f}{span}", file=sys.stderr)
 
 
 def run_stylize_video(args) -> None:
@@ -147,11 +161,12 @@ def run_stylize_video(args) -> None:
   if not (math.isfinite(fps) and fps > 0):
     raise InputError(f"{args.input}: frame rate {fps} is not a positive number; give --fps")
   stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
-  out, _ = video.stylize_frames(
+  out, kept = video.stylize_frames(
     frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth
   )
   written = video.write_frames(out, args.output, fps, inputs)
   print(args.output if len(written) == 1 else f"{args.output} ({len(written)} frames)")
+  _report_kept(stylizer.config, list(kept))
 
 
 def run_init(args) -> None:
