@@ -77,6 +77,8 @@ def _apply(
     params, config, z_c, z_styles, style_weights, alpha, previous, smooth, query_chunk
   )
   image = image[..., :h, :w, :]
+  # One kept fraction per image: (B,), or (A, B) for an alpha strip (the gate precedes alpha).
+  aux["kept_fraction"] = jnp.broadcast_to(aux["kept_fraction"], image.shape[:-3])
   if extra == "aux":
     extra = dict(aux, decoded=image)  # before clipping
   elif extra == "kernels":
