@@ -72,6 +72,9 @@ def run_parity(args) -> None:
     import torch  # noqa: F401
   except ImportError:
     raise InputError("parity needs PyTorch: pip install 'sk-jax[torch]' (torch==2.13.0)") from None
+  if args.train:
+    return run_parity_train(args)
+  args.size = args.size or 128
   if args.size < 16:
     raise InputError(f"--size must be at least 16, got {args.size}")
   params, config = bundled.resolve(args.checkpoint)
@@ -98,6 +101,50 @@ def run_parity(args) -> None:
   if bad:
     raise ParityError(f"parity failed ({config.dtype}) at: {', '.join(bad)}")
   print(f"all {len(rows)} rows within tolerance")
+
+
+def run_parity_train(args) -> None:
+  """`parity --train`: loss terms, gradients per group and K train steps (sk_jax.train_parity)."""
+  import json
+
+  from sk_jax import train_parity
+
+  size = args.size or 64
+  if size < 32 or size % 16:
+    raise InputError(f"--size must be a multiple of 16 and at least 32 for --train, got {size}")
+  if args.steps < 1 or args.batch < 1:
+    raise InputError(f"--steps and --batch must be >= 1, got {args.steps} and {args.batch}")
+  if args.dtype not in (None, "float32"):
+    raise InputError("--train compares float32 training only")
+  for path in (args.json, args.plot):
+    if path and os.path.isdir(path):
+      raise InputError(f"{path}: is a directory, expected a file name")
+  params, config = bundled.resolve(args.checkpoint)
+  if config.dtype != "float32":
+    raise InputError(
+      f"{args.checkpoint}: --train compares float32 training, the model is {config.dtype}"
+    )
+  cfg = train_parity.train_config(config, args.batch, size, args.config)
+  vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
+  batches = train_parity.parity_batches(args.steps, args.batch, size, args.seed)
+  result = train_parity.compare_train(params, config, vgg_params, cfg, batches, seed=args.seed)
+  print(
+    f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']} (sk_jax.torch_train, "
+    f"CPU), float32, matmul precision 'highest', batch {args.batch}, {size}x{size} crops, "
+    f"{args.steps} steps, seed {args.seed}"
+  )
+  print(train_parity.format_report(result))
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+    print(args.json)
+  if args.plot:
+    os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    print(train_parity.plot(result, args.plot))
+  if not result["ok"]:
+    raise ParityError("parity --train failed: a tolerance was missed (FAIL above)")
+  print(f"all within tolerance ({result['seconds']:.0f} s)")
 
 
 def run_export_model(args) -> None:
@@ -181,7 +228,9 @@ def add_commands(subparsers) -> None:
     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
-  p.add_argument("--size", type=int, default=128, help="short side of both images")
+  p.add_argument(
+    "--size", type=int, help="short side of both images (default 128); --train: crop (default 64)"
+  )
   p.add_argument(
     "--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)"
   )
@@ -189,6 +238,17 @@ def add_commands(subparsers) -> None:
   p.add_argument("--style", help="style image (default: scikit-image's coffee)")
   p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off")
   p.add_argument("--vgg", help="encoder weights (default: the checkpoint's)")
+  p.add_argument(
+    "--train",
+    action="store_true",
+    help="compare training instead: loss terms, gradients per group, --steps train steps",
+  )
+  p.add_argument("--steps", type=int, default=10, help="--train: train steps in both frameworks")
+  p.add_argument("--batch", type=int, default=2, help="--train: batch size")
+  p.add_argument("--seed", type=int, default=0, help="--train: batches, D init and REMD draws")
+  p.add_argument("--config", help="--train: training config (default: configs/default.py)")
+  p.add_argument("--json", help="--train: write the figures as JSON here")
+  p.add_argument("--plot", help="--train: write a PNG plot of the per-step losses here")
   p.set_defaults(func=run_parity)
 
   p = subparsers.add_parser(
