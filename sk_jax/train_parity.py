@@ -14,7 +14,6 @@ Relative errors here are norm(jax - torch) / norm(torch) over a whole parameter 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -268,7 +267,7 @@ def compare_train(g_params, model, vgg_params, cfg, batches, seed: int = 0, d_pa
       dict(_row("loss", k, float(j_terms[k]), 0.0, 0.0), ok=False, note="no PyTorch mirror")
       for k in missing
     ]
-    band = _grad_band(trainer, c, s, t_idx, mask, g_grads)
+    band = _grad_band(trainer, c, s, t_idx, mask, g_grads, d_grads)
     r0 = 0.0
     for grads_j, grads_t, what in ((j_gg, g_grads, "G total"), (j_dg, d_grads, "D loss")):
       ref = {k: v.double().numpy() for k, v in grads_t.items()}
@@ -330,7 +329,9 @@ def compare_train(g_params, model, vgg_params, cfg, batches, seed: int = 0, d_pa
   worst_step = max((max(s["rel"].values()) for s in steps), default=0.0)
   checks = [r["ok"] for r in rows] + [worst_step <= param_tol]
   checks += [e["rel"] <= param_tol for e in divergence.values()]
-  checks += [s["gate"]["ok"] for s in steps if s["gate"]] + ([gate_info["ok"]] if gate_info else [])
+  # Gate flips during the K steps are reported, not held to the band: once the parameters
+  # have moved apart, decisions near the threshold may differ for that reason.
+  checks += [gate_info["ok"]] if gate_info else []
   return {
     "jax": f"{jax.__version__} ({jax.default_backend()})",
     "torch": torch.__version__,
@@ -355,24 +356,26 @@ def compare_train(g_params, model, vgg_params, cfg, batches, seed: int = 0, d_pa
   }
 
 
-def _grad_band(trainer, c, s, t_idx, mask, g_grads) -> dict:
-  """Per G group: norm(g' - g) / norm(g) for the PyTorch gradient g' after every generator
-  parameter is moved by one float32 ulp (random sign): the gradient's own float32 band."""
+def _grad_band(trainer, c, s, t_idx, mask, g_grads, d_grads) -> dict:
+  """Per group: norm(g' - g) / norm(g) for the PyTorch gradients g' after every generator and
+  discriminator parameter is moved by one float32 ulp (random sign): their own float32 band."""
   import torch
 
-  saved = {k: v.clone() for k, v in trainer.gen.state_dict().items()}
-  gen = torch.Generator().manual_seed(0)
+  nets = (trainer.gen, trainer.disc)
+  saved = [{k: v.clone() for k, v in net.state_dict().items()} for net in nets]
+  rng = torch.Generator().manual_seed(0)
   with torch.no_grad():
-    for p in trainer.gen.parameters():
-      sign = torch.randint(0, 2, p.shape, generator=gen).float() * 2 - 1
+    for p in (p for net in nets for p in net.parameters()):
+      sign = torch.randint(0, 2, p.shape, generator=rng).float() * 2 - 1
       p.copy_(torch.nextafter(p, sign * torch.inf))
-  _, _, moved, _, _, _ = trainer.gradients(c, s, t_idx, mask)
-  trainer.gen.load_state_dict(saved)
-  ref = {k: v.double().numpy() for k, v in g_grads.items()}
-  return {
-    g: e["rel"]
-    for g, e in group_errors({k: v.double().numpy() for k, v in moved.items()}, ref).items()
-  }
+  _, _, g_moved, _, d_moved, _ = trainer.gradients(c, s, t_idx, mask)
+  for net, state in zip(nets, saved):
+    net.load_state_dict(state)
+  to_np = lambda grads: {k: v.double().numpy() for k, v in grads.items()}
+  band = {}
+  for moved, ref in ((g_moved, g_grads), (d_moved, d_grads)):
+    band.update({g: e["rel"] for g, e in group_errors(to_np(moved), to_np(ref)).items()})
+  return band
 
 
 def _adam_disagreement(ours: dict, ref: dict) -> dict:
@@ -387,86 +390,3 @@ def trainer_tx(cfg, g: bool):
   if g:
     return train.make_optimizer(cfg.opt, cfg.opt.lr, float(cfg.opt.get("gate_lr_scale", 1.0)))
   return train.make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
-
-
-def format_report(result: dict) -> str:
-  lines = [
-    f"{'quantity':<28}{'jax':>13}{'torch':>13}{'rel err':>11}{'tolerance':>11}  result",
-    "-" * 84,
-  ]
-  for r in result["rows"]:
-    nums = (
-      f"{r['jax']:>13.6g}{r['torch']:>13.6g}"
-      if r["kind"] == "loss"
-      else f"{r['band'] if r['band'] is not None else 0.0:>13.2e}{r['norm']:>13.3e}"
-    )
-    note = f"  ({r['note']})" if r.get("note") else ""
-    lines.append(
-      f"{r['name']:<28}{nums}{r['rel']:>11.2e}{r['tol']:>11.0e}  "
-      f"{'pass' if r['ok'] else 'FAIL'}{note}"
-    )
-  g = result["gate"]
-  if g:
-    lines.append(
-      f"gate: {g['flips']} of {g['decisions']} decisions flipped "
-      f"({g['flips_inside_band']} inside the band {g['band']:g}); agreement "
-      f"{g['agreement']:.6f}  {'pass' if g['ok'] else 'FAIL'}"
-    )
-  lines += [
-    "",
-    "grad rows: jax column = the gradient's float32 band, torch column = its norm",
-    f"{result['steps']} train steps",
-    f"{'step':<5}{'total jax':>13}{'total torch':>13}{'d jax':>12}{'d torch':>12}"
-    f"{'max rel':>10}  gate flips (inside band)",
-  ]
-  for s in result["train_steps"]:
-    dj, dt = s["jax"].get("loss/d"), s["torch"].get("loss/d")
-    d = f"{dj:>12.6g}{dt:>12.6g}" if dj is not None else f"{'-':>12}{'-':>12}"
-    fl = f"{s['gate']['flips']} ({s['gate']['flips_inside_band']})" if s["gate"] else "-"
-    lines.append(
-      f"{s['step']:<5}{s['jax']['loss/total']:>13.7g}{s['torch']['loss/total']:>13.7g}"
-      f"{d}{max(s['rel'].values()):>10.2e}  {fl}"
-    )
-  lines.append(
-    f"worst per-step loss rel err {result['worst_step_loss_rel']:.2e} "
-    f"(tolerance {result['tolerances']['step_loss']:.2g})"
-  )
-  lines.append(
-    f"parameters after {result['steps']} steps: norm(jax - torch) / norm(torch - start)"
-    f", tolerance {result['tolerances']['params']:.2g} (Adam's first-step disagreement r0 "
-    f"{result['tolerances']['adam_first_step_r0']:.2g})"
-  )
-  for grp, e in result["divergence"].items():
-    ok = e["rel"] <= result["tolerances"]["params"]
-    lines.append(
-      f"  {grp:<14}{e['rel']:>11.2e}  moved {e['norm']:.3e}  max abs diff "
-      f"{e['max_abs']:.2e}  {'pass' if ok else 'FAIL'}"
-    )
-  return "\n".join(lines)
-
-
-def plot(result: dict, path: str) -> str:
-  """PNG: per-step total and D losses of both frameworks, and their relative differences."""
-  from sk_jax import pngplot
-
-  steps = result["train_steps"]
-  xs = [s["step"] for s in steps]
-  series = {f"{fw} total": (xs, [s[fw]["loss/total"] for s in steps]) for fw in ("jax", "torch")}
-  d_steps = [s for s in steps if "loss/d" in s["jax"]]
-  for fw in ("jax", "torch"):
-    series[f"{fw} D"] = ([s["step"] for s in d_steps], [s[fw]["loss/d"] for s in d_steps])
-  keys = dict.fromkeys(k for s in steps for k in s["rel"])
-  rel = {
-    k: (
-      [s["step"] for s in steps if k in s["rel"]],
-      [math.log10(max(s["rel"][k], 1e-12)) for s in steps if k in s["rel"]],
-    )
-    for k in keys
-  }
-  pngplot.line_panels(
-    path,
-    [("losses per step", series), ("log10 |jax - torch| / |torch| per step", rel)],
-    title=f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']}",
-    log_y=False,
-  )
-  return path
