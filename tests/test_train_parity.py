@@ -178,7 +178,7 @@ def test_adam_mirror_follows_optax(clip):
     "alignment": {"gate": {"conv1": {"bias": rng.normal(0, 1, 4).astype(np.float32)}}},
     "decoder": {"bias": rng.normal(0, 1, 6).astype(np.float32)},
   }
-  opt_cfg = validate_cfg_opt(clip)
+  opt_cfg = _opt_config(clip)
   tx = train.make_optimizer(opt_cfg, 1e-2, gate_lr_scale=0.1)
   state = tx.init(params)
   t_params = port.generator_to_torch(params)
@@ -199,16 +199,12 @@ def test_adam_mirror_follows_optax(clip):
   assert all(torch.equal(before[k], t_params[k]) for k in before) and adam.count == 5
 
 
-def validate_cfg_opt(clip):
-  cfg = train_parity.train_config(torch_train_model(), 2, 32)
-  cfg.opt.grad_clip = clip
-  return cfg.opt
-
-
-def torch_train_model():
+def _opt_config(clip):
   from sk_jax.models.generator import ModelConfig
 
-  return ModelConfig(gate_hidden=8, kernel_hidden=16)
+  cfg = train_parity.train_config(ModelConfig(), 2, 32)
+  cfg.opt.grad_clip = clip
+  return cfg.opt
 
 
 @pytest.fixture(scope="module")
