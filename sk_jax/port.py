@@ -267,9 +267,26 @@ def generator_from_state_dict(state_dict: dict, config, source: str = "state dic
 
   Missing, unexpected or mis-shaped tensors are an InputError naming the key and both shapes.
   """
-
-  tensors = unwrap_state_dict(state_dict, source)
   abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+  return _params_from_state_dict(state_dict, abstract, "model", source)
+
+
+def discriminator_to_torch(params) -> dict:
+  """Discriminator Flax params -> `torch_train.MultiScaleDiscriminator` state dict."""
+  return generator_to_torch(params)
+
+
+def discriminator_from_state_dict(state_dict: dict, config, source: str = "state dict"):
+  """`torch_train.MultiScaleDiscriminator` tensors -> Flax params of `config` (DiscriminatorConfig)."""
+  from sk_jax.models.discriminator import init_discriminator
+
+  abstract = jax.eval_shape(lambda: init_discriminator(config, jax.random.key(0)))
+  return _params_from_state_dict(state_dict, abstract, "discriminator", source)
+
+
+def _params_from_state_dict(state_dict: dict, abstract, what: str, source: str):
+  """Flax-named torch tensors (dots for slashes, OIHW) -> params shaped as `abstract`."""
+  tensors = unwrap_state_dict(state_dict, source)
   expected = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
     names = [p.key for p in path]
@@ -281,7 +298,7 @@ def generator_from_state_dict(state_dict: dict, config, source: str = "state dic
     if key not in expected:
       raise InputError(
         f"{source}: unexpected tensor {key} with shape {tuple(tensors[key].shape)}, "
-        "not a parameter of this model config"
+        f"not a parameter of this {what} config"
       )
   params: dict = {}
   for key, (flax_path, shape) in expected.items():

@@ -79,6 +79,9 @@ def run_parity(args) -> None:
     import torch  # noqa: F401
   except ImportError:
     raise InputError("parity needs PyTorch: pip install 'sk-jax[torch]' (torch==2.13.0)") from None
+  if args.train:
+    return run_parity_train(args)
+  args.size = args.size or 128
   if args.size < 16:
     raise InputError(f"--size must be at least 16, got {args.size}")
   params, config = bundled.resolve(args.checkpoint)
@@ -105,6 +108,135 @@ def run_parity(args) -> None:
   if bad:
     raise ParityError(f"parity failed ({config.dtype}) at: {', '.join(bad)}")
   print(f"all {len(rows)} rows within tolerance")
+
+
+def run_parity_train(args) -> None:
+  """`parity --train`: loss terms, gradients per group and K train steps (sk_jax.train_parity)."""
+  import json
+
+  from sk_jax import train_parity
+
+  size = args.size or 64
+  if size < 32 or size % 16:
+    raise InputError(f"--size must be a multiple of 16 and at least 32 for --train, got {size}")
+  if args.steps < 1 or args.batch < 1:
+    raise InputError(f"--steps and --batch must be >= 1, got {args.steps} and {args.batch}")
+  if args.dtype not in (None, "float32"):
+    raise InputError("--train compares float32 training only")
+  for path in (args.json, args.plot):
+    if path and os.path.isdir(path):
+      raise InputError(f"{path}: is a directory, expected a file name")
+  params, config = bundled.resolve(args.checkpoint)
+  if config.dtype != "float32":
+    raise InputError(
+      f"{args.checkpoint}: --train compares float32 training, the model is {config.dtype}"
+    )
+  cfg = train_parity.train_config(config, args.batch, size, args.config)
+  vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
+  batches = train_parity.parity_batches(args.steps, args.batch, size, args.seed)
+  result = train_parity.compare_train(params, config, vgg_params, cfg, batches, seed=args.seed)
+  print(
+    f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']} (sk_jax.torch_train, "
+    f"CPU), float32, matmul precision 'highest', batch {args.batch}, {size}x{size} crops, "
+    f"{args.steps} steps, seed {args.seed}"
+  )
+  print(format_train_report(result))
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+    print(args.json)
+  if args.plot:
+    os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    print(plot_train(result, args.plot))
+  if not result["ok"]:
+    raise ParityError("parity --train failed: a tolerance was missed (FAIL above)")
+  print(f"all within tolerance ({result['seconds']:.0f} s)")
+
+
+def format_train_report(result: dict) -> str:
+  lines = [
+    f"{'quantity':<28}{'jax':>13}{'torch':>13}{'rel err':>11}{'tolerance':>11}  result",
+    "-" * 84,
+  ]
+  for r in result["rows"]:
+    nums = (
+      f"{r['jax']:>13.6g}{r['torch']:>13.6g}"
+      if r["kind"] == "loss"
+      else f"{r['band'] if r['band'] is not None else 0.0:>13.2e}{r['norm']:>13.3e}"
+    )
+    note = f"  ({r['note']})" if r.get("note") else ""
+    lines.append(
+      f"{r['name']:<28}{nums}{r['rel']:>11.2e}{r['tol']:>11.0e}  "
+      f"{'pass' if r['ok'] else 'FAIL'}{note}"
+    )
+  g = result["gate"]
+  if g:
+    lines.append(
+      f"gate: {g['flips']} of {g['decisions']} decisions flipped "
+      f"({g['flips_inside_band']} inside the band {g['band']:g}); agreement "
+      f"{g['agreement']:.6f}  {'pass' if g['ok'] else 'FAIL'}"
+    )
+  lines += [
+    "",
+    "grad rows: jax column = the gradient's float32 band, torch column = its norm",
+    f"{result['steps']} train steps",
+    f"{'step':<5}{'total jax':>13}{'total torch':>13}{'d jax':>12}{'d torch':>12}"
+    f"{'max rel':>10}  gate flips (inside band)",
+  ]
+  for s in result["train_steps"]:
+    dj, dt = s["jax"].get("loss/d"), s["torch"].get("loss/d")
+    d = f"{dj:>12.6g}{dt:>12.6g}" if dj is not None else f"{'-':>12}{'-':>12}"
+    fl = f"{s['gate']['flips']} ({s['gate']['flips_inside_band']})" if s["gate"] else "-"
+    lines.append(
+      f"{s['step']:<5}{s['jax']['loss/total']:>13.7g}{s['torch']['loss/total']:>13.7g}"
+      f"{d}{max(s['rel'].values()):>10.2e}  {fl}"
+    )
+  lines.append(
+    f"worst per-step loss rel err {result['worst_step_loss_rel']:.2e} "
+    f"(tolerance {result['tolerances']['step_loss']:.2g})"
+  )
+  lines.append(
+    f"parameters after {result['steps']} steps: norm(jax - torch) / norm(torch - start)"
+    f", tolerance {result['tolerances']['params']:.2g} (Adam's first-step disagreement r0 "
+    f"{result['tolerances']['adam_first_step_r0']:.2g})"
+  )
+  for grp, e in result["divergence"].items():
+    ok = e["rel"] <= result["tolerances"]["params"]
+    lines.append(
+      f"  {grp:<14}{e['rel']:>11.2e}  moved {e['norm']:.3e}  max abs diff "
+      f"{e['max_abs']:.2e}  {'pass' if ok else 'FAIL'}"
+    )
+  return "\n".join(lines)
+
+
+def plot_train(result: dict, path: str) -> str:
+  """PNG: per-step total and D losses of both frameworks, and their relative differences."""
+  import math
+
+  from sk_jax import pngplot
+
+  steps = result["train_steps"]
+  xs = [s["step"] for s in steps]
+  series = {f"{fw} total": (xs, [s[fw]["loss/total"] for s in steps]) for fw in ("jax", "torch")}
+  d_steps = [s for s in steps if "loss/d" in s["jax"]]
+  for fw in ("jax", "torch"):
+    series[f"{fw} D"] = ([s["step"] for s in d_steps], [s[fw]["loss/d"] for s in d_steps])
+  keys = dict.fromkeys(k for s in steps for k in s["rel"])
+  rel = {
+    k: (
+      [s["step"] for s in steps if k in s["rel"]],
+      [math.log10(max(s["rel"][k], 1e-12)) for s in steps if k in s["rel"]],
+    )
+    for k in keys
+  }
+  pngplot.line_panels(
+    path,
+    [("losses per step", series), ("log10 |jax - torch| / |torch| per step", rel)],
+    title=f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']}",
+    log_y=False,
+  )
+  return path
 
 
 def run_export_model(args) -> None:
@@ -191,7 +323,9 @@ def add_commands(subparsers) -> None:
     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
-  p.add_argument("--size", type=int, default=128, help="short side of both images")
+  p.add_argument(
+    "--size", type=int, help="short side of both images (default 128); --train: crop (default 64)"
+  )
   p.add_argument(
     "--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)"
   )
@@ -199,6 +333,17 @@ def add_commands(subparsers) -> None:
   p.add_argument("--style", help="style image (default: scikit-image's coffee)")
   p.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off")
   p.add_argument("--vgg", help="encoder weights (default: the checkpoint's)")
+  p.add_argument(
+    "--train",
+    action="store_true",
+    help="compare training instead: loss terms, gradients per group, --steps train steps",
+  )
+  p.add_argument("--steps", type=int, default=10, help="--train: train steps in both frameworks")
+  p.add_argument("--batch", type=int, default=2, help="--train: batch size")
+  p.add_argument("--seed", type=int, default=0, help="--train: batches, D init and REMD draws")
+  p.add_argument("--config", help="--train: training config (default: configs/default.py)")
+  p.add_argument("--json", help="--train: write the figures as JSON here")
+  p.add_argument("--plot", help="--train: write a PNG plot of the per-step losses here")
   p.set_defaults(func=run_parity)
 
   p = subparsers.add_parser(
