@@ -122,6 +122,9 @@ def get_config():
       coordinator_address=config_dict.placeholder(str),  # host:port; None: detected by JAX
       num_processes=config_dict.placeholder(int),
       process_id=config_dict.placeholder(int),
+      # Seconds before the others stop when a process dies (JAX's coordination-service
+      # heartbeat); None: JAX's default (100 s).
+      heartbeat_timeout_s=config_dict.placeholder(int),
     )
   )
   return c

@@ -40,6 +40,10 @@ def maybe_initialize_distributed(mesh_cfg) -> bool:
     for k in ("coordinator_address", "num_processes", "process_id")
     if mesh_cfg.get(k) is not None
   }
+  if mesh_cfg.get("heartbeat_timeout_s") is not None:
+    # How long the coordination service waits for a silent (killed) process before it stops
+    # every other one with an error: the bound on a hang when a peer dies.
+    kwargs["heartbeat_timeout_seconds"] = int(mesh_cfg.heartbeat_timeout_s)
   # CPU devices of several processes talk through gloo (multi-process CPU runs, tests);
   # the setting does not touch GPU or TPU backends. Asking for the backend here
   # would initialise it too early.

@@ -33,10 +33,10 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from sk_jax import checkpoint, data, losses, sharding, weights
+from sk_jax import checkpoint, data, losses, preemption, sharding, weights
 from sk_jax import workdir as workdir_lock
 from sk_jax.config import validate_config
-from sk_jax.errors import NonFiniteError, SaveError, is_disk_full
+from sk_jax.errors import NonFiniteError, PeerLost, SaveError, is_disk_full
 from sk_jax.logger import MetricLogger, sample_grid
 from sk_jax.models import vgg
 from sk_jax.models.discriminator import (
@@ -370,7 +370,9 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
     last_metrics = m
     return m
 
+  stops = preemption.StopRequests()
   try:
+    stops.__enter__()
     for step in range(start, total):
       content, style = next(content_it), next(style_it)
       skipped = int(content["skipped"].sum() + style["skipped"].sum())
@@ -400,7 +402,8 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
           *map(np.asarray, jax.device_get(setup.sample_fn(state.g.params, vgg_params, batch)))
         )
         logger.grid(done, grid)
-      if mngr.should_save(done) or is_last:
+      stop = stops.should_stop(mngr, done)
+      if mngr.should_save(done) or is_last or stop:
         m = fetch(*pending)
         if m["nonfinite/streak"] == 0:  # never checkpoint in the middle of a non-finite streak
           checkpoint.save(
@@ -410,12 +413,30 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
             content_it,
             style_it,
             cfg,
-            force=is_last,
+            force=is_last or stop,
             metrics={k: v for k, v in m.items() if math.isfinite(v)},
           )
           last_saved = done
+      if stop:
+        checkpoint.wait(mngr)  # synchronous: the checkpoint is committed before the exit
+        where = f"{mngr.directory}/{last_saved}" if last_saved is not None else "none"
+        raise preemption.Preempted(
+          f"stopped by {stops.signal_name} after step {done}; checkpoint {where}; "
+          "run the same command again to resume",
+          done,
+        )
     if pending is not None:
       fetch(*pending)
+  except jax.errors.JaxRuntimeError as e:
+    if pcount == 1:
+      raise
+    # A collective with a killed or crashed peer; JAX's coordination service stops this
+    # process too within mesh.heartbeat_timeout_s if nothing fails first.
+    good = f"{mngr.directory}/{mngr.latest_step()}"
+    raise PeerLost(
+      f"lost a peer process at step {step + 1} ({str(e).splitlines()[0][:200]}); "
+      f"last committed checkpoint: {good}; run the same command on every host to resume"
+    ) from None
   except OSError as e:  # metrics, samples or TensorBoard on a full disk
     if is_disk_full(e):
       raise SaveError(
@@ -424,6 +445,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
       ) from None
     raise
   finally:
+    stops.__exit__()
     try:
       checkpoint.wait(mngr)
     finally:

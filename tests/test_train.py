@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sk_jax import checkpoint, cli, logger, sharding
+from sk_jax import checkpoint, cli, logger, preemption, sharding
 from sk_jax import train as train_lib
 from sk_jax.config import load_config
 from sk_jax.errors import InputError, NonFiniteError
@@ -417,3 +418,179 @@ def test_two_processes_train_together(tmp_path):
     "process_0-of-2.json",
     "process_1-of-2.json",
   ]
+
+
+def _config_file(tmp_path, cfg, name="cfg") -> str:
+  """A --config file for train.py that returns `cfg` (the test's tiny config)."""
+  (tmp_path / f"{name}.json").write_text(cfg.to_json())
+  path = tmp_path / f"{name}.py"
+  path.write_text(
+    "import json, ml_collections\n"
+    f"def get_config():\n  return ml_collections.ConfigDict(json.load(open({str(tmp_path / f'{name}.json')!r})))\n"
+  )
+  return str(path)
+
+
+def _signal_after_step(procs, workdir, step, sig, timeout=240):
+  """Sends `sig` to every process once metrics.jsonl holds `step` (log.every=1)."""
+  path = os.path.join(workdir, logger.METRICS_FILE)
+  deadline = time.monotonic() + timeout
+  while not (os.path.exists(path) and step in _steps_in_metrics_safe(path)):
+    assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs]
+    assert time.monotonic() < deadline, "the run did not reach the step"
+    time.sleep(0.05)
+  for p in procs:
+    p.send_signal(sig)
+
+
+def _steps_in_metrics_safe(path):
+  steps = []
+  with open(path) as f:
+    for line in f:
+      try:
+        steps.append(json.loads(line)["step"])
+      except ValueError:
+        pass  # a line being written
+  return steps
+
+
+def _final_state(workdir, cfg):
+  """(step, state, content iterator state, style iterator state) of the latest checkpoint."""
+  step, state = _restore_latest(workdir, cfg)
+  step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step))
+  iters = [
+    sorted(
+      open(os.path.join(step_dir, item, f)).read()
+      for f in os.listdir(os.path.join(step_dir, item))
+      if f.startswith("process_")
+    )
+    for item in ("content_iter", "style_iter")
+  ]
+  return step, state, iters
+
+
+def test_sigterm_saves_the_step_and_resumes_like_a_straight_run(tmp_path):
+  """SIGTERM mid-run: the step in flight is finished and saved, one line, exit 75; the rerun
+  of the same command ends where an uninterrupted run ends (bitwise: params, Adam, data)."""
+  cfg = tiny_config(train__steps=5, ckpt__every=100, log__image_every=0, data__batch_size=2)
+  config = _config_file(tmp_path, cfg)
+  workdir = str(tmp_path / "run")
+  args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", config, "--workdir", workdir]
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  try:
+    _signal_after_step([proc], workdir, 2, signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == preemption.EXIT_PREEMPTED == 75, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("train.py: stopped by SIGTERM after step "), err[-3000:]
+  stopped = int(last.split("after step ")[1].split(";")[0])
+  assert 2 <= stopped < 5
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
+  assert mngr.all_steps() == [1, stopped]  # Orbax's first save, then the one on SIGTERM
+  mngr.close()
+  assert f"checkpoint {workdir}/checkpoints/{stopped};" in last
+
+  rerun = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=ROOT)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  straight = str(tmp_path / "straight")
+  train_lib.train(cfg, straight)
+  step_a, a, iters_a = _final_state(workdir, cfg)
+  step_b, b, iters_b = _final_state(straight, cfg)
+  assert step_a == step_b == 5
+  key = jax.random.key_data
+  _assert_trees_equal((a.g, a.d, a.step, key(a.rng)), (b.g, b.d, b.step, key(b.rng)))
+  assert iters_a == iters_b
+  assert _steps_in_metrics(workdir) == list(range(1, 6))
+
+
+def _launch_two(config, workdir, port):
+  """train.py as process 0 and 1 of a 2 x 2-CPU-device run (a 4-device mesh)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        config,
+        "--workdir",
+        workdir,
+        f"--config.mesh.process_id={i}",
+        f"--config.mesh.coordinator_address=127.0.0.1:{port}",
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      cwd=ROOT,
+    )
+    for i in range(2)
+  ]
+
+
+def _wait_all(procs, timeout=300):
+  try:
+    return [p.communicate(timeout=timeout)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
+def test_two_processes_resume_after_sigterm_and_after_a_killed_peer(tmp_path):
+  """2 processes x 2 devices. SIGTERM to both after step 2: both save the same step (agreed
+  through JAX's preemption service) and exit 75. SIGKILL to process 1: process 0 stops within
+  the heartbeat timeout with one line naming the last committed checkpoint. Each rerun ends
+  bitwise where an uninterrupted two-process run ends."""
+  cfg = tiny_config(
+    mesh__data=-1,
+    mesh__distributed=True,
+    mesh__num_processes=2,
+    mesh__heartbeat_timeout_s=10,
+    data__batch_size=4,
+    train__steps=5,
+    ckpt__every=2,
+    log__image_every=0,
+  )
+  config = _config_file(tmp_path, cfg)
+  runs = {name: str(tmp_path / name) for name in ("term", "kill", "straight")}
+
+  procs = _launch_two(config, runs["term"], _free_port())
+  _signal_after_step(procs, runs["term"], 3, signal.SIGTERM)
+  errs = _wait_all(procs)
+  assert [p.returncode for p in procs] == [75, 75], errs[0][-3000:] + errs[1][-3000:]
+  lines = [e.strip().splitlines()[-1] for e in errs]
+  assert lines[0].startswith("train.py: stopped by SIGTERM after step "), errs[0][-3000:]
+  stopped = int(lines[0].split("after step ")[1].split(";")[0])
+  assert lines[1] == lines[0] and 3 <= stopped < 5
+  restore_cfg = tiny_config(data__batch_size=4)
+  mngr = checkpoint.make_manager(runs["term"], cfg.ckpt, read_only=True)
+  assert stopped in mngr.all_steps()
+  mngr.close()
+
+  procs = _launch_two(config, runs["kill"], _free_port())
+  _signal_after_step(procs[1:], runs["kill"], 3, signal.SIGKILL)
+  t = time.monotonic()
+  errs = _wait_all(procs[:1], timeout=120)
+  assert procs[0].returncode not in (0, None), errs[0][-3000:]
+  assert time.monotonic() - t < 120
+  assert "peer" in errs[0].strip().splitlines()[-1], errs[0][-3000:]
+  mngr = checkpoint.make_manager(runs["kill"], cfg.ckpt, read_only=True)
+  assert mngr.latest_step() == 2
+  mngr.close()
+
+  for name in runs:
+    procs = _launch_two(config, runs[name], _free_port())
+    errs = _wait_all(procs)
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  final = {name: _final_state(runs[name], restore_cfg) for name in runs}
+  key = jax.random.key_data
+  for name in ("term", "kill"):
+    (step_a, a, iters_a), (step_b, b, iters_b) = final[name], final["straight"]
+    assert step_a == step_b == 5
+    _assert_trees_equal((a.g, a.d, a.step, key(a.rng)), (b.g, b.d, b.step, key(b.rng)))
+    assert iters_a == iters_b
+    assert _steps_in_metrics(runs[name]) == list(range(1, 6))
