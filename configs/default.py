@@ -111,6 +111,7 @@ def get_config():
     dict(
       every=100,  # steps between scalar logs (TensorBoard, metrics.jsonl, progress bar)
       image_every=2_000,  # steps between sample grids (content | style | stylized); 0: never
+      profile="",  # "START:STOP": a jax.profiler trace of those steps in WORKDIR/profile
     )
   )
 

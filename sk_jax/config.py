@@ -11,6 +11,7 @@ import ml_collections
 from sk_jax.errors import InputError
 from sk_jax.models.discriminator import DiscriminatorConfig
 from sk_jax.models.generator import ModelConfig
+from sk_jax.throughput import parse_profile
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -81,4 +82,5 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
   for ok, message in checks:
     if not ok:
       raise InputError(f"config: {message}")
+  parse_profile(cfg.log.get("profile"))
   return model, disc

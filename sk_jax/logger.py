@@ -81,7 +81,8 @@ class MetricLogger:
     if not self.enabled:
       return
     for k, v in metrics.items():
-      self.writer.add_scalar(k, v, step)
+      if isinstance(v, (int, float)):  # not throughput/mfu's "unknown"
+        self.writer.add_scalar(k, v, step)
     self.file.write(json.dumps({"step": step, **metrics}) + "\n")
     self.file.flush()
     self.bar.set_postfix(

@@ -71,6 +71,6 @@ class StopRequests:
   def should_stop(self, mngr, step: int) -> bool:
     """True when the run must save `step` and stop (the same answer on every process)."""
     if mngr.reached_preemption(step):
-      self.signal_name = self.signal_name or "preemption notice"
+      self.signal_name = self.signal_name or "a preemption notice"
       return True
     return not self.multiprocess and self.signal_name is not None

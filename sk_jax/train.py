@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from typing import Any, Callable
 
 import flax.struct
@@ -33,7 +32,17 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from sk_jax import checkpoint, data, losses, preemption, sharding, weights
+from sk_jax import (
+  checkpoint,
+  data,
+  flops,
+  hardware,
+  losses,
+  preemption,
+  sharding,
+  throughput,
+  weights,
+)
 from sk_jax import workdir as workdir_lock
 from sk_jax.config import validate_config
 from sk_jax.errors import NonFiniteError, PeerLost, SaveError, is_disk_full
@@ -349,7 +358,13 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
   skipped_images, last_metrics, pending = 0, {}, None
   # D metrics are logged from the latest D step, also across a resume.
   last_d = {k: logger.last_record[k] for k in ("loss/d", "grad_norm/d") if k in logger.last_record}
-  t_log, steps_since_log = time.perf_counter(), 0
+  peak, _ = hardware.peak_flops(
+    mesh.devices.flat[0], setup.model.dtype, jax.config.jax_default_matmul_precision
+  )
+  clock = throughput.StepClock(
+    sum(flops.train_step_flops(cfg, setup.model, setup.disc).values()), mesh.size, peak
+  )
+  profile = throughput.Profile(cfg.log.get("profile"), workdir, enabled=pidx == 0)
 
   def fetch(pending_step, pending_metrics):
     """Host copy of one step's metrics; stops the run on too many non-finite updates."""
@@ -374,28 +389,28 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
   try:
     stops.__enter__()
     for step in range(start, total):
-      content, style = next(content_it), next(style_it)
+      profile.before(step)
+      with clock.data_wait():
+        content, style = next(content_it), next(style_it)
+        batch = sharding.global_batch(mesh, {"content": content["image"], "style": style["image"]})
       skipped = int(content["skipped"].sum() + style["skipped"].sum())
       if skipped:
         skipped_images += skipped
         logging.warning("skipped %d unreadable images so far", skipped_images)
-      batch = sharding.global_batch(mesh, {"content": content["image"], "style": style["image"]})
       state, metrics = setup.step_fn(state, vgg_params, batch)
       done = step + 1
+      clock.step_done()
+      profile.after(done, state)
       # Metrics of the previous step are fetched while this one runs (one step of lag).
       if pending is not None:
         fetch(*pending)
       pending = (done, metrics)
-      steps_since_log += 1
       logger.advance()
       is_last = done == total
       if done % cfg.log.every == 0 or is_last or done == start + 1:
         m = dict(fetch(*pending))
-        now = time.perf_counter()
-        m["throughput/steps_per_s"] = steps_since_log / (now - t_log)
-        m["throughput/images_per_s"] = m["throughput/steps_per_s"] * batch_size
+        m.update(clock.interval(batch_size))
         m["data/skipped_images"] = skipped_images
-        t_log, steps_since_log = now, 0
         logger.scalars(done, m)
       if cfg.log.image_every and (done % cfg.log.image_every == 0 or is_last):
         grid = sample_grid(
@@ -446,6 +461,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
     raise
   finally:
     stops.__exit__()
+    profile.stop()
     try:
       checkpoint.wait(mngr)
     finally:
