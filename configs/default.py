@@ -115,6 +115,16 @@ def get_config():
     )
   )
 
+  # Evaluation while training (sk_jax/train_eval.py): eval/... metrics and a sample grid.
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      every=0,  # steps between evaluations; 0: never
+      content="skimage:eval_photos",  # a folder, a .txt list or packaged images (held out)
+      style="skimage:eval_styles",
+      size=0,  # square side of the pairs; 0: data.crop
+    )
+  )
+
   c.mesh = ml_collections.ConfigDict(
     dict(
       data=-1,  # data-parallel devices; -1: all

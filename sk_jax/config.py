@@ -40,6 +40,13 @@ STEP_METRICS = tuple(
 ) + ("grad_norm/g", "grad_norm/d", "gate/kept_fraction")
 
 
+# Metrics of evaluation while training (sk_jax.train_eval; needs eval.every > 0).
+EVAL_METRICS = tuple(
+  f"eval/{k}"
+  for k in ("content_loss", "style_loss", "style_loss_gram", "ssim", "cfsd", "kept_fraction")
+)
+
+
 def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
   """Checks the fields training reads; returns the frozen model configs. Raises InputError."""
   missing = [g for g in GROUPS if not hasattr(cfg, "keys") or g not in cfg]
@@ -71,8 +78,9 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
       f"ckpt.best_mode must be 'min' or 'max', got {cfg.ckpt.best_mode!r}",
     ),
     (
-      cfg.ckpt.best_metric in (None, "", *STEP_METRICS),
-      f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of {', '.join(STEP_METRICS)}",
+      cfg.ckpt.best_metric in (None, "", *STEP_METRICS, *EVAL_METRICS),
+      f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of "
+      f"{', '.join(STEP_METRICS + EVAL_METRICS)}",
     ),
     (
       cfg.log.every >= 1 and cfg.log.image_every >= 0,
@@ -83,4 +91,6 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
     if not ok:
       raise InputError(f"config: {message}")
   parse_profile(cfg.log.get("profile"))
+  if cfg.ckpt.get("best_metric", "") in EVAL_METRICS and not cfg.get("eval", {}).get("every"):
+    raise InputError(f"config: ckpt.best_metric={cfg.ckpt.best_metric} needs eval.every > 0")
   return model, disc

@@ -41,6 +41,7 @@ from sk_jax import (
   preemption,
   sharding,
   throughput,
+  train_eval,
   weights,
 )
 from sk_jax import workdir as workdir_lock
@@ -364,6 +365,8 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
   clock = throughput.StepClock(
     sum(flops.train_step_flops(cfg, setup.model, setup.disc).values()), mesh.size, peak
   )
+  evaluator = train_eval.Evaluator(cfg, setup.model, mesh, setup.shardings.g.params, vgg_params)
+  last_eval = {}
   profile = throughput.Profile(cfg.log.get("profile"), workdir, enabled=pidx == 0)
 
   def fetch(pending_step, pending_metrics):
@@ -417,6 +420,10 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
           *map(np.asarray, jax.device_get(setup.sample_fn(state.g.params, vgg_params, batch)))
         )
         logger.grid(done, grid)
+      if evaluator.due(done):
+        last_eval, eval_grid = evaluator(state.g.params)
+        logger.scalars(done, last_eval)
+        logger.grid(done, sample_grid(*eval_grid), name="eval/samples")
       stop = stops.should_stop(mngr, done)
       if mngr.should_save(done) or is_last or stop:
         m = fetch(*pending)
@@ -429,7 +436,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
             style_it,
             cfg,
             force=is_last or stop,
-            metrics={k: v for k, v in m.items() if math.isfinite(v)},
+            metrics={k: v for k, v in {**m, **last_eval}.items() if math.isfinite(v)},
           )
           last_saved = done
       if stop:
