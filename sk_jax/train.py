@@ -312,6 +312,20 @@ def make_setup(cfg, mesh: jax.sharding.Mesh, models=None) -> Setup:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _compiled_step(step_fn, state, vgg_params, batch, pcount: int):
+  """The jitted step; with several processes compiled ahead and then a barrier, so that a host
+  that compiles faster (a cache hit) does not time out waiting for the others in the first
+  collective (gloo's 30 s on CPU)."""
+  if pcount == 1:
+    return step_fn
+  compiled = step_fn.lower(state, vgg_params, batch).compile()
+  # The coordination service's barrier (no collective, a generous timeout).
+  checkpoint.ocp.multihost.sync_global_processes(
+    "sk-jax-train-step-compiled", timeout=3600, processes=set(range(pcount))
+  )
+  return compiled
+
+
 def train(cfg, workdir: str, devices=None) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics.
 
@@ -388,7 +402,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
     last_metrics = m
     return m
 
-  stops = preemption.StopRequests()
+  stops, step_fn = preemption.StopRequests(), None
   try:
     stops.__enter__()
     for step in range(start, total):
@@ -400,7 +414,9 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
       if skipped:
         skipped_images += skipped
         logging.warning("skipped %d unreadable images so far", skipped_images)
-      state, metrics = setup.step_fn(state, vgg_params, batch)
+      if step_fn is None:
+        step_fn = _compiled_step(setup.step_fn, state, vgg_params, batch, pcount)
+      state, metrics = step_fn(state, vgg_params, batch)
       done = step + 1
       clock.step_done()
       profile.after(done, state)
