@@ -24,9 +24,9 @@ import signal
 import jax
 from absl import logging
 
-from sk_jax.errors import EXIT_PREEMPTED, Preempted
+from sk_jax.errors import EXIT_PREEMPTED, PeerLost, Preempted
 
-__all__ = ["EXIT_PREEMPTED", "Preempted", "StopRequests"]
+__all__ = ["EXIT_PREEMPTED", "PeerLost", "Preempted", "StopRequests", "peer_lost"]
 
 
 class StopRequests:
@@ -74,3 +74,22 @@ class StopRequests:
       self.signal_name = self.signal_name or "a preemption notice"
       return True
     return not self.multiprocess and self.signal_name is not None
+
+  def message(self, mngr, step: int, saved: int | None) -> str:
+    """The one line of a stop: what stopped it, the step and its checkpoint."""
+    where = f"{mngr.directory}/{saved}" if saved is not None else "none"
+    return (
+      f"stopped by {self.signal_name} after step {step}; checkpoint {where}; "
+      "run the same command again to resume"
+    )
+
+
+def peer_lost(error: BaseException, mngr, step: int) -> PeerLost:
+  """A failed collective of a multi-process run (a killed or crashed peer), in one line. JAX's
+  coordination service stops this process too within mesh.heartbeat_timeout_s if no collective
+  fails first."""
+  return PeerLost(
+    f"lost a peer process at step {step} ({str(error).splitlines()[0][:200]}); "
+    f"last committed checkpoint: {mngr.directory}/{mngr.latest_step()}; "
+    "run the same command on every host to resume"
+  )

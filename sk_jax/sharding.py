@@ -126,3 +126,19 @@ def global_batch(mesh, local_batch: dict) -> dict:
   return jax.tree.map(
     lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
   )
+
+
+def compiled_for_all(jitted, *args):
+  """`jitted`, or with several processes its executable for `args`, compiled ahead, after a
+  barrier of the coordination service: a host that compiles faster (a cache hit) would
+  otherwise wait for the others inside the first collective, whose setup has short deadlines
+  (gloo's 30 s on CPU)."""
+  if jax.process_count() == 1:
+    return jitted
+  import orbax.checkpoint as ocp
+
+  compiled = jitted.lower(*args).compile()
+  ocp.multihost.sync_global_processes(
+    "sk-jax-step-compiled", timeout=3600, processes=set(range(jax.process_count()))
+  )
+  return compiled

@@ -30,6 +30,18 @@ PROFILE_DIR = "profile"
 
 
 class StepClock:
+  @classmethod
+  def for_run(cls, cfg, model, disc, mesh) -> StepClock:
+    """The clock of a training run of `cfg` on `mesh` (the first device's peak)."""
+    import jax
+
+    from sk_jax import flops, hardware
+
+    peak, _ = hardware.peak_flops(
+      mesh.devices.flat[0], model.dtype, jax.config.jax_default_matmul_precision
+    )
+    return cls(sum(flops.train_step_flops(cfg, model, disc).values()), mesh.size, peak)
+
   def __init__(self, flops_per_step: float, num_devices: int, peak_flops: float | None):
     self.flops, self.devices, self.peak = flops_per_step, num_devices, peak_flops
     self.t0, self.steps, self.wait = time.perf_counter(), 0, 0.0

@@ -32,21 +32,10 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from sk_jax import (
-  checkpoint,
-  data,
-  flops,
-  hardware,
-  losses,
-  preemption,
-  sharding,
-  throughput,
-  train_eval,
-  weights,
-)
+from sk_jax import checkpoint, data, losses, preemption, sharding, throughput, train_eval, weights
 from sk_jax import workdir as workdir_lock
 from sk_jax.config import validate_config
-from sk_jax.errors import NonFiniteError, PeerLost, SaveError, is_disk_full
+from sk_jax.errors import NonFiniteError, SaveError, is_disk_full
 from sk_jax.logger import MetricLogger, sample_grid
 from sk_jax.models import vgg
 from sk_jax.models.discriminator import (
@@ -312,20 +301,6 @@ def make_setup(cfg, mesh: jax.sharding.Mesh, models=None) -> Setup:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _compiled_step(step_fn, state, vgg_params, batch, pcount: int):
-  """The jitted step; with several processes compiled ahead and then a barrier, so that a host
-  that compiles faster (a cache hit) does not time out waiting for the others in the first
-  collective (gloo's 30 s on CPU)."""
-  if pcount == 1:
-    return step_fn
-  compiled = step_fn.lower(state, vgg_params, batch).compile()
-  # The coordination service's barrier (no collective, a generous timeout).
-  checkpoint.ocp.multihost.sync_global_processes(
-    "sk-jax-train-step-compiled", timeout=3600, processes=set(range(pcount))
-  )
-  return compiled
-
-
 def train(cfg, workdir: str, devices=None) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics.
 
@@ -373,12 +348,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
   skipped_images, last_metrics, pending = 0, {}, None
   # D metrics are logged from the latest D step, also across a resume.
   last_d = {k: logger.last_record[k] for k in ("loss/d", "grad_norm/d") if k in logger.last_record}
-  peak, _ = hardware.peak_flops(
-    mesh.devices.flat[0], setup.model.dtype, jax.config.jax_default_matmul_precision
-  )
-  clock = throughput.StepClock(
-    sum(flops.train_step_flops(cfg, setup.model, setup.disc).values()), mesh.size, peak
-  )
+  clock = throughput.StepClock.for_run(cfg, setup.model, setup.disc, mesh)
   evaluator = train_eval.Evaluator(cfg, setup.model, mesh, setup.shardings.g.params, vgg_params)
   last_eval = {}
   profile = throughput.Profile(cfg.log.get("profile"), workdir, enabled=pidx == 0)
@@ -415,7 +385,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
         skipped_images += skipped
         logging.warning("skipped %d unreadable images so far", skipped_images)
       if step_fn is None:
-        step_fn = _compiled_step(setup.step_fn, state, vgg_params, batch, pcount)
+        step_fn = sharding.compiled_for_all(setup.step_fn, state, vgg_params, batch)
       state, metrics = step_fn(state, vgg_params, batch)
       done = step + 1
       clock.step_done()
@@ -457,24 +427,13 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
           last_saved = done
       if stop:
         checkpoint.wait(mngr)  # synchronous: the checkpoint is committed before the exit
-        where = f"{mngr.directory}/{last_saved}" if last_saved is not None else "none"
-        raise preemption.Preempted(
-          f"stopped by {stops.signal_name} after step {done}; checkpoint {where}; "
-          "run the same command again to resume",
-          done,
-        )
+        raise preemption.Preempted(stops.message(mngr, done, last_saved), done)
     if pending is not None:
       fetch(*pending)
   except jax.errors.JaxRuntimeError as e:
     if pcount == 1:
       raise
-    # A collective with a killed or crashed peer; JAX's coordination service stops this
-    # process too within mesh.heartbeat_timeout_s if nothing fails first.
-    good = f"{mngr.directory}/{mngr.latest_step()}"
-    raise PeerLost(
-      f"lost a peer process at step {step + 1} ({str(e).splitlines()[0][:200]}); "
-      f"last committed checkpoint: {good}; run the same command on every host to resume"
-    ) from None
+    raise preemption.peer_lost(e, mngr, step + 1) from None
   except OSError as e:  # metrics, samples or TensorBoard on a full disk
     if is_disk_full(e):
       raise SaveError(
