@@ -18,11 +18,6 @@ class SaveError(RuntimeError):
   The previous checkpoints are intact. Exit 1."""
 
 
-class PeerLost(RuntimeError):
-  """A multi-process run lost a peer (killed, crashed, unreachable); names the last committed
-  checkpoint, from which the same command on every host resumes. Exit 1."""
-
-
 # EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry"): distinct from
 # 0 (done), 1 (failed), 2 (bad input) and 130 (a second Ctrl-C), so a job scheduler can requeue.
 EXIT_PREEMPTED = 75

@@ -24,9 +24,9 @@ import signal
 import jax
 from absl import logging
 
-from sk_jax.errors import EXIT_PREEMPTED, PeerLost, Preempted
+from sk_jax.errors import EXIT_PREEMPTED, Preempted
 
-__all__ = ["EXIT_PREEMPTED", "PeerLost", "Preempted", "StopRequests", "peer_lost"]
+__all__ = ["EXIT_PREEMPTED", "Preempted", "StopRequests", "exit_on_lost_peer"]
 
 
 class StopRequests:
@@ -84,12 +84,19 @@ class StopRequests:
     )
 
 
-def peer_lost(error: BaseException, mngr, step: int) -> PeerLost:
-  """A failed collective of a multi-process run (a killed or crashed peer), in one line. JAX's
-  coordination service stops this process too within mesh.heartbeat_timeout_s if no collective
-  fails first."""
-  return PeerLost(
-    f"lost a peer process at step {step} ({str(error).splitlines()[0][:200]}); "
+def exit_on_lost_peer(error: BaseException, mngr, step: int) -> None:
+  """A failed collective of a multi-process run (a killed or crashed peer): one line on stderr
+  naming the last committed checkpoint, then exit 1 at once. Nothing is saved, and the usual
+  clean-up (waiting for a save in flight, Orbax's and JAX's shutdown barriers) is skipped: it
+  would wait for the dead peer. If no collective fails first, JAX's coordination service stops
+  this process after mesh.heartbeat_timeout_s."""
+  import sys
+
+  print(
+    f"train.py: lost a peer process at step {step} ({str(error).splitlines()[0][:200]}); "
     f"last committed checkpoint: {mngr.directory}/{mngr.latest_step()}; "
-    "run the same command on every host to resume"
+    "run the same command on every host to resume",
+    file=sys.stderr,
+    flush=True,
   )
+  os._exit(1)

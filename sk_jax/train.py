@@ -433,7 +433,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
   except jax.errors.JaxRuntimeError as e:
     if pcount == 1:
       raise
-    raise preemption.peer_lost(e, mngr, step + 1) from None
+    preemption.exit_on_lost_peer(e, mngr, step + 1)
   except OSError as e:  # metrics, samples or TensorBoard on a full disk
     if is_disk_full(e):
       raise SaveError(

@@ -19,7 +19,6 @@ from sk_jax.errors import (
   InputError,
   NonFiniteError,
   ParityError,
-  PeerLost,
   Preempted,
   SaveError,
 )
@@ -47,7 +46,7 @@ def exit_codes(prog: str):
   except InputError as e:
     print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     raise Exit(2) from None
-  except (ParityError, NonFiniteError, SaveError, PeerLost) as e:
+  except (ParityError, NonFiniteError, SaveError) as e:
     print(f"{prog}: {one_line(e)}", file=sys.stderr)
     raise Exit(1) from None
   except Preempted as e:
