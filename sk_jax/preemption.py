@@ -93,7 +93,8 @@ def exit_on_lost_peer(error: BaseException, mngr, step: int) -> None:
   import sys
 
   print(
-    f"train.py: lost a peer process at step {step} ({str(error).splitlines()[0][:200]}); "
+    # On a line of its own: the progress bar is not closed.
+    f"\ntrain.py: lost a peer process at step {step} ({str(error).splitlines()[0][:200]}); "
     f"last committed checkpoint: {mngr.directory}/{mngr.latest_step()}; "
     "run the same command on every host to resume",
     file=sys.stderr,
