@@ -316,7 +316,8 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
   from sk_jax import checkpoint, train
 
   cfg.log.every, cfg.log.image_every = 1, 0
-  cfg.ckpt.every, cfg.ckpt.keep = max(1, min(100, int(cfg.train.steps) // 4)), 2
+  # Often: on 2 shared CPU cores a 64 px step takes 3-60 s, and a killed run resumes from here.
+  cfg.ckpt.every, cfg.ckpt.keep = max(1, min(25, int(cfg.train.steps) // 4)), 2
   t0 = time.perf_counter()
   train.train(cfg, workdir)
   rows = [r for r in read_metrics(workdir) if "loss/total" in r]

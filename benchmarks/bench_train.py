@@ -1,6 +1,11 @@
-"""Training throughput and peak memory of the full train step at 256 x 256, batch 1 and 4.
+"""Training throughput, TFLOP/s, MFU and peak memory of the full train step at 256 x 256.
 
   python benchmarks/bench_train.py --out benchmarks/results/train_cpu.json
+  python benchmarks/bench_train.py --batches 16,32 --dtype bfloat16 --out .../train_h200_bf16.json
+
+TFLOP/s per device and MFU are the trainer's `throughput/...` figures: the analytic count of
+sk_jax.flops.train_step_flops over the step time, MFU against sk_jax.hardware's peak table
+("unknown" for devices not in it, such as the CPU).
 
 The paper's config (configs/default.py: full generator, pix2pixHD discriminator, all
 losses) on one device, synthetic uint8 batches so that only the jitted step is timed
@@ -27,15 +32,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(batch: int, size: int, steps: int) -> dict:
+def measure(batch: int, size: int, steps: int, dtype: str = "float32") -> dict:
   import jax
   import numpy as np
 
-  from sk_jax import sharding, train, weights
+  from sk_jax import flops, hardware, sharding, train, weights
   from sk_jax.config import load_config
 
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   cfg.data.batch_size, cfg.data.crop, cfg.mesh.data = batch, size, 1
+  cfg.model.dtype = dtype
   mesh = sharding.make_mesh(cfg.mesh)
   setup = train.make_setup(cfg, mesh)
   state = setup.init(0)
@@ -63,6 +69,9 @@ def measure(batch: int, size: int, steps: int) -> dict:
     times.append(time.perf_counter() - t)
   step_s = statistics.mean(times)
   device = jax.local_devices()[0]
+  step_flops = sum(flops.train_step_flops(cfg, setup.model, setup.disc).values())
+  peak, peak_label = hardware.peak_flops(device, dtype, jax.config.jax_default_matmul_precision)
+  tflops = step_flops / step_s / 1e12
   stats = device.memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     peak, kind = stats["peak_bytes_in_use"], "device peak_bytes_in_use"
@@ -74,7 +83,13 @@ def measure(batch: int, size: int, steps: int) -> dict:
     "steps_timed": steps,
     "step_s_mean": round(step_s, 4),
     "step_s_all": [round(x, 4) for x in times],
+    "dtype": dtype,
     "images_per_s": round(batch / step_s, 4),
+    "images_per_s_per_device": round(batch / step_s, 4),
+    "train_step_tflop": round(step_flops / 1e12, 4),
+    "tflops_per_device": round(tflops, 4),
+    "peak": peak_label,
+    "mfu": round(tflops * 1e12 / peak, 4) if peak else "unknown",
     "first_step_s_incl_compile": round(first, 2),
     "peak_memory_mib": round(peak / 2**20, 1),
     "peak_memory_kind": kind,
@@ -90,10 +105,11 @@ def main() -> None:
   parser.add_argument("--batches", default="1,4")
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    print(json.dumps(measure(args.child, args.size, args.steps)))
+    print(json.dumps(measure(args.child, args.size, args.steps, args.dtype)))
     return
 
   results = []
@@ -108,6 +124,8 @@ def main() -> None:
         str(args.size),
         "--steps",
         str(args.steps),
+        "--dtype",
+        args.dtype,
       ],
       capture_output=True,
       text=True,

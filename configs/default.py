@@ -118,6 +118,17 @@ def get_config():
     dict(
       every=100,  # steps between scalar logs (TensorBoard, metrics.jsonl, progress bar)
       image_every=2_000,  # steps between sample grids (content | style | stylized); 0: never
+      profile="",  # "START:STOP": a jax.profiler trace of those steps in WORKDIR/profile
+    )
+  )
+
+  # Evaluation while training (sk_jax/train_eval.py): eval/... metrics and a sample grid.
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      every=0,  # steps between evaluations; 0: never
+      content="skimage:eval_photos",  # a folder, a .txt list or packaged images (held out)
+      style="skimage:eval_styles",
+      size=0,  # square side of the pairs; 0: data.crop
     )
   )
 
@@ -129,6 +140,9 @@ def get_config():
       coordinator_address=config_dict.placeholder(str),  # host:port; None: detected by JAX
       num_processes=config_dict.placeholder(int),
       process_id=config_dict.placeholder(int),
+      # Seconds before the others stop when a process dies (JAX's coordination-service
+      # heartbeat); None: JAX's default (100 s).
+      heartbeat_timeout_s=config_dict.placeholder(int),
     )
   )
   return c

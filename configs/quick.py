@@ -32,4 +32,5 @@ def get_config():
   c.ckpt.keep = 2
   c.log.every = 5
   c.log.image_every = 25
+  c.eval.every = 25  # eval/... on the held-out pairs (TensorBoard, metrics.jsonl)
   return c

@@ -12,6 +12,7 @@ from sk_jax import files
 from sk_jax.errors import InputError
 from sk_jax.models.discriminator import DiscriminatorConfig
 from sk_jax.models.generator import ModelConfig
+from sk_jax.throughput import parse_profile
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,6 +40,13 @@ STEP_METRICS = tuple(
   f"loss/{k}"
   for k in ("total", "content", "style", "remd", "rec", "rec_pixel", "rec_feature", "adv_g", "d")
 ) + ("grad_norm/g", "grad_norm/d", "gate/kept_fraction")
+
+
+# Metrics of evaluation while training (sk_jax.train_eval; needs eval.every > 0).
+EVAL_METRICS = tuple(
+  f"eval/{k}"
+  for k in ("content_loss", "style_loss", "style_loss_gram", "ssim", "cfsd", "kept_fraction")
+)
 
 
 def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
@@ -72,8 +80,9 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
       f"ckpt.best_mode must be 'min' or 'max', got {cfg.ckpt.best_mode!r}",
     ),
     (
-      cfg.ckpt.best_metric in (None, "", *STEP_METRICS),
-      f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of {', '.join(STEP_METRICS)}",
+      cfg.ckpt.best_metric in (None, "", *STEP_METRICS, *EVAL_METRICS),
+      f"ckpt.best_metric {cfg.ckpt.best_metric!r} is not one of "
+      f"{', '.join(STEP_METRICS + EVAL_METRICS)}",
     ),
     (
       cfg.log.every >= 1 and cfg.log.image_every >= 0,
@@ -83,4 +92,7 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
   for ok, message in checks:
     if not ok:
       raise InputError(f"config: {message}")
+  parse_profile(cfg.log.get("profile"))
+  if cfg.ckpt.get("best_metric", "") in EVAL_METRICS and not cfg.get("eval", {}).get("every"):
+    raise InputError(f"config: ckpt.best_metric={cfg.ckpt.best_metric} needs eval.every > 0")
   return model, disc

@@ -18,6 +18,20 @@ class SaveError(RuntimeError):
   The previous checkpoints are intact. Exit 1."""
 
 
+# EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry"): distinct from
+# 0 (done), 1 (failed), 2 (bad input) and 130 (a second Ctrl-C), so a job scheduler can requeue.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(RuntimeError):
+  """Training stopped on SIGTERM, Ctrl-C or a preemption notice after saving a checkpoint at the
+  step it had reached; the same command resumes there. Exit EXIT_PREEMPTED (75)."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
 def is_disk_full(e: BaseException) -> bool:
   """True when `e` or anything in its cause/context chain is 'no space left on device' (ENOSPC/EDQUOT)."""
   import errno

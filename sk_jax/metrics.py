@@ -207,3 +207,28 @@ def pair_metrics(vgg_params, stylized, content, style, greyscale=True, style_sta
 def gate_statistics(aux) -> np.ndarray:
   """Fraction of attention weights the CGM keeps, per image, (B,): mean over (u, v) of the mask."""
   return np.asarray(aux["kept_fraction"], np.float64).reshape(-1)
+
+
+CFSD_LAYER = "relu3_1"
+
+
+@jax.jit
+def cfsd(vgg_params, stylized, content):
+  """Content Feature Structure Distance per image, (B,): how far I_cs's self-similarity is from I_c's.
+
+  As StyleID's evaluation code computes it (the metric the ArtFID-style trackers report next to
+  ArtFID): the features F at relu3_1 ((N, C), N positions) divided by C, the row-wise softmax of
+  F F^T over all positions for each position, and the sum over positions of
+  KL(p_content || p_stylized). The bundled VGG-16 stands in for VGG-19 (the same relu3_1 tap,
+  so values are comparable in trend, not digit for digit). 0 for I_cs = I_c; lower is better.
+  stylized, content: (B, H, W, 3) in [0, 1], same size.
+  """
+  feats = vgg.vgg16_features(vgg_params, jnp.concatenate([stylized, content]), taps=(CFSD_LAYER,))[
+    CFSD_LAYER
+  ].astype(jnp.float32)
+  b, h, w, c = feats.shape
+  f = feats.reshape(b, h * w, c) / c
+  logits = jnp.einsum("bnc,bmc->bnm", f, f, precision=jax.lax.Precision.HIGHEST)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  log_q, log_p = jnp.split(log_p, 2)  # stylized, content
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=(1, 2))

@@ -40,6 +40,10 @@ def maybe_initialize_distributed(mesh_cfg) -> bool:
     for k in ("coordinator_address", "num_processes", "process_id")
     if mesh_cfg.get(k) is not None
   }
+  if mesh_cfg.get("heartbeat_timeout_s") is not None:
+    # How long the coordination service waits for a silent (killed) process before it stops
+    # every other one with an error: the bound on a hang when a peer dies.
+    kwargs["heartbeat_timeout_seconds"] = int(mesh_cfg.heartbeat_timeout_s)
   # CPU devices of several processes talk through gloo (multi-process CPU runs, tests);
   # the setting does not touch GPU or TPU backends. Asking for the backend here
   # would initialise it too early.
@@ -122,3 +126,19 @@ def global_batch(mesh, local_batch: dict) -> dict:
   return jax.tree.map(
     lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
   )
+
+
+def compiled_for_all(jitted, *args):
+  """`jitted`, or with several processes its executable for `args`, compiled ahead, after a
+  barrier of the coordination service: a host that compiles faster (a cache hit) would
+  otherwise wait for the others inside the first collective, whose setup has short deadlines
+  (gloo's 30 s on CPU)."""
+  if jax.process_count() == 1:
+    return jitted
+  import orbax.checkpoint as ocp
+
+  compiled = jitted.lower(*args).compile()
+  ocp.multihost.sync_global_processes(
+    "sk-jax-step-compiled", timeout=3600, processes=set(range(jax.process_count()))
+  )
+  return compiled

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from typing import Any, Callable
 
 import flax.struct
@@ -33,7 +32,17 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from sk_jax import checkpoint, data, files, losses, sharding, weights
+from sk_jax import (
+  checkpoint,
+  data,
+  files,
+  losses,
+  preemption,
+  sharding,
+  throughput,
+  train_eval,
+  weights,
+)
 from sk_jax import workdir as workdir_lock
 from sk_jax.config import validate_config
 from sk_jax.errors import NonFiniteError, SaveError, is_disk_full
@@ -378,7 +387,10 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
   skipped_images, last_metrics, pending = 0, {}, None
   # D metrics are logged from the latest D step, also across a resume.
   last_d = {k: logger.last_record[k] for k in ("loss/d", "grad_norm/d") if k in logger.last_record}
-  t_log, steps_since_log = time.perf_counter(), 0
+  clock = throughput.StepClock.for_run(cfg, setup.model, setup.disc, mesh)
+  evaluator = train_eval.Evaluator(cfg, setup.model, mesh, setup.shardings.g.params, vgg_params)
+  last_eval = {}
+  profile = throughput.Profile(cfg.log.get("profile"), workdir, enabled=pidx == 0)
 
   def fetch(pending_step, pending_metrics):
     """Host copy of one step's metrics; stops the run on too many non-finite updates."""
@@ -399,37 +411,46 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
     last_metrics = m
     return m
 
+  stops, step_fn = preemption.StopRequests(), None
   try:
+    stops.__enter__()
     for step in range(start, total):
-      content, style = next(content_it), next(style_it)
+      profile.before(step)
+      with clock.data_wait():
+        content, style = next(content_it), next(style_it)
+        batch = sharding.global_batch(mesh, {"content": content["image"], "style": style["image"]})
       skipped = int(content["skipped"].sum() + style["skipped"].sum())
       if skipped:
         skipped_images += skipped
         logging.warning("skipped %d unreadable images so far", skipped_images)
-      batch = sharding.global_batch(mesh, {"content": content["image"], "style": style["image"]})
-      state, metrics = setup.step_fn(state, vgg_params, batch)
+      if step_fn is None:
+        step_fn = sharding.compiled_for_all(setup.step_fn, state, vgg_params, batch)
+      state, metrics = step_fn(state, vgg_params, batch)
       done = step + 1
+      clock.step_done()
+      profile.after(done, state)
       # Metrics of the previous step are fetched while this one runs (one step of lag).
       if pending is not None:
         fetch(*pending)
       pending = (done, metrics)
-      steps_since_log += 1
       logger.advance()
       is_last = done == total
       if done % cfg.log.every == 0 or is_last or done == start + 1:
         m = dict(fetch(*pending))
-        now = time.perf_counter()
-        m["throughput/steps_per_s"] = steps_since_log / (now - t_log)
-        m["throughput/images_per_s"] = m["throughput/steps_per_s"] * batch_size
+        m.update(clock.interval(batch_size))
         m["data/skipped_images"] = skipped_images
-        t_log, steps_since_log = now, 0
         logger.scalars(done, m)
       if cfg.log.image_every and (done % cfg.log.image_every == 0 or is_last):
         grid = sample_grid(
           *map(np.asarray, jax.device_get(setup.sample_fn(state.g.params, vgg_params, batch)))
         )
         logger.grid(done, grid)
-      if mngr.should_save(done) or is_last:
+      if evaluator.due(done):
+        last_eval, eval_grid = evaluator(state.g.params)
+        logger.scalars(done, last_eval)
+        logger.grid(done, sample_grid(*eval_grid), name="eval/samples")
+      stop = stops.should_stop(mngr, done)
+      if mngr.should_save(done) or is_last or stop:
         m = fetch(*pending)
         if m["nonfinite/streak"] == 0:  # never checkpoint in the middle of a non-finite streak
           checkpoint.save(
@@ -439,12 +460,19 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
             content_it,
             style_it,
             cfg,
-            force=is_last,
-            metrics={k: v for k, v in m.items() if math.isfinite(v)},
+            force=is_last or stop,
+            metrics={k: v for k, v in {**m, **last_eval}.items() if math.isfinite(v)},
           )
           last_saved = done
+      if stop:
+        checkpoint.wait(mngr)  # synchronous: the checkpoint is committed before the exit
+        raise preemption.Preempted(stops.message(mngr, done, last_saved), done)
     if pending is not None:
       fetch(*pending)
+  except jax.errors.JaxRuntimeError as e:
+    if pcount == 1:
+      raise
+    preemption.exit_on_lost_peer(e, mngr, step + 1)
   except OSError as e:  # metrics, samples or TensorBoard on a full disk
     if is_disk_full(e):
       raise SaveError(
@@ -453,6 +481,8 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
       ) from None
     raise
   finally:
+    stops.__exit__()
+    profile.stop()
     try:
       checkpoint.wait(mngr)
     finally:

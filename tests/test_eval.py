@@ -107,6 +107,7 @@ def test_eval_writes_json_table_grid_and_is_reproducible(
     params, vgg_params, config, content, style
   )
   want = metrics.pair_metrics(vgg_params, np.asarray(stylized), content, style)
+  want["cfsd"] = np.asarray(metrics.cfsd(vgg_params, np.asarray(stylized), content))
   for key in evaluate.QUALITY:
     np.testing.assert_allclose(pair[key], want[key][0], rtol=1e-4, atol=1e-6)
   t = m["timing"]["T32"]

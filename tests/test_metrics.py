@@ -3,6 +3,7 @@
 import pickle
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
@@ -221,3 +222,33 @@ def test_gate_statistics_is_the_mask_mean(tiny_generator):
   kept = metrics.gate_statistics(aux)
   np.testing.assert_allclose(kept, np.asarray(aux["mask"]).mean(axis=(1, 2)), rtol=1e-6)
   assert kept.shape == (2,) and np.all((kept > 0) & (kept < 1))
+
+
+def test_cfsd_matches_numpy_and_is_zero_for_the_content(vgg_params, photo, texture):
+  """KL(p_c || p_cs) of the relu3_1 self-similarity softmax, summed over positions (numpy
+  in float64 from the same features); 0 for the content itself, grows with distortion."""
+  content = jax.image.resize(jnp.asarray(photo), (32, 32, 3), "bilinear")[None]
+  other = jax.image.resize(jnp.asarray(texture), (32, 32, 3), "bilinear")[None]
+  noisy = jnp.clip(content + 0.2 * jax.random.normal(jax.random.key(0), content.shape), 0, 1)
+  got = np.asarray(
+    metrics.cfsd(
+      vgg_params, jnp.concatenate([content, noisy, other]), jnp.concatenate([content] * 3)
+    )
+  )
+
+  def ref(x, y):
+    fx, fy = (
+      np.asarray(vgg.vgg16_features(vgg_params, a, taps=("relu3_1",))["relu3_1"], np.float64)[0]
+      for a in (x, y)
+    )
+    logp = []
+    for f in (fy, fx):
+      f = f.reshape(-1, f.shape[-1]) / f.shape[-1]
+      s = f @ f.T
+      s -= s.max(axis=1, keepdims=True)
+      logp.append(s - np.log(np.exp(s).sum(axis=1, keepdims=True)))
+    return np.sum(np.exp(logp[0]) * (logp[0] - logp[1]))
+
+  assert got[0] == pytest.approx(0.0, abs=1e-5)
+  np.testing.assert_allclose(got[1:], [ref(noisy, content), ref(other, content)], rtol=1e-3)
+  assert 0 < got[1] < got[2]

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sk_jax import checkpoint, cli, logger, sharding
+from sk_jax import checkpoint, cli, images, logger, preemption, sharding
+from sk_jax import config as config_lib
 from sk_jax import train as train_lib
 from sk_jax.config import load_config
 from sk_jax.errors import InputError, NonFiniteError
@@ -417,3 +419,272 @@ def test_two_processes_train_together(tmp_path):
     "process_0-of-2.json",
     "process_1-of-2.json",
   ]
+
+
+def _config_file(tmp_path, cfg, name="cfg") -> str:
+  """A --config file for train.py that returns `cfg` (the test's tiny config)."""
+  (tmp_path / f"{name}.json").write_text(cfg.to_json())
+  path = tmp_path / f"{name}.py"
+  path.write_text(
+    "import json, ml_collections\n"
+    f"def get_config():\n  return ml_collections.ConfigDict(json.load(open({str(tmp_path / f'{name}.json')!r})))\n"
+  )
+  return str(path)
+
+
+def _signal_after_step(procs, workdir, step, sig, timeout=240):
+  """Sends `sig` to every process once metrics.jsonl holds `step` (log.every=1)."""
+  path = os.path.join(workdir, logger.METRICS_FILE)
+  deadline = time.monotonic() + timeout
+  while not (os.path.exists(path) and step in _steps_in_metrics_safe(path)):
+    assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs]
+    assert time.monotonic() < deadline, "the run did not reach the step"
+    time.sleep(0.05)
+  for p in procs:
+    p.send_signal(sig)
+
+
+def _steps_in_metrics_safe(path):
+  steps = []
+  with open(path) as f:
+    for line in f:
+      try:
+        steps.append(json.loads(line)["step"])
+      except ValueError:
+        pass  # a line being written
+  return steps
+
+
+def _final_state(workdir, cfg):
+  """(step, state, content iterator state, style iterator state) of the latest checkpoint."""
+  step, state = _restore_latest(workdir, cfg)
+  step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step))
+  iters = [
+    sorted(
+      open(os.path.join(step_dir, item, f)).read()
+      for f in os.listdir(os.path.join(step_dir, item))
+      if f.startswith("process_")
+    )
+    for item in ("content_iter", "style_iter")
+  ]
+  return step, state, iters
+
+
+def test_sigterm_saves_the_step_and_resumes_like_a_straight_run(tmp_path):
+  """SIGTERM mid-run: the step in flight is finished and saved, one line, exit 75; the rerun
+  of the same command ends where an uninterrupted run ends (bitwise: params, Adam, data)."""
+  cfg = tiny_config(train__steps=5, ckpt__every=100, log__image_every=0, data__batch_size=2)
+  config = _config_file(tmp_path, cfg)
+  workdir = str(tmp_path / "run")
+  args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", config, "--workdir", workdir]
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  try:
+    _signal_after_step([proc], workdir, 2, signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == preemption.EXIT_PREEMPTED == 75, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("train.py: stopped by SIGTERM after step "), err[-3000:]
+  stopped = int(last.split("after step ")[1].split(";")[0])
+  assert 2 <= stopped < 5
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
+  assert mngr.all_steps() == [1, stopped]  # Orbax's first save, then the one on SIGTERM
+  mngr.close()
+  assert f"checkpoint {workdir}/checkpoints/{stopped};" in last
+
+  rerun = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=ROOT)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  straight = str(tmp_path / "straight")
+  train_lib.train(cfg, straight)
+  step_a, a, iters_a = _final_state(workdir, cfg)
+  step_b, b, iters_b = _final_state(straight, cfg)
+  assert step_a == step_b == 5
+  key = jax.random.key_data
+  _assert_trees_equal((a.g, a.d, a.step, key(a.rng)), (b.g, b.d, b.step, key(b.rng)))
+  assert iters_a == iters_b
+  assert _steps_in_metrics(workdir) == list(range(1, 6))
+
+
+def _launch_two(config, workdir, port):
+  """train.py as process 0 and 1 of a 2 x 2-CPU-device run (a 4-device mesh)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        config,
+        "--workdir",
+        workdir,
+        f"--config.mesh.process_id={i}",
+        f"--config.mesh.coordinator_address=127.0.0.1:{port}",
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      cwd=ROOT,
+    )
+    for i in range(2)
+  ]
+
+
+def _wait_all(procs, timeout=300):
+  try:
+    return [p.communicate(timeout=timeout)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
+def test_two_processes_resume_after_sigterm_and_after_a_killed_peer(tmp_path):
+  """2 processes x 2 devices. SIGTERM to both after step 2: both save the same step (agreed
+  through JAX's preemption service) and exit 75. SIGKILL to process 1: process 0 stops within
+  the heartbeat timeout with one line naming the last committed checkpoint. Each rerun ends
+  bitwise where an uninterrupted two-process run ends."""
+  cfg = tiny_config(
+    mesh__data=-1,
+    mesh__distributed=True,
+    mesh__num_processes=2,
+    mesh__heartbeat_timeout_s=10,
+    data__batch_size=4,
+    train__steps=5,
+    ckpt__every=100,
+    log__image_every=0,
+    # Typed (not None) in the file, so that the command line can set them per process.
+    mesh__process_id=0,
+    mesh__coordinator_address="",
+  )
+  config = _config_file(tmp_path, cfg)
+  runs = {name: str(tmp_path / name) for name in ("term", "kill", "straight")}
+
+  procs = _launch_two(config, runs["term"], _free_port())
+  _signal_after_step(procs, runs["term"], 2, signal.SIGTERM, timeout=600)
+  errs = _wait_all(procs)
+  assert [p.returncode for p in procs] == [75, 75], errs[0][-3000:] + errs[1][-3000:]
+  lines = [e.strip().splitlines()[-1] for e in errs]
+  # JAX's notifier caught the SIGTERM and told the coordination service.
+  assert lines[0].startswith("train.py: stopped by a preemption notice after step "), errs[0]
+  stopped = int(lines[0].split("after step ")[1].split(";")[0])
+  assert lines[1] == lines[0] and 2 <= stopped < 5
+  restore_cfg = tiny_config(data__batch_size=4)
+  mngr = checkpoint.make_manager(runs["term"], cfg.ckpt, read_only=True)
+  assert mngr.all_steps() == [1, stopped]
+  mngr.close()
+
+  procs = _launch_two(config, runs["kill"], _free_port())
+  _signal_after_step(procs[1:], runs["kill"], 2, signal.SIGKILL, timeout=600)
+  t = time.monotonic()
+  errs = _wait_all(procs[:1], timeout=120)
+  assert procs[0].returncode not in (0, None), errs[0][-3000:]
+  assert time.monotonic() - t < 120
+  last = errs[0].strip().splitlines()[-1]
+  assert last.startswith("train.py: lost a peer process at step "), errs[0][-3000:]
+  assert last.endswith("checkpoints/1; run the same command on every host to resume")
+  mngr = checkpoint.make_manager(runs["kill"], cfg.ckpt, read_only=True)
+  assert mngr.latest_step() == 1  # Orbax's first save; the rerun resumes there
+  mngr.close()
+
+  for name in runs:
+    procs = _launch_two(config, runs[name], _free_port())
+    errs = _wait_all(procs)
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  final = {name: _final_state(runs[name], restore_cfg) for name in runs}
+  key = jax.random.key_data
+  for name in ("term", "kill"):
+    (step_a, a, iters_a), (step_b, b, iters_b) = final[name], final["straight"]
+    assert step_a == step_b == 5
+    _assert_trees_equal((a.g, a.d, a.step, key(a.rng)), (b.g, b.d, b.step, key(b.rng)))
+    assert iters_a == iters_b
+    assert _steps_in_metrics(runs[name]) == list(range(1, 6))
+
+
+def test_analytic_train_step_flops_match_xla_on_cpu():
+  """flops.train_step_flops (G forward and backward, every VGG pass, D) within 10 % of XLA."""
+  from sk_jax import flops, weights
+  from sk_jax.config import validate_config
+
+  cfg = tiny_config(data__batch_size=2)
+  setup = train_lib.make_setup(cfg, sharding.make_mesh(cfg.mesh))
+  batch = {k: jax.ShapeDtypeStruct((2, 48, 48, 3), np.uint8) for k in ("content", "style")}
+  compiled = setup.step_fn.lower(setup.abstract, jax.eval_shape(weights.load_vgg16), batch)
+  cost = compiled.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  parts = flops.train_step_flops(cfg, *validate_config(cfg))
+  assert sum(parts.values()) == pytest.approx(cost["flops"], rel=0.10)
+  assert parts["generator"] > parts["vgg_outputs"] > parts["vgg_inputs"] > parts["remd"] > 0
+
+
+def test_throughput_metrics_and_profile_trace(tmp_path):
+  """Every logged interval carries throughput/...; log.profile writes a non-empty trace."""
+  workdir = str(tmp_path / "run")
+  cfg = tiny_config(data__batch_size=2, train__steps=3, log__image_every=0, log__profile="1:2")
+  train_lib.train(cfg, workdir)
+  with open(os.path.join(workdir, logger.METRICS_FILE)) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [1, 2, 3]
+  for r in records:
+    assert 0 <= r["throughput/data_wait_share"] <= 1
+    assert r["throughput/data_wait_s"] <= r["throughput/step_s"]
+    assert r["throughput/tflops_per_device"] > 0
+    assert r["throughput/mfu"] == "unknown"  # the CPU has no peak in the table
+    assert r["throughput/images_per_s_per_device"] == pytest.approx(
+      r["throughput/images_per_s"], rel=1e-9
+    )
+  traces = [
+    os.path.join(d, f)
+    for d, _, files in os.walk(os.path.join(workdir, "profile"))
+    for f in files
+    if f.endswith(".xplane.pb")
+  ]
+  assert traces and all(os.path.getsize(t) > 0 for t in traces)
+  with pytest.raises(InputError, match="log.profile must be 'START:STOP'"):
+    train_lib.train(tiny_config(log__profile="5"), str(tmp_path / "bad"))
+
+
+def _event_tags(logdir):
+  """{tag: [steps]} of the scalars and images in a TensorBoard event directory (TFRecord frames)."""
+  from tensorboardX.proto import event_pb2
+
+  tags = {}
+  for name in os.listdir(logdir):
+    with open(os.path.join(logdir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = np.frombuffer(data[pos : pos + 8], "<u8")
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + int(length)])
+      pos += 12 + int(length) + 4
+      for value in event.summary.value:
+        tags.setdefault(value.tag, []).append(event.step)
+  return tags
+
+
+def test_eval_while_training_every_n_steps(tmp_path):
+  """eval.every=2 over 4 steps: eval/... (Table 2, CFSD, kept fraction, cost) at steps 2 and 4 in
+  metrics.jsonl and TensorBoard, a grid of the 4 held-out pairs each time, best by eval/cfsd."""
+  workdir = str(tmp_path / "run")
+  cfg = tiny_config(data__batch_size=2, train__steps=4, log__image_every=0, ckpt__every=2)
+  cfg.eval.update(every=2, size=32)
+  cfg.ckpt.update(keep=1, best_metric="eval/cfsd", best_mode="max")
+  train_lib.train(cfg, workdir)
+  with open(os.path.join(workdir, logger.METRICS_FILE)) as f:
+    evals = [r for r in map(json.loads, f) if "eval/cfsd" in r]
+  assert [r["step"] for r in evals] == [2, 4]
+  for r in evals:
+    assert set(r) == {"step", "eval/seconds", *config_lib.EVAL_METRICS}
+    assert 0 <= r["eval/kept_fraction"] <= 1 and r["eval/cfsd"] > 0 and r["eval/seconds"] > 0
+    assert all(np.isfinite(v) for v in r.values())
+  tags = _event_tags(os.path.join(workdir, "tensorboard"))
+  assert tags["eval/cfsd"] == tags["eval/samples"] == [2, 4]
+  grid = os.path.join(workdir, "samples", "eval_0000004.png")
+  assert os.path.getsize(grid) > 0
+  assert images.load_image(grid).shape == (4 * 34 - 2, 3 * 34 - 2, 3)
+  best = max(evals, key=lambda r: r["eval/cfsd"])["step"]
+  mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
+  assert mngr.all_steps() == sorted({best, 4})
+  mngr.close()

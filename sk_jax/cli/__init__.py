@@ -3,7 +3,8 @@
 Each module of this package registers its subcommands with `add_commands(subparsers)`;
 every parser sets `func(args)`. Exit codes: 0 done, 1 a check failed (`parity`) or
 training stopped on non-finite updates or a save failed (e.g. a full disk), 2 bad input (one line on stderr, nothing
-written), 130 interrupted.
+written), 75 training stopped on SIGTERM / Ctrl-C / a preemption notice after saving (rerun to
+resume), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import re
 import sys
 
 from sk_jax.cli import evaluation, interop, stylize, training
-from sk_jax.errors import InputError, NonFiniteError, ParityError, SaveError
+from sk_jax.errors import (
+  EXIT_PREEMPTED,
+  InputError,
+  NonFiniteError,
+  ParityError,
+  Preempted,
+  SaveError,
+)
 
 COMMAND_MODULES = (stylize, interop, training, evaluation)
 
@@ -42,6 +50,9 @@ def exit_codes(prog: str):
   except (ParityError, NonFiniteError, SaveError) as e:
     print(f"{prog}: {one_line(e)}", file=sys.stderr)
     raise Exit(1) from None
+  except Preempted as e:
+    print(f"{prog}: {one_line(e)}", file=sys.stderr)
+    raise Exit(EXIT_PREEMPTED) from None
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)
     raise Exit(130) from None
