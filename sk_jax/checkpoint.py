@@ -515,6 +515,17 @@ def _disk_full_error(mngr, e: BaseException, step=None) -> SaveError:
   )
 
 
+def close(mngr, save_failed: bool = False) -> None:
+  """Closes the manager. After a failed save, the half-written step is removed once more:
+  `_disk_full_error` removed it while Orbax's other writer threads could still be finishing, and
+  on a loaded machine they can recreate it after its settle time; closed, none is left."""
+  mngr.close()
+  if save_failed:
+    _remove_partial(
+      os.path.join(glob.escape(str(mngr.directory)), "*.orbax-checkpoint-tmp*"), settle_s=0.0
+    )
+
+
 def wait(mngr) -> None:
   """Waits for the asynchronous save in flight; a full disk -> SaveError (see `save`)."""
   try:

@@ -411,7 +411,7 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
     last_metrics = m
     return m
 
-  stops, step_fn = preemption.StopRequests(), None
+  stops, step_fn, save_failed = preemption.StopRequests(), None, False
   try:
     stops.__enter__()
     for step in range(start, total):
@@ -473,6 +473,9 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
     if pcount == 1:
       raise
     preemption.exit_on_lost_peer(e, mngr, step + 1)
+  except SaveError:
+    save_failed = True
+    raise
   except OSError as e:  # metrics, samples or TensorBoard on a full disk
     if is_disk_full(e):
       raise SaveError(
@@ -485,8 +488,11 @@ def _train(cfg, workdir: str, devices, models, sources) -> dict:
     profile.stop()
     try:
       checkpoint.wait(mngr)
+    except SaveError:
+      save_failed = True
+      raise
     finally:
-      mngr.close()
+      checkpoint.close(mngr, save_failed)
       logger.close()
       content_it.close()  # stops grain's worker processes
       style_it.close()
