@@ -17,17 +17,7 @@ def _conv(h: int, w: int, cin: int, cout: int, k: int = 3) -> float:
 
 def encoder_flops(h: int, w: int) -> float:
   """VGG-16 convolutions up to relu4_1 on an (h, w) image."""
-  total, cin, scale = 0.0, 3, 1
-  for name in vgg.LAYERS:
-    if name == "M":
-      scale *= 2
-      continue
-    cout = vgg.CHANNELS[name.split("_")[0]]
-    total += _conv(h // scale, w // scale, cin, cout)
-    cin = cout
-    if name == "conv4_1":
-      break
-  return total
+  return vgg_flops(h, w, last="conv4_1")
 
 
 def decoder_flops(h: int, w: int) -> float:
