@@ -272,12 +272,12 @@ def generator_from_state_dict(state_dict: dict, config, source: str = "state dic
 
 
 def discriminator_to_torch(params) -> dict:
-  """Discriminator Flax params -> `torch_train.MultiScaleDiscriminator` state dict."""
+  """Discriminator Flax params -> `torch_losses.MultiScaleDiscriminator` state dict."""
   return generator_to_torch(params)
 
 
 def discriminator_from_state_dict(state_dict: dict, config, source: str = "state dict"):
-  """`torch_train.MultiScaleDiscriminator` tensors -> Flax params of `config` (DiscriminatorConfig)."""
+  """`torch_losses.MultiScaleDiscriminator` tensors -> Flax params of `config` (DiscriminatorConfig)."""
   from sk_jax.models.discriminator import init_discriminator
 
   abstract = jax.eval_shape(lambda: init_discriminator(config, jax.random.key(0)))

@@ -11,7 +11,17 @@ import optax
 import pytest
 import torch
 
-from sk_jax import cli, losses, ops, port, torch_train, train, train_parity
+from sk_jax import (
+  cli,
+  losses,
+  ops,
+  port,
+  torch_losses,
+  torch_train,
+  train,
+  train_parity,
+  tree_errors,
+)
 from sk_jax.cli import interop
 from sk_jax.config import validate_config
 from sk_jax.models.discriminator import (
@@ -44,17 +54,19 @@ def test_every_loss_term_matches_its_mirror():
   f_cs, f_c, f_s = _feats(rng), _feats(rng, shift=0.3), _feats(rng, shift=-0.2)
   t_cs, t_c, t_s = _t64(f_cs), _t64(f_c), _t64(f_s)
   checks = {
-    "content": (losses.content_loss(f_cs, f_c), torch_train.content_loss(t_cs, t_c)),
-    "style mean_std": (losses.style_loss(f_cs, f_s), torch_train.style_loss(t_cs, t_s)),
+    "content": (losses.content_loss(f_cs, f_c), torch_losses.content_loss(t_cs, t_c)),
+    "style mean_std": (losses.style_loss(f_cs, f_s), torch_losses.style_loss(t_cs, t_s)),
     "style gram": (
       losses.style_loss(f_cs, f_s, form="gram"),
-      torch_train.style_loss(t_cs, t_s, form="gram"),
+      torch_losses.style_loss(t_cs, t_s, form="gram"),
     ),
   }
   imgs = [rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32) for _ in range(4)]
   t_imgs = [torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).double() for x in imgs]
   total, parts = losses.reconstruction_loss(*imgs, f_cs, f_c, f_s, f_c, 20.0, 0.5)
-  t_total, pixel, feature = torch_train.reconstruction_loss(*t_imgs, t_cs, t_c, t_s, t_c, 20.0, 0.5)
+  t_total, pixel, feature = torch_losses.reconstruction_loss(
+    *t_imgs, t_cs, t_c, t_s, t_c, 20.0, 0.5
+  )
   checks.update(
     rec=(total, t_total), rec_pixel=(parts["pixel"], pixel), rec_feature=(parts["feature"], feature)
   )
@@ -65,11 +77,11 @@ def test_every_loss_term_matches_its_mirror():
   for kind in ("lsgan", "hinge"):
     checks[f"D {kind}"] = (
       losses.discriminator_loss(d_real, d_fake, kind),
-      torch_train.discriminator_loss(t_real, t_fake, kind),
+      torch_losses.discriminator_loss(t_real, t_fake, kind),
     )
     checks[f"G adv {kind}"] = (
       losses.generator_adv_loss(d_fake, kind),
-      torch_train.generator_adv_loss(t_fake, kind),
+      torch_losses.generator_adv_loss(t_fake, kind),
     )
   # REMD with subsampling at relu3_1 (8 x 8 = 64 positions, 24 drawn) and all 16 at relu4_1.
   key = jax.random.key(3)
@@ -80,12 +92,12 @@ def test_every_loss_term_matches_its_mirror():
   t_idx = {l: tuple(None if i is None else torch.from_numpy(i) for i in p) for l, p in idx.items()}
   checks["remd"] = (
     losses.remd_loss(f32, s32, key, 24),
-    torch_train.remd_loss(_t64(f32), _t64(s32), t_idx),
+    torch_losses.remd_loss(_t64(f32), _t64(s32), t_idx),
   )
   # The indices are the ones losses.remd_loss draws: the same gathered positions.
   k_cs, _ = jax.random.split(jax.random.fold_in(key, 0))
   picked = losses.subsample_positions(f32["relu3_1"], k_cs, 24)
-  gathered = torch_train.positions(_t64(f32)["relu3_1"], torch.from_numpy(idx["relu3_1"][0]))
+  gathered = torch_losses.positions(_t64(f32)["relu3_1"], torch.from_numpy(idx["relu3_1"][0]))
   np.testing.assert_array_equal(np.asarray(picked), gathered.float().numpy())
   for name, (ours, ref) in checks.items():
     ours, ref = np.asarray(ours, np.float64), ref.detach().numpy()
@@ -120,10 +132,10 @@ def test_straight_through_gate_matches_jax():
   lam = rng.normal(1, 0.5, (b, nc)).astype(np.float32)
   beta = rng.normal(0, 0.5, (b, nc)).astype(np.float32) / ns
   w = rng.normal(0, 1, (b, nc, ns)).astype(np.float32)
-  for temperature in (1.0, 0.3):
+  for temperature, surrogate in ((1.0, "sigmoid"), (0.3, "sigmoid"), (0.3, "linear")):
 
     def jax_loss(a, l_, be):
-      gated, _, _ = ops.gated_attention(a, l_, be, temperature)
+      gated, _, _ = ops.gated_attention(a, l_, be, temperature, surrogate=surrogate)
       return jnp.sum(gated * w)
 
     j_grads = jax.grad(jax_loss, argnums=(0, 1, 2))(attn, lam, beta)
@@ -131,11 +143,12 @@ def test_straight_through_gate_matches_jax():
       torch.from_numpy(x.copy()).double().requires_grad_(True) for x in (attn, lam, beta)
     )
     thresh = ta.bmm(ta.mean(1).unsqueeze(-1)).squeeze(-1) * tl + tb
-    gate = torch_train.StraightThroughGate.apply((ta - thresh.unsqueeze(-1)) * ns, temperature)
+    diff = (ta - thresh.unsqueeze(-1)) * ns
+    gate = torch_train.StraightThroughGate.apply(diff, temperature, None, surrogate)
     assert 0 < float(gate.detach().mean()) < 1
     t_grads = torch.autograd.grad((ta * gate * torch.from_numpy(w).double()).sum(), (ta, tl, tb))
     for name, j, t in zip(("A", "lambda", "beta"), j_grads, t_grads):
-      assert _rel(j, t.numpy()) < 1e-5, (name, temperature, _rel(j, t.numpy()))
+      assert _rel(j, t.numpy()) < 1e-5, (name, temperature, surrogate, _rel(j, t.numpy()))
   # Forward: exact {0, 1} decisions, and given decisions are used as they are.
   diff = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
   assert torch_train.StraightThroughGate.apply(diff, 1.0).tolist() == [0.0, 0.0, 1.0]
@@ -147,10 +160,88 @@ def test_straight_through_gate_matches_jax():
   torch.testing.assert_close(g, s * (1 - s))
 
 
+def _gate_model(**kw):
+  from sk_jax.models.generator import ModelConfig
+
+  return ModelConfig(gate_hidden=8, kernel_hidden=16, gate_target=0.3, **kw)
+
+
+def test_budget_kept_fraction_and_offset_match_jax():
+  """The budget term's soft kept fraction (its gradient reaches E_f through T alone) and the
+  controller's offset on beta, in the Flax alignment and the mirror's TrainAlignment."""
+  from sk_jax.models.generator import Generator, init_params
+
+  config = _gate_model(gate_force="controller")
+  params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
+  params["alignment"]["beta_offset"] = np.float32(0.7)
+  rng = np.random.default_rng(0)
+  z_c, z_s = (np.maximum(rng.normal(0, 1, (2, 4, 4, 512)), 0).astype(np.float32) for _ in "cs")
+  gen = Generator(config)
+
+  def budget(p):
+    _, aux = gen.apply({"params": p}, z_c, z_s, method="align")
+    return jnp.mean((aux["kept_st"] - 0.3) ** 2), aux
+
+  (j_val, j_aux), j_grads = jax.value_and_grad(budget, has_aux=True)(params)
+  net = torch_train.TrainGenerator(config)
+  net.load_state_dict(port.generator_to_torch(params))
+  nchw = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  _, t_aux = net.alignment(nchw(z_c), nchw(z_s))
+  t_val = (t_aux["kept_st"] - 0.3).square().mean()
+  named = {f"alignment.{k}": v for k, v in net.alignment.named_parameters() if v.requires_grad}
+  t_grads = dict(zip(named, torch.autograd.grad(t_val, list(named.values()))))
+  # Without the offset the threshold differs (it is 0.7 / Ns higher with it).
+  np.testing.assert_allclose(t_aux["threshold"].numpy(), j_aux["threshold"], rtol=1e-5)
+  assert abs(float(t_val.detach()) - float(j_val)) <= 1e-6 + 1e-5 * abs(float(j_val))
+  assert 0 < float(j_aux["kept_fraction"].mean()) < 1
+  errs = tree_errors.group_errors(
+    tree_errors.flat(j_grads), {k: v.double().numpy() for k, v in t_grads.items()}
+  )
+  assert errs["gate"]["norm"] > 0 and errs["gate"]["rel"] < train_parity.GRAD_TOLERANCE, errs
+  np.testing.assert_allclose(t_aux["kept_std"].numpy(), j_aux["kept_std"], rtol=1e-5, atol=1e-7)
+
+
+def test_mirror_controller_moves_the_offset_as_jax(vgg_params):
+  """Trainer.train_step moves beta_offset by rate sign(kept - k*) (train.control_gate_offset),
+  Adam leaves it alone, and a budget model's loss carries the budget term."""
+  from sk_jax.models.generator import init_params
+
+  batch = train_parity.parity_batches(1, 2, 32)[0]
+  vgg_sd = port.vgg16_to_torch(vgg_params)
+  for force in ("controller", "budget"):
+    config = _gate_model(gate_force=force)
+    cfg = train_parity.train_config(config, 2, 32)
+    cfg.disc.features, cfg.disc.num_layers = 8, 2
+    _, disc = validate_config(cfg)
+    g = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
+    d = init_discriminator(disc, jax.random.key(1))
+    trainer = torch_train.Trainer(
+      cfg, config, disc, port.generator_to_torch(g), port.discriminator_to_torch(d), vgg_sd
+    )
+    c, s = trainer.to_unit(batch["content"]), trainer.to_unit(batch["style"])
+    idx = {l: (None, None) for l in losses.REMD_LAYERS}
+    if force == "budget":
+      total, terms, _, aux = trainer.generator_loss(c, s, idx)
+      budget = float((aux["kept_st"][:2] - 0.3).square().mean().detach())
+      assert terms["gate_budget"].item() == pytest.approx(budget, rel=1e-6)
+      continue
+    offsets = [0.0]
+    for _ in range(3):
+      m = trainer.train_step(c, s, idx)
+      jax_offset = train.control_gate_offset(
+        {"alignment": {"beta_offset": jnp.float32(offsets[-1])}},
+        m["gate/kept_fraction"],
+        0.3,
+        float(cfg.opt.gate_offset_rate),
+      )["alignment"]["beta_offset"]
+      offsets.append(float(trainer.gen.alignment.beta_offset))
+      assert offsets[-1] == float(jax_offset) and offsets[-1] != offsets[-2], offsets
+
+
 def test_discriminator_and_its_weights_match_jax():
   disc = DiscriminatorConfig(features=8, num_layers=2)
   params = jax.tree.map(np.asarray, init_discriminator(disc, jax.random.key(0)))
-  net = torch_train.MultiScaleDiscriminator(disc).double()
+  net = torch_losses.MultiScaleDiscriminator(disc).double()
   net.load_state_dict(port.discriminator_to_torch(params))
   back = port.discriminator_from_state_dict(port.discriminator_to_torch(params), disc)
   jax.tree.map(np.testing.assert_array_equal, back, params)  # the round trip is exact
@@ -158,13 +249,13 @@ def test_discriminator_and_its_weights_match_jax():
   dnet = MultiScaleDiscriminator(disc)
   j_loss = lambda p: losses.generator_adv_loss(dnet.apply({"params": p}, x))
   j_val, j_grad = jax.value_and_grad(j_loss)(params)
-  t_val = torch_train.generator_adv_loss(
+  t_val = torch_losses.generator_adv_loss(
     net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).double())
   )
   t_grads = dict(zip(dict(net.named_parameters()), torch.autograd.grad(t_val, net.parameters())))
   assert abs(float(j_val) - float(t_val)) / float(t_val) < 1e-5
-  errs = train_parity.group_errors(
-    train_parity._flat(j_grad), {k: v.numpy() for k, v in t_grads.items()}
+  errs = tree_errors.group_errors(
+    tree_errors.flat(j_grad), {k: v.numpy() for k, v in t_grads.items()}
   )
   assert set(errs) == {"D scale0", "D scale1", "D scale2"}
   assert all(e["rel"] < 1e-4 for e in errs.values()), errs
@@ -244,6 +335,16 @@ def test_ten_steps_losses_side_by_side(tiny_result):
   tol = tiny_result["tolerances"]["params"]
   assert tol < 1.0 and all(e["rel"] <= tol for e in tiny_result["divergence"].values())
   assert all(s["skipped"] == [0, 0] for s in steps)
+  # Teacher-forced: every step from JAX's state; its losses as close as the one-batch table's,
+  # its update within the first step's Adam bound, which does not grow with K.
+  tols = tiny_result["tolerances"]
+  assert tols["forced_update"] < tol / 2, tols
+  for s in steps:
+    f = s["forced"]
+    assert max(f["rel"].values()) <= train_parity.LOSS_TOLERANCE, (s["step"], f["rel"])
+    assert {"gate", "kernel_head", "decoder"} <= set(f["update"]), f["update"]
+    assert all(e["rel"] <= tols["forced_update"] for e in f["update"].values()), f["update"]
+    assert f["gate"]["ok"] and f["gate"]["flips"] == f["gate"]["flips_inside_band"]
 
 
 def test_parity_train_cli(tmp_path, capsys, tiny_checkpoint, monkeypatch):

@@ -181,21 +181,30 @@ def format_train_report(result: dict) -> str:
     "",
     "grad rows: jax column = the gradient's float32 band, torch column = its norm",
     f"{result['steps']} train steps",
+    "free: both frameworks run on from the same start; forced: PyTorch restarts each step"
+    " from JAX's parameters and Adam state",
     f"{'step':<5}{'total jax':>13}{'total torch':>13}{'d jax':>12}{'d torch':>12}"
-    f"{'max rel':>10}  gate flips (inside band)",
+    f"{'max rel':>10}{'forced rel':>11}{'forced upd':>11}  gate flips (inside band)",
   ]
   for s in result["train_steps"]:
     dj, dt = s["jax"].get("loss/d"), s["torch"].get("loss/d")
     d = f"{dj:>12.6g}{dt:>12.6g}" if dj is not None else f"{'-':>12}{'-':>12}"
     fl = f"{s['gate']['flips']} ({s['gate']['flips_inside_band']})" if s["gate"] else "-"
+    f = s["forced"]
+    upd = max((e["rel"] for e in f["update"].values()), default=0.0)
     lines.append(
       f"{s['step']:<5}{s['jax']['loss/total']:>13.7g}{s['torch']['loss/total']:>13.7g}"
-      f"{d}{max(s['rel'].values()):>10.2e}  {fl}"
+      f"{d}{max(s['rel'].values()):>10.2e}{max(f['rel'].values()):>11.2e}{upd:>11.2e}  {fl}"
     )
-  lines.append(
-    f"worst per-step loss rel err {result['worst_step_loss_rel']:.2e} "
-    f"(tolerance {result['tolerances']['step_loss']:.2g})"
-  )
+  tol = result["tolerances"]
+  lines += [
+    f"worst per-step loss rel err: free {result['worst_step_loss_rel']:.2e} (tolerance "
+    f"{tol['step_loss']:.2g}), forced {result['forced_worst_loss_rel']:.2e} (tolerance "
+    f"{tol['forced_loss']:.0e})",
+    f"worst forced update, norm(jax - torch) / norm(torch update) per group: "
+    f"{result['forced_worst_update_rel']:.2e} (tolerance {tol['forced_update']:.2g} = "
+    f"max(1e-3, 4 r0))",
+  ]
   lines.append(
     f"parameters after {result['steps']} steps: norm(jax - torch) / norm(torch - start)"
     f", tolerance {result['tolerances']['params']:.2g} (Adam's first-step disagreement r0 "
@@ -230,9 +239,26 @@ def plot_train(result: dict, path: str) -> str:
     )
     for k in keys
   }
+  forced = {
+    "loss (forced)": (
+      xs,
+      [math.log10(max(max(s["forced"]["rel"].values()), 1e-12)) for s in steps],
+    ),
+    "update (forced)": (
+      xs,
+      [
+        math.log10(max(max((e["rel"] for e in s["forced"]["update"].values()), default=0), 1e-12))
+        for s in steps
+      ],
+    ),
+  }
   pngplot.line_panels(
     path,
-    [("losses per step", series), ("log10 |jax - torch| / |torch| per step", rel)],
+    [
+      ("losses per step", series),
+      ("log10 |jax - torch| / |torch| per step, free", rel),
+      ("log10 rel err per step, teacher-forced", forced),
+    ],
     title=f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']}",
     log_y=False,
   )
