@@ -98,6 +98,17 @@ def _encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
+def check_settings(size: int, max_size: int, max_pixels: int) -> None:
+  """The server's --size, --max-size and --max-pixels (InputError naming the bad one)."""
+  images.check_size_args(max_size, max_pixels, flag="--max-size")
+  if not max_size:
+    raise InputError(f"--max-size must be at least {images.MIN_SIDE}, got {max_size}")
+  if not images.MIN_SIDE <= size <= max_size:
+    raise InputError(
+      f"--size must be between {images.MIN_SIDE} and --max-size ({max_size}), got {size}"
+    )
+
+
 class Engine:
   """One Stylizer, one stylization at a time, for the page's requests (thread-safe)."""
 
@@ -108,9 +119,7 @@ class Engine:
     max_size: int = DEFAULT_MAX_SIZE,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
   ):
-    images.check_size_args(size, max_pixels)
-    if not size or size > max_size:
-      raise InputError(f"--size must be between {images.MIN_SIDE} and --max-size {max_size}")
+    check_settings(size, max_size, max_pixels)
     self.stylizer, self.size, self.max_size, self.max_pixels = stylizer, size, max_size, max_pixels
     self.lock = threading.Lock()
     self.ready = threading.Event()

@@ -41,7 +41,7 @@ def run_serve(args) -> None:
     raise InputError(f"--attention-memory must be positive (MB), got {args.attention_memory}")
   if not 0 <= args.port <= 65535:
     raise InputError(f"--port must be in 0..65535, got {args.port}")
-  images.check_size_args(args.max_size, args.max_pixels, flag="--max-size")
+  serve.check_settings(args.size, args.max_size, args.max_pixels)
   sock = _listen(args.host, args.port)
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("sk-jax serve: %(message)s"))
