@@ -126,16 +126,28 @@ class Engine:
     self.busy = False
     self.done = 0
 
-  def warm_up(self) -> None:
-    """Compiles the default example at the default size, so that the first press is quick."""
-    try:
-      c, s = (
-        images.PACKAGED_PREFIX + CONTENT_EXAMPLES[0],
-        images.PACKAGED_PREFIX + STYLE_EXAMPLES[0],
-      )
-      self.run(Job(c, (s,)), count=False)
-    finally:
-      self.ready.set()
+  def start_warm_up(self) -> threading.Thread:
+    """Compiles the page's default pair at the default size on a thread, so that the first press
+    is quick; `ready` is set when it is done."""
+    names = (CONTENT_EXAMPLES[0], STYLE_EXAMPLES[0])
+    # Read here, not on the thread: importing skimage.data parses a stub with `ast`, which
+    # CPython 3.11 before 3.11.8 cannot do on two threads at once (gh-106905).
+    for name in names:
+      images.packaged_image(name)
+    content, style = (images.PACKAGED_PREFIX + n for n in names)
+    job = Job(content, (style,))
+
+    def warm_up():
+      try:
+        self.run(job, count=False)
+      except Exception:
+        log.exception("warm-up failed; the first press will compile")
+      finally:
+        self.ready.set()
+
+    thread = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+    thread.start()
+    return thread
 
   def _load(self, source: Upload | str, size: int, tmpdir: str, index: int) -> np.ndarray:
     if isinstance(source, str):
@@ -205,7 +217,8 @@ class Engine:
     names = "+".join(_stem(s) for s in job.styles)
     filename = f"{_stem(job.content)}_stylized_{names}.png"
     log.info(
-      "%s with %s: %dx%d in %.2f s",
+      "%s%s with %s: %dx%d in %.2f s",
+      "" if count else "warm-up: ",
       _display_name(job.content),
       ", ".join(map(_display_name, job.styles)),
       out.shape[1],

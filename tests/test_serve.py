@@ -125,6 +125,17 @@ def test_bad_settings_are_one_line_messages(stylizer, change, message):
   assert str(e.value).startswith(message)
 
 
+def test_warm_up_runs_the_default_pair(stylizer, caplog):
+  engine = serve.Engine(stylizer, size=SIZE, max_size=64)
+  with caplog.at_level("INFO", logger="sk_jax.serve"):
+    engine.start_warm_up().join(timeout=300)
+  assert engine.status() == {"ready": True, "busy": False, "done": 0}
+  # One line, and no "warm-up failed".
+  messages = [r.getMessage() for r in caplog.records]
+  assert len(messages) == 1, messages
+  assert messages[0].startswith(f"warm-up: skimage:astronaut with skimage:brick: {SIZE}x{SIZE} in ")
+
+
 def test_one_stylization_at_a_time(stylizer):
   """Requests from several threads run one after another on the one Stylizer."""
 

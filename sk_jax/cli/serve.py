@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-import threading
 
 from sk_jax import bundled, images
 from sk_jax.errors import InputError
@@ -54,19 +53,21 @@ def run_serve(args) -> None:
     args.max_size,
     args.max_pixels,
   )
-  if args.no_warmup:
-    engine.ready.set()
-  else:
-    threading.Thread(target=engine.warm_up, name="warm-up", daemon=True).start()
-  host, port = sock.getsockname()[:2]
-  url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-  print(f"sk-jax serve: {url} (Ctrl-C to stop)", flush=True)
   config = uvicorn.Config(
     serve.make_app(engine, args.max_upload_mb),
     log_level="warning",
     access_log=False,
     timeout_graceful_shutdown=5,
   )
+  # uvicorn's own imports, before the warm-up thread starts tracing.
+  config.load()
+  if args.no_warmup:
+    engine.ready.set()
+  else:
+    engine.start_warm_up()
+  host, port = sock.getsockname()[:2]
+  url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+  print(f"sk-jax serve: {url} (Ctrl-C to stop)", flush=True)
   uvicorn.Server(config).run(sockets=[sock])
 
 
