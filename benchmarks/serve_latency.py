@@ -7,7 +7,8 @@ Starts `sk-jax serve --size SIZE` (bundled generator, warmed up on the page's de
 skimage:astronaut with skimage:brick) in a subprocess and drives the page as a person would
 (packaged examples, alpha changed between presses). Times are the page's own
 (`performance.now()` from the click to the image's load event), beside the server's time for
-the same request (reading, stylizing, PNG encoding). Cases:
+the same request (reading, stylizing, PNG encoding) and the server process's CPU-seconds for it
+(which other load on the machine changes far less than wall time). Cases:
   warm:      the default pair, --repeats presses (the program compiled at start-up);
   new shape: another content (chelsea, 451 x 300, so SIZE x 1.5 SIZE after resizing): its first
              press (a new shape: a compile, or a hit in the persistent compile cache) and a
@@ -56,11 +57,14 @@ def _press(driver, alpha: float, timeout: float = 600.0) -> dict:
 def _summary(presses) -> dict:
   ms = [p["ms"] / 1000 for p in presses]
   server = [p["serverSeconds"] for p in presses]
+  cpu = [p["serverCpuSeconds"] for p in presses]
   return {
     "press_to_image_s": ms,
     "median_press_to_image_s": statistics.median(ms),
     "server_s": server,
     "median_server_s": statistics.median(server),
+    "server_cpu_s": cpu,
+    "median_server_cpu_s": statistics.median(cpu),
     "image_size": presses[0]["size"],
   }
 
@@ -112,6 +116,7 @@ def main():
     "warm": {"content": "skimage:astronaut", "style": "skimage:brick", **_summary(warm)},
     "new_shape_first_press_s": new_shape[0]["ms"] / 1000,
     "new_shape_first_server_s": new_shape[0]["serverSeconds"],
+    "new_shape_first_server_cpu_s": new_shape[0]["serverCpuSeconds"],
     "new_shape_second_press_s": new_shape[1]["ms"] / 1000,
     "new_shape_image_size": new_shape[0]["size"],
     "server_log": server_log.splitlines()[-10:],
