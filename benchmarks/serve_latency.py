@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sk_jax import serve_browser
 
@@ -95,8 +95,11 @@ def main():
           driver.execute_script("window.scrollTo(0, 0)")
           shot = os.path.join(tmp, "page.png")
           driver.save_screenshot(shot)
-          # 256 colours: a few hundred KB rather than a few MB, for the README.
-          Image.open(shot).convert("RGB").quantize(256).save(args.screenshot, optimize=True)
+          page = Image.open(shot).convert("RGB")
+          # Cropped to what is not white, in 256 colours: a few hundred KB, for the README.
+          left, top, right, bottom = ImageOps.invert(page.convert("L")).getbbox()
+          page = page.crop((0, 0, min(page.width, right + 20), min(page.height, bottom + 20)))
+          page.quantize(256).save(args.screenshot, optimize=True)
         Select(driver.find_element(By.ID, "content-example")).select_by_value("chelsea")
         new_shape = [_press(driver, 1.0), _press(driver, 0.5)]
       finally:
