@@ -283,7 +283,7 @@ async def job_from_form(form) -> Job:
 
 
 def make_app(engine: Engine, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
-  """The Starlette app of `sk-jax serve` around `engine`."""
+  """The Starlette app of `sk-jax serve` around `engine` (the examples' thumbnails are made here)."""
   from starlette.applications import Starlette
   from starlette.concurrency import run_in_threadpool
   from starlette.exceptions import HTTPException
@@ -291,6 +291,10 @@ def make_app(engine: Engine, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
   from starlette.routing import Route
 
   max_bytes = int(max_upload_mb * 2**20)
+  # Made here, on the caller's thread, before any worker thread reads packaged images (see
+  # Engine.start_warm_up: skimage's lazy imports are not thread-safe on CPython 3.11.7).
+  for name in CONTENT_EXAMPLES + STYLE_EXAMPLES:
+    thumbnail(name)
   config = {
     "contents": CONTENT_EXAMPLES,
     "styles": STYLE_EXAMPLES,

@@ -54,7 +54,14 @@ def chromium(width: int = 1200, height: int = 900):
     f"--window-size={width},{height}",
   ):
     options.add_argument(arg)
+  # The page's console, for `console_errors`.
+  options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
   return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def console_errors(driver) -> list[str]:
+  """The page's console errors since the last call (JavaScript exceptions, failed requests)."""
+  return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 class ServeProcess:

@@ -4,6 +4,7 @@ at a time) and the command's one-line errors. tests/test_serve_browser.py drives
 import io
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -183,6 +184,15 @@ def test_serve_refuses_a_taken_port(capsys):
   err = capsys.readouterr().err.strip()
   assert "\n" not in err
   assert err.startswith(f"sk-jax serve: error: 127.0.0.1:{port}: cannot listen there (")
+
+
+def test_serve_without_the_extra(capsys, monkeypatch):
+  # None in sys.modules makes `import uvicorn` raise ImportError, as when it is not installed.
+  monkeypatch.setitem(sys.modules, "uvicorn", None)
+  assert main(["serve"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("sk-jax serve: error: sk-jax serve needs the serve extra: pip install ")
+  assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

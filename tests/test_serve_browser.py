@@ -130,6 +130,12 @@ def test_stylize_two_uploads_with_slider(server, driver, uploads):
   content = Image.fromarray(data.chelsea()).resize(expected, Image.Resampling.BICUBIC)
   difference = np.abs(np.asarray(out, np.float32) - np.asarray(content, np.float32)) / 255
   assert difference.mean() > 0.02
+  # The thumbnails, the preview and the result loaded; no script failed.
+  thumbnails = driver.execute_script(
+    "return [...document.querySelectorAll('#style-examples img')].map((i) => i.naturalWidth);"
+  )
+  assert len(thumbnails) == 10 and min(thumbnails) > 0
+  assert serve_browser.console_errors(driver) == []
 
 
 def test_bad_uploads_show_errors_and_server_keeps_running(server, driver, uploads):
