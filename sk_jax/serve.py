@@ -95,7 +95,8 @@ def _safe_name(name: str) -> str:
 
 def _encode_png(image: np.ndarray) -> bytes:
   buf = io.BytesIO()
-  # Level 3: a few times faster than the default 6 at 512 px, files about 10 % larger.
+  # Level 3 rather than Pillow's 6: for the 512 x 512 astronaut photo on the 2-core dev CPU,
+  # 0.12 s instead of 0.27 s, for a file 8 % larger.
   Image.fromarray(images.to_uint8(image)).save(buf, format="PNG", compress_level=3)
   return buf.getvalue()
 
@@ -133,7 +134,8 @@ class Engine:
     is quick; `ready` is set when it is done."""
     names = (CONTENT_EXAMPLES[0], STYLE_EXAMPLES[0])
     # Read here, not on the thread: importing skimage.data parses a stub with `ast`, which
-    # CPython 3.11 before 3.11.8 cannot do on two threads at once (gh-106905).
+    # failed while uvicorn imported on the main thread (SystemError "AST constructor recursion
+    # depth mismatch", CPython 3.11.7 here; python/cpython gh-106905).
     for name in names:
       images.packaged_image(name)
     content, style = (images.PACKAGED_PREFIX + n for n in names)
@@ -292,7 +294,7 @@ def make_app(engine: Engine, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
 
   max_bytes = int(max_upload_mb * 2**20)
   # Made here, on the caller's thread, before any worker thread reads packaged images (see
-  # Engine.start_warm_up: skimage's lazy imports are not thread-safe on CPython 3.11.7).
+  # Engine.start_warm_up: skimage's lazy import failed on a thread with CPython 3.11.7).
   for name in CONTENT_EXAMPLES + STYLE_EXAMPLES:
     thumbnail(name)
   config = {

@@ -24,7 +24,7 @@ def server(tmp_path_factory):
   try:
     serve_browser.find_chromium()
   except RuntimeError as e:
-    pytest.fail(str(e))
+    pytest.fail(str(e), pytrace=False)
   log = tmp_path_factory.mktemp("serve") / "serve.log"
   args = ["--size", str(SIZE), "--max-pixels", str(MAX_PIXELS), "--max-upload-mb", "1"]
   # No warm-up and no compile cache: the first press compiles, so that it lasts long enough
