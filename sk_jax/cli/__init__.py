@@ -14,7 +14,7 @@ import contextlib
 import re
 import sys
 
-from sk_jax.cli import evaluation, interop, stylize, training
+from sk_jax.cli import evaluation, interop, serve, stylize, training
 from sk_jax.errors import (
   EXIT_PREEMPTED,
   InputError,
@@ -24,7 +24,7 @@ from sk_jax.errors import (
   SaveError,
 )
 
-COMMAND_MODULES = (stylize, interop, training, evaluation)
+COMMAND_MODULES = (stylize, interop, training, evaluation, serve)
 
 
 def one_line(e: BaseException) -> str:
