@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sk_jax import bundled, controls, images, ops, weights
+from sk_jax.compile_cache import DEFAULT as DEFAULT_CACHE
+from sk_jax.compile_cache import enable_compile_cache
 from sk_jax.errors import InputError
 from sk_jax.models.generator import (
   STRIDE,
@@ -113,10 +115,19 @@ class Stylizer:
   """
 
   def __init__(
-    self, params, config: ModelConfig, vgg_params=None, attention_mb: float = DEFAULT_ATTENTION_MB
+    self,
+    params,
+    config: ModelConfig,
+    vgg_params=None,
+    attention_mb: float = DEFAULT_ATTENTION_MB,
+    compile_cache: str | None = DEFAULT_CACHE,
   ):
     """attention_mb: memory the attention may take; larger attentions run in chunks of
-    content positions (`ops.query_chunk_for`), with the same results."""
+    content positions (`ops.query_chunk_for`), with the same results. compile_cache: where
+    compiled programs persist across processes (`sk_jax.enable_compile_cache`: "default",
+    a directory or "off"; None leaves JAX's configuration as it is)."""
+    if compile_cache is not None:
+      enable_compile_cache(compile_cache)
     self.config, self.attention_mb = config, attention_mb
     self.params = jax.device_put(params)
     self.vgg_params = jax.device_put(
@@ -129,11 +140,13 @@ class Stylizer:
     path: str | None = bundled.BUNDLED,
     vgg: str | None = None,
     attention_mb: float = DEFAULT_ATTENTION_MB,
+    compile_cache: str | None = DEFAULT_CACHE,
   ) -> "Stylizer":
     """From a generator checkpoint directory, or the bundled generator (None or "bundled");
     `vgg` overrides the encoder weights it names."""
     params, config = bundled.resolve(path)
-    return cls(params, config, weights.load_vgg16(vgg or config.vgg_weights), attention_mb)
+    vgg_params = weights.load_vgg16(vgg or config.vgg_weights)
+    return cls(params, config, vgg_params, attention_mb, compile_cache)
 
   def _chunk_for_features(self, content, style_features) -> int | None:
     return self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
