@@ -100,7 +100,9 @@ def run_stylize(args) -> None:
     mask = images.load_image(args.mask, args.max_pixels)
     for c in contents:
       controls.mask_weights(mask, loaded[c].shape[:2], len(styles), f"--mask {args.mask}")
-  stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory, args.compile_cache)
+  stylizer = Stylizer.load(
+    args.checkpoint, args.vgg, args.attention_memory, args.compile_cache, not args.no_buckets
+  )
   alpha = alphas[0] if len(alphas) == 1 else alphas
   if plan.kind == "dir":
     files.claim_directory(plan.path, plan.names)
@@ -248,6 +250,12 @@ def add_commands(subparsers) -> None:
     type=int,
     default=images.DEFAULT_MAX_PIXELS,
     help="refuse input images with more pixels than this",
+  )
+  p.add_argument(
+    "--no-buckets",
+    action="store_true",
+    help="compile for every image size instead of padding images to size buckets "
+    "(the same result; buckets compile once for many sizes)",
   )
   p.set_defaults(func=run_stylize)
 
