@@ -2,8 +2,8 @@
 
   python benchmarks/startup.py --out benchmarks/results/startup_cpu.json
 
-One 512 px pair (skimage:coffee, 512 x 768 after --size 512, with skimage:astronaut), the
-bundled generator. Three measurements, in one run:
+One 512 px pair, as files: scikit-image's coffee (400 x 600 JPEG, 512 x 768 after --size 512)
+and astronaut (512 x 512 PNG) written to a temporary directory; the bundled generator. Three measurements, in one run:
 - `cli`: `sk-jax stylize` as subprocesses (`python -m sk_jax.cli`), wall time and CPU-seconds
   (`resource.getrusage(RUSAGE_CHILDREN)`): once with an empty compilation cache ("cold"), once
   with `--compile-cache off` (every run compiles, as before the cache), then --repeats runs
@@ -33,7 +33,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONTENT, STYLE, SIZE = "skimage:coffee", "skimage:astronaut", 512
+SIZE = 512
+# Set by main: the two input files.
+CONTENT = STYLE = ""
 
 
 def _env(cache: str) -> dict:
@@ -57,7 +59,7 @@ def run_cli(out: str, cache: str) -> dict:
   return {"wall_s": time.perf_counter() - t, "cpu_s": _child_cpu() - cpu}
 
 
-def _phases(out: str) -> dict:
+def _phases(out: str, content: str, style: str) -> dict:
   """The cold path stage by stage, in this (fresh) process; wall and CPU-seconds per stage."""
   marks = [("start", time.perf_counter(), time.process_time())]
   mark = lambda name: marks.append((name, time.perf_counter(), time.process_time()))
@@ -71,7 +73,7 @@ def _phases(out: str) -> dict:
   mark("imports")
   st = Stylizer.load()
   mark("weights")
-  c, s = images.prepare(CONTENT, SIZE), images.prepare(STYLE, SIZE)
+  c, s = images.prepare(content, SIZE), images.prepare(style, SIZE)
   (cb, chw), (sb, shw) = to_bucket(c), to_bucket(s)
   cb, chw, sb, shw = _device(cb), _device(chw, np.int32), _device(sb), _device(shw, np.int32)
   mark("read inputs")
@@ -101,7 +103,7 @@ def run_phases(out: str, cache: str) -> dict:
   # Nothing of sk_jax or jax is imported before _phases starts its clock; Stylizer.load turns
   # the cache on from SK_JAX_CACHE_DIR.
   code = f"import json, sys; sys.path.insert(0, {ROOT!r}); from benchmarks.startup import _phases; "
-  code += f"print(json.dumps(_phases({out!r})))"
+  code += f"print(json.dumps(_phases({out!r}, {CONTENT!r}, {STYLE!r})))"
   r = subprocess.run([sys.executable, "-c", code], env=_env(cache), check=True, capture_output=True)
   return json.loads(r.stdout.decode().splitlines()[-1])
 
@@ -153,8 +155,16 @@ def main():
   from sk_jax import images
   from sk_jax.stylizer import Stylizer
 
+  global CONTENT, STYLE
+  from PIL import Image
+  from skimage import data
+
   work = tempfile.mkdtemp(prefix="sk-jax-startup-")
   cache, png = os.path.join(work, "xla"), os.path.join(work, "out.png")
+  CONTENT, STYLE = os.path.join(work, "coffee.jpg"), os.path.join(work, "astronaut.png")
+  Image.fromarray(data.coffee()).save(CONTENT, quality=95)
+  Image.fromarray(data.astronaut()).save(STYLE)
+  load_at_start = os.getloadavg()
   try:
     report = {"cli_cold": run_cli(png, cache), "cli_no_cache": run_cli(png, "off")}
     report["phases_cold"] = run_phases(png, os.path.join(work, "xla-phases"))
@@ -194,10 +204,11 @@ def main():
   )
   report.update(
     benchmark="startup",
-    pair=f"{CONTENT} with {STYLE} at --size {SIZE}, bundled generator",
+    pair=f"skimage coffee.jpg with astronaut.png at --size {SIZE}, bundled generator",
     platform=jax.default_backend(),
     device=str(jax.devices()[0].device_kind),
     machine=f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    load_average_at_start=load_at_start,
     load_average_at_end=os.getloadavg(),
     jax=jax.__version__,
   )
