@@ -423,7 +423,7 @@ def aligned_style_features(
   q = _unit_rows(z_c.reshape(b, nc, c))
   k = _unit_rows(z_s.reshape(b, -1, c))
   ns = k.shape[1]
-  keys, key_valid, row_valid, rows = None, None, jnp.ones((nc,), bool), nc
+  keys, key_valid, row_valid, rows = None, None, None, nc
   if style_hw is not None:
     key_valid = valid_positions(z_s.shape[1:3], style_hw).reshape(ns)
     ns_pad, ns = ns, (style_hw[0] * style_hw[1]).astype(jnp.int32)
@@ -458,7 +458,8 @@ def aligned_style_features(
     n = -(-nc // query_chunk)
     q_n, lam_n, beta_n = (_chunks(x, n, query_chunk) for x in (q, lam, beta))
     # 0 on the rows that pad the last chunk and on a bucket's padded content positions
-    valid_n = _chunks(jnp.broadcast_to(row_valid, (b, nc)).astype(jnp.float32), n, query_chunk)
+    valid = jnp.ones((b, nc)) if row_valid is None else jnp.broadcast_to(row_valid, (b, nc))
+    valid_n = _chunks(valid.astype(jnp.float32), n, query_chunk)
     a_r = None
     if attention == "cgm":
       column_sums = jax.lax.map(

@@ -123,10 +123,13 @@ def test_sizes_in_one_bucket_share_one_program(stylizers, photo, texture):
   style = texture[:64, :48]
   bucketed.stylize(photo[:48, :40], style, size=None)
   programs = stylizer_mod._apply._cache_size(), stylizer_mod._encode._cache_size()
+  encoded = list(bucketed._styles)
   for hw in ((56, 64), (40, 24), (64, 49)):
     out = bucketed.stylize(photo[: hw[0], : hw[1]], style, size=None)
     assert out.shape == (*hw, 3)
   assert (stylizer_mod._apply._cache_size(), stylizer_mod._encode._cache_size()) == programs
+  # ... and the style was encoded once: a directory of contents reuses it.
+  assert list(bucketed._styles) == encoded
 
 
 def test_bucketed_chunked_cgm_equals_unbucketed(features):
