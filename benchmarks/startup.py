@@ -67,8 +67,9 @@ def _phases(out: str, content: str, style: str) -> dict:
   import numpy as np
 
   from sk_jax import images
+  from sk_jax.buckets import to_bucket
   from sk_jax.cli import stylize  # noqa: F401 (what the command imports)
-  from sk_jax.stylizer import Stylizer, _apply, _device, _encode, to_bucket
+  from sk_jax.stylizer import Stylizer, _apply, _device, _encode
 
   mark("imports")
   st = Stylizer.load()

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sk_jax import bundled, controls, images, ops, weights
+from sk_jax.buckets import to_bucket
 from sk_jax.compile_cache import DEFAULT as DEFAULT_CACHE
 from sk_jax.compile_cache import enable_compile_cache
 from sk_jax.errors import InputError
@@ -44,29 +45,6 @@ DEFAULT_SIZE = 512
 DEFAULT_ATTENTION_MB = 1024
 # Encoded styles a Stylizer keeps for `stylize` (a directory run or a web page reuses them).
 STYLE_CACHE = 8
-
-
-def bucket_side(n: int) -> int:
-  """The size bucket of an image side n (docs/method.md, "Size buckets"): n rounded up to a
-  multiple of 64 up to 1024, of 128 up to 2048, of 256 beyond."""
-  step = 64 if n <= 1024 else 128 if n <= 2048 else 256
-  return -(-n // step) * step
-
-
-def to_bucket(image) -> tuple[np.ndarray, np.ndarray]:
-  """(H, W, 3) -> the (1, H', W', 3) image of its size bucket and its size inside, (2,) int32.
-
-  As `pad_to_stride` the image is first reflection-padded to multiples of 8 (what the
-  unbucketed path computes on); the rest of the bucket is zeros, which the masked network
-  never reads (docs/method.md, "Size buckets")."""
-  h, w = image.shape[:2]
-  ph, pw = -h % STRIDE, -w % STRIDE
-  mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
-  image = np.pad(np.asarray(image, np.float32), ((0, ph), (0, pw), (0, 0)), mode=mode)
-  hw = np.array(image.shape[:2], np.int32)
-  out = np.zeros((1, bucket_side(hw[0]), bucket_side(hw[1]), 3), np.float32)
-  out[0, : hw[0], : hw[1]] = image
-  return out, hw
 
 
 def _features(vgg_params, config: ModelConfig, images, hw=None):
@@ -158,7 +136,7 @@ class Stylizer:
   Images are float arrays in [0, 1], (H, W, 3) or (B, H, W, 3), of any size (reflection-
   padded to multiples of 8 inside, cropped back). Each method is compiled once per shape;
   `stylize` (with buckets, the default) once per size bucket: images are padded up to
-  `bucket_side`s and the network masked so that the results are those of the unpadded images.
+  `sk_jax.buckets` sizes and the network masked so that the results are those of the unpadded images.
   """
 
   def __init__(
