@@ -25,11 +25,10 @@ import os
 import shutil
 import time
 import uuid
+from typing import TYPE_CHECKING
 
-import grain
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from sk_jax import files
@@ -38,11 +37,18 @@ from sk_jax.models import vgg
 from sk_jax.models.discriminator import DiscriminatorConfig
 from sk_jax.models.generator import ModelConfig, init_params
 
+# Orbax and grain (0.6 s to import) are imported where they are used, so that `sk-jax stylize`
+# and `Stylizer` with the bundled generator never load them.
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
+
 GENERATOR_FORMAT, VGG16_FORMAT = files.CHECKPOINT_FORMATS
 VERSION = 1
 
 
 def _checkpointer():
+  import orbax.checkpoint as ocp
+
   return ocp.Checkpointer(
     ocp.CompositeCheckpointHandler(
       meta=ocp.JsonCheckpointHandler(),
@@ -101,6 +107,8 @@ def _save(path: str, fmt: str, arrays, config: dict, *, overwrite: bool = False)
 
   A full disk is a SaveError naming `path`; the temporary is removed and `path` is untouched.
   """
+  import orbax.checkpoint as ocp
+
   check_target(path, overwrite)
   path = os.path.abspath(path)
   parent = os.path.dirname(path)
@@ -135,6 +143,8 @@ def _save(path: str, fmt: str, arrays, config: dict, *, overwrite: bool = False)
 
 
 def _read_json_item(path: str, item: str):
+  import orbax.checkpoint as ocp
+
   with _checkpointer() as ckptr:
     return ckptr.restore(path, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
 
@@ -199,6 +209,8 @@ def _check_readable(path: str, what: str) -> None:
 
 def _restore_arrays(path: str, abstract, what: str):
   """Restores `params` against the expected tree; a mismatch names the first differing leaf."""
+  import orbax.checkpoint as ocp
+
   try:
     with _checkpointer() as ckptr:
       meta_tree = ckptr.metadata(path).item_metadata["params"]
@@ -323,6 +335,8 @@ class _IteratorSnapshot:
 
 def make_manager(workdir: str, ckpt_cfg, read_only: bool = False) -> ocp.CheckpointManager:
   """Async Orbax manager under WORKDIR/checkpoints: keeps the last `keep` (+ the best, if configured)."""
+  import orbax.checkpoint as ocp
+
   policies = [ocp.checkpoint_managers.LatestN(n=int(ckpt_cfg.keep))]
   if ckpt_cfg.get("best_metric"):
     name, lower_is_better = ckpt_cfg.best_metric, ckpt_cfg.best_mode == "min"
@@ -388,6 +402,8 @@ def _first_line(e: BaseException) -> str:
 
 def read_config(mngr, step: int) -> dict:
   """The config JSON saved with checkpoint `step` (UnreadableCheckpoint if it cannot be read)."""
+  import orbax.checkpoint as ocp
+
   try:
     return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   except Exception as e:
@@ -429,6 +445,9 @@ def restore(mngr, abstract_state, step: int, content_it=None, style_it=None):
 
   abstract_state: ShapeDtypeStructs with the target shardings.
   """
+  import grain
+  import orbax.checkpoint as ocp
+
   where = os.path.join(str(mngr.directory), str(step))
   args = {"state": ocp.args.StandardRestore(abstract_state)}
   if content_it is not None:
@@ -542,6 +561,9 @@ def save(mngr, step: int, state, content_it, style_it, cfg, metrics=None, force=
   A full disk, here or in the previous save still in flight, is a SaveError: the half-written
   step is removed and the complete checkpoints are left as they were.
   """
+  import grain
+  import orbax.checkpoint as ocp
+
   try:
     return mngr.save(
       step,
@@ -568,6 +590,8 @@ def export_generator(
   Reads only the generator's parameters (not D, the optimiser states or the data iterators).
   `output` must be new, empty, or (with `overwrite`) an sk-jax checkpoint.
   """
+  import orbax.checkpoint as ocp
+
   check_target(output, overwrite, inputs=[workdir])
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   if not os.path.isdir(ckpt_dir):

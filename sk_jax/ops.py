@@ -11,6 +11,42 @@ import jax.numpy as jnp
 _EPS = 1e-5
 
 
+# Size buckets (docs/method.md, "Size buckets"): an image padded up to a bucket carries its true
+# size hw, an int (2,) array (a traced value, so every size in a bucket runs one program); the
+# functions below then compute exactly what they compute on the unpadded image.
+def valid_positions(shape_hw, hw):
+  """(H, W) bool: True at rows < hw[0] and columns < hw[1]."""
+  rows = jnp.arange(shape_hw[0]) < hw[0]
+  cols = jnp.arange(shape_hw[1]) < hw[1]
+  return rows[:, None] & cols[None, :]
+
+
+def zero_outside(x_BxHxWxC, hw):
+  """x with every position outside the true size hw set to 0 (what zero padding reads there)."""
+  valid = valid_positions(x_BxHxWxC.shape[1:3], hw)[None, :, :, None]
+  return jnp.where(valid, x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype))
+
+
+def reflect_outside(x_BxHxWxC, hw, radius: int, axes=(1, 2)):
+  """x with the `radius` rows (axis 1) and columns (axis 2) after the true size hw overwritten by
+  numpy's 'reflect' padding of x[:, :hw[0], :hw[1]]: a convolution of that radius then reads at
+  the true border what it reads on the unpadded image. Rows first, so corners reflect twice."""
+  for axis in axes:
+    n, size = hw[axis - 1], x_BxHxWxC.shape[axis]
+    period = 2 * (n - 1)
+    for j in range(radius):
+      i = n + j
+      m = i % period
+      src = jax.lax.dynamic_slice_in_dim(x_BxHxWxC, jnp.where(m < n, m, period - m), 1, axis)
+      # Past the array's end (the true size fills the bucket) nothing is written.
+      dst = jnp.minimum(i, size - 1)
+      keep = jax.lax.dynamic_slice_in_dim(x_BxHxWxC, dst, 1, axis)
+      x_BxHxWxC = jax.lax.dynamic_update_slice_in_dim(
+        x_BxHxWxC, jnp.where(i < size, src, keep), dst, axis
+      )
+  return x_BxHxWxC
+
+
 def channel_shuffle(x, groups: int):
   """ShuffleNet channel shuffle of the last axis: (.., g, C/g) -> (.., C/g, g)."""
   c = x.shape[-1]
@@ -22,16 +58,22 @@ def channel_shuffle(x, groups: int):
   return jnp.swapaxes(x, -1, -2).reshape(*x.shape[:-2], c)
 
 
-def mean_std(x, eps: float = _EPS):
-  """Per-sample, per-channel spatial mean and std of (B, H, W, C); eps inside the sqrt."""
-  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-  var = jnp.var(x, axis=(1, 2), keepdims=True)
+def mean_std(x, eps: float = _EPS, hw=None):
+  """Per-sample, per-channel spatial mean and std of (B, H, W, C); eps inside the sqrt.
+  hw: the true size (the statistics are over those positions only)."""
+  if hw is None:
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.var(x, axis=(1, 2), keepdims=True)
+    return mean, jnp.sqrt(var + eps)
+  count = (hw[0] * hw[1]).astype(x.dtype)
+  mean = jnp.sum(zero_outside(x, hw), axis=(1, 2), keepdims=True) / count
+  var = jnp.sum(jnp.square(zero_outside(x - mean, hw)), axis=(1, 2), keepdims=True) / count
   return mean, jnp.sqrt(var + eps)
 
 
-def instance_norm(x, eps: float = _EPS):
+def instance_norm(x, eps: float = _EPS, hw=None):
   """(x - mu) / sigma over the spatial axes of (B, H, W, C) (the normalisation of Eq. 6)."""
-  mean, std = mean_std(x, eps)
+  mean, std = mean_std(x, eps, hw)
   return (x - mean) / std
 
 
@@ -45,7 +87,7 @@ def _shifted_copies(x, k: int, axis: int):
   return jnp.stack([jax.lax.slice_in_dim(xp, t, t + n, axis=axis) for t in range(k)], axis=-1)
 
 
-def separable_pixel_conv(x, f_v, f_h, bias):
+def separable_pixel_conv(x, f_v, f_h, bias, hw=None):
   """Per-position, per-channel separable convolution (Eq. 6 without the normalisation).
 
   Args:
@@ -57,14 +99,19 @@ def separable_pixel_conv(x, f_v, f_h, bias):
   Returns:
     (B, H, W, C): y[b,i,j,c] = sum_t f_v[b,i,j,c,t] x[b,i+t-k//2,j,c], then
     z[b,i,j,c] = sum_t f_h[b,i,j,c,t] y[b,i,j+t-k//2,c], then z + bias; rows and
-    columns outside the image are read with reflection (numpy's 'reflect').
+    columns outside the image are read with reflection (numpy's 'reflect'); with hw, outside
+    x[:, :hw[0], :hw[1]].
   """
   k = f_v.shape[-1]
   if f_h.shape[-1] != k or k % 2 == 0:
     raise ValueError(
       f"separable_pixel_conv: filters must share one odd size, got {f_v.shape} {f_h.shape}"
     )
+  if hw is not None:
+    x = reflect_outside(x, hw, k // 2, axes=(1,))
   y = jnp.einsum("bhwck,bhwck->bhwc", _shifted_copies(x, k, axis=1), f_v)
+  if hw is not None:
+    y = reflect_outside(y, hw, k // 2, axes=(2,))
   z = jnp.einsum("bhwck,bhwck->bhwc", _shifted_copies(y, k, axis=2), f_h)
   return z + bias
 
@@ -122,11 +169,14 @@ def _unit_rows(x_BxNxC):
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
-def _softmax_rows(q_BxUxC, k_BxNsxC, sharpness, precision: str):
-  """Eq. 1 for a block of unit query rows against all unit keys: (B, U, Ns) float32."""
+def _softmax_rows(q_BxUxC, k_BxNsxC, sharpness, precision: str, key_valid_Ns=None):
+  """Eq. 1 for a block of unit query rows against all unit keys: (B, U, Ns) float32; keys
+  where key_valid is False (a bucket's padding) get weight 0."""
   logits_BxUxNs = sharpness * jnp.einsum(
     "bud,bvd->buv", q_BxUxC, k_BxNsxC, precision=_precision(precision)
   )
+  if key_valid_Ns is not None:
+    logits_BxUxNs = jnp.where(key_valid_Ns, logits_BxUxNs, -jnp.inf)
   return jax.nn.softmax(logits_BxUxNs, axis=-1)
 
 
@@ -185,14 +235,21 @@ def gated_attention(
   a_r_BxNs=None,
   precision: str = "highest",
   surrogate: str = "sigmoid",
+  key_valid_Ns=None,
+  ns=None,
 ):
-  """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask, T (B, Nc))."""
+  """Eq. 5: A_bar = A * Sign(A - T). Returns (A_bar, mask, T (B, Nc)).
+
+  key_valid, ns: the style positions that exist and their number (a bucket's padding is
+  never kept); default all of the last axis."""
   thresh_BxNc = gate_threshold(attn_BxNcxNs, lam_BxNc, beta_BxNc, a_r_BxNs, precision)
   # The surrogate's temperature is in units of the uniform weight 1/Ns, so it
   # does not depend on the style resolution.
-  ns = attn_BxNcxNs.shape[-1]
+  ns = attn_BxNcxNs.shape[-1] if ns is None else ns
   diff = (attn_BxNcxNs - thresh_BxNc[..., None]) * ns
   mask = hard_gate(diff, temperature, surrogate)
+  if key_valid_Ns is not None:
+    mask = mask * key_valid_Ns
   gated = attn_BxNcxNs * mask
   if renormalize:
     gated = renormalize_rows(gated)
@@ -206,20 +263,27 @@ def renormalize_rows(attn_BxNcxNs):
   return attn_BxNcxNs / jnp.where(total > 0, total, 1.0)
 
 
-def topk_attention(attn_BxNcxNs, k: int, renormalize=False):
+def topk_attention(attn_BxNcxNs, k: int, renormalize=False, key_valid_Ns=None, k_valid=None):
   """Fig. 3's "SANet + topK": keeps the k largest weights of each row. Returns (A_bar, mask, kth).
 
   The mask is A >= the row's k-th largest weight (a tie at the k-th value keeps
   every tied entry; with float softmax weights ties do not occur in practice). It
   carries no gradient: A reaches the loss through the kept weights only. k >= Ns
   keeps everything (Eq. 2). kth (B, Nc) plays the role of the CGM's threshold.
+  key_valid: the style positions that exist (a bucket's padding is never kept); k_valid: a
+  traced k <= k, min(k, valid positions), to rank by (k is then the static bound).
   """
   ns = attn_BxNcxNs.shape[-1]
   if k < 1:
     raise ValueError(f"topk_attention: k must be >= 1, got {k}")
-  kth_BxNc = jax.lax.top_k(attn_BxNcxNs, min(k, ns))[0][..., -1]
+  ranked = attn_BxNcxNs if key_valid_Ns is None else jnp.where(key_valid_Ns, attn_BxNcxNs, -1.0)
+  top_BxNcxK = jax.lax.top_k(ranked, min(k, ns))[0]
+  if k_valid is None:
+    kth_BxNc = top_BxNcxK[..., -1]
+  else:
+    kth_BxNc = jax.lax.dynamic_index_in_dim(top_BxNcxK, k_valid - 1, axis=-1, keepdims=False)
   kth_BxNc = jax.lax.stop_gradient(kth_BxNc)
-  mask = (attn_BxNcxNs >= kth_BxNc[..., None]).astype(attn_BxNcxNs.dtype)
+  mask = (ranked >= kth_BxNc[..., None]).astype(attn_BxNcxNs.dtype)
   gated = attn_BxNcxNs * mask
   if renormalize:
     gated = renormalize_rows(gated)
@@ -250,20 +314,33 @@ def _aggregate(
   a_r_BxNs,
   precision,
   surrogate,
+  keys=None,
 ):
-  """One block of query rows: the chosen aggregation, then Eq. 2 -> (Z_cs rows, mask, threshold)."""
+  """One block of query rows: the chosen aggregation, then Eq. 2 -> (Z_cs rows, mask, threshold).
+  keys: None, or (key_valid (Ns,), their number, the traced k of topK) for a padded style."""
+  key_valid, ns, k_valid = (None, None, None) if keys is None else keys
   if attention == "cgm":
     attn_bar, mask, thresh = gated_attention(
-      attn_BxUxNs, lam_BxU, beta_BxU, temperature, renormalize, a_r_BxNs, precision, surrogate
+      attn_BxUxNs,
+      lam_BxU,
+      beta_BxU,
+      temperature,
+      renormalize,
+      a_r_BxNs,
+      precision,
+      surrogate,
+      key_valid,
+      ns,
     )
   elif attention in ("topk", "quantile"):
-    attn_bar, mask, thresh = topk_attention(attn_BxUxNs, int(topk), renormalize)
+    attn_bar, mask, thresh = topk_attention(attn_BxUxNs, int(topk), renormalize, key_valid, k_valid)
   else:
-    attn_bar, mask, thresh = (
-      attn_BxUxNs,
-      jnp.ones_like(attn_BxUxNs),
-      jnp.zeros(attn_BxUxNs.shape[:2]),
+    mask = (
+      jnp.ones_like(attn_BxUxNs)
+      if key_valid is None
+      else jnp.broadcast_to(key_valid.astype(attn_BxUxNs.dtype), attn_BxUxNs.shape)
     )
+    attn_bar, thresh = attn_BxUxNs, jnp.zeros(attn_BxUxNs.shape[:2])
   z_BxUxC = jnp.einsum("buv,bvc->buc", attn_bar, values_BxNsxC, precision=_precision(precision))
   return z_BxUxC, mask, thresh
 
@@ -298,6 +375,8 @@ def aligned_style_features(
   return_aux=False,
   query_chunk: int | None = None,
   precision: str = "highest",
+  content_hw=None,
+  style_hw=None,
 ):
   """Style Alignment Encoding: Eq. 1, one of the three aggregations, then Eq. 2.
 
@@ -325,6 +404,10 @@ def aligned_style_features(
       A_r is a first pass over the chunks). The results equal the unchunked ones up to
       summation order; gradients flow through both passes (each chunk is rematerialised).
     precision: "highest" (full float32 whatever the platform's default) or "default".
+    content_hw, style_hw: the true sizes (int (2,)) of features padded to a size bucket: the
+      padded style positions get no weight, take no part in A_r, the threshold, topK's rank
+      or the kept fraction, the padded content positions none in A_r or the statistics, and
+      their Z_cs rows are 0. The results equal those of the unpadded features.
 
   Returns:
     Z_cs: (B, H, W, C) in z_s's dtype (and the aux dict when asked).
@@ -340,58 +423,89 @@ def aligned_style_features(
   q = _unit_rows(z_c.reshape(b, nc, c))
   k = _unit_rows(z_s.reshape(b, -1, c))
   ns = k.shape[1]
+  keys, key_valid, row_valid, rows = None, None, None, nc
+  if style_hw is not None:
+    key_valid = valid_positions(z_s.shape[1:3], style_hw).reshape(ns)
+    ns_pad, ns = ns, (style_hw[0] * style_hw[1]).astype(jnp.int32)
+  if content_hw is not None:
+    row_valid = valid_positions((h, w), content_hw).reshape(nc)
+    rows = jnp.sum(row_valid).astype(jnp.float32)
   if attention == "quantile":
-    topk = quantile_k(fraction, ns)
-  values = z_s.reshape(b, ns, c).astype(jnp.float32)
+    if style_hw is None:
+      topk = quantile_k(fraction, ns)
+    else:
+      # quantile_k of the true count, traced; the bucket's count bounds it.
+      k_valid = jnp.clip(jnp.round(fraction * ns.astype(jnp.float32)).astype(jnp.int32), 1, ns)
+      topk = quantile_k(fraction, ns_pad)
+  elif style_hw is not None:
+    k_valid = jnp.minimum(int(topk or 1), ns)
+  if style_hw is not None:
+    keys = (key_valid, ns.astype(jnp.float32), k_valid)
+  values = z_s.reshape(b, -1, c).astype(jnp.float32)
   lam, beta = lam.reshape(b, nc).astype(jnp.float32), beta.reshape(b, nc).astype(jnp.float32)
   args = (values, attention, topk, temperature, renormalize)
+  kept_of = lambda mask: jnp.mean(mask, axis=2) if keys is None else jnp.sum(mask, 2) / keys[1]
 
   if query_chunk is None or query_chunk >= nc:
-    attn = _softmax_rows(q, k, sharpness, precision)
-    z_cs, mask, thresh = _aggregate(attn, lam, beta, *args, None, precision, surrogate)
-    kept_rows = jnp.mean(mask, axis=2)
+    attn = _softmax_rows(q, k, sharpness, precision, key_valid)
+    a_r = None
+    if content_hw is not None and attention == "cgm":
+      a_r = jnp.sum(attn * row_valid[:, None], axis=1) / rows
+    z_cs, mask, thresh = _aggregate(attn, lam, beta, *args, a_r, precision, surrogate, keys)
+    kept_rows = kept_of(mask)
     aux = {"attention": attn, "mask": mask}
   else:
     n = -(-nc // query_chunk)
     q_n, lam_n, beta_n = (_chunks(x, n, query_chunk) for x in (q, lam, beta))
-    valid_n = _chunks(jnp.ones((b, nc), jnp.float32), n, query_chunk)  # 0 on the padding rows
+    # 0 on the rows that pad the last chunk and on a bucket's padded content positions
+    valid = jnp.ones((b, nc)) if row_valid is None else jnp.broadcast_to(row_valid, (b, nc))
+    valid_n = _chunks(valid.astype(jnp.float32), n, query_chunk)
     a_r = None
     if attention == "cgm":
       column_sums = jax.lax.map(
         jax.checkpoint(
           lambda xs: jnp.sum(
-            _softmax_rows(xs[0], k, sharpness, precision) * xs[1][..., None], axis=1
+            _softmax_rows(xs[0], k, sharpness, precision, key_valid) * xs[1][..., None], axis=1
           )
         ),
         (q_n, valid_n),
       )
-      a_r = jnp.sum(column_sums, axis=0) / nc
+      a_r = jnp.sum(column_sums, axis=0) / rows
 
     def block(xs):
       q_c, lam_c, beta_c = xs
       z, mask, thresh = _aggregate(
-        _softmax_rows(q_c, k, sharpness, precision),
+        _softmax_rows(q_c, k, sharpness, precision, key_valid),
         lam_c,
         beta_c,
         *args,
         a_r,
         precision,
         surrogate,
+        keys,
       )
-      return z, thresh, jnp.mean(mask, axis=2)
+      return z, thresh, kept_of(mask)
 
     z_n, thresh_n, kept_n = jax.lax.map(jax.checkpoint(block), (q_n, lam_n, beta_n))
     z_cs, thresh, kept_rows = (_unchunk(x, nc) for x in (z_n, thresh_n, kept_n))
     aux = {}
+  if content_hw is not None:
+    # 0, as the zero padding of the kernel head's convolution reads outside the true size
+    z_cs = jnp.where(row_valid[:, None], z_cs, 0.0)
   z_cs = z_cs.reshape(b, h, w, c).astype(z_s.dtype)
   if not return_aux:
     return z_cs
   kept_rows = jax.lax.stop_gradient(kept_rows)
-  t_ns = thresh * ns
+  t_ns = thresh * (ns if keys is None else keys[1])
+  if content_hw is None:
+    row_mean, row_std = (lambda x: jnp.mean(x, axis=1)), (lambda x: jnp.std(x, axis=1))
+  else:
+    row_mean = lambda x: jnp.sum(jnp.where(row_valid, x, 0.0), axis=1) / rows
+    row_std = lambda x: jnp.sqrt(row_mean(jnp.square(x - row_mean(x)[:, None])))
   aux.update(
-    kept_fraction=jnp.mean(kept_rows, axis=1),
-    kept_std=jnp.std(kept_rows, axis=1),
-    kept_st=jnp.mean(kept_rows - 0.25 * (t_ns - jax.lax.stop_gradient(t_ns)), axis=1),
+    kept_fraction=row_mean(kept_rows),
+    kept_std=row_std(kept_rows),
+    kept_st=row_mean(kept_rows - 0.25 * (t_ns - jax.lax.stop_gradient(t_ns))),
     threshold=jax.lax.stop_gradient(thresh),
   )
   return z_cs, aux

@@ -16,7 +16,9 @@ go through this class; training samples use the same pure function
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 from typing import Sequence
 
 import jax
@@ -24,6 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sk_jax import bundled, controls, images, ops, weights
+from sk_jax.buckets import to_bucket
+from sk_jax.compile_cache import DEFAULT as DEFAULT_CACHE
+from sk_jax.compile_cache import enable_compile_cache
 from sk_jax.errors import InputError
 from sk_jax.models.generator import (
   STRIDE,
@@ -38,17 +43,20 @@ DEFAULT_SIZE = 512
 # The attention's float32 temporaries may take this much; above it the attention runs in
 # chunks of content positions (same results; docs/method.md, "Attention in bounded memory").
 DEFAULT_ATTENTION_MB = 1024
+# Encoded styles a Stylizer keeps for `stylize` (a directory run or a web page reuses them).
+STYLE_CACHE = 8
 
 
-def _features(vgg_params, config: ModelConfig, images):
-  """relu4_1 of images padded to multiples of 8, and the images' own (H, W) to crop back to."""
-  images, hw = pad_to_stride(images)
-  return encode(vgg_params, images, config.compute_dtype), hw
+def _features(vgg_params, config: ModelConfig, images, hw=None):
+  """relu4_1 of images padded to multiples of 8, and the images' own (H, W) to crop back to;
+  hw: the true size of images padded to a size bucket."""
+  images, size = pad_to_stride(images)
+  return encode(vgg_params, images, config.compute_dtype, hw), size
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
-def _encode(vgg_params, style, config: ModelConfig):
-  return _features(vgg_params, config, style)[0]
+def _encode(vgg_params, style, config: ModelConfig, hw=None):
+  return _features(vgg_params, config, style, hw)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(2,), static_argnames=("extra", "query_chunk"))
@@ -64,17 +72,34 @@ def _apply(
   smooth=0.0,
   extra="kept",
   query_chunk=None,
+  content_hw=None,
+  style_hw=None,
 ):
   """Content images and encoded styles -> (images in [0, 1], extra): `generate` (the one
   forward pass) between the encoder and the crop. extra: "kept" (the kept fraction),
-  "kernels" (the kept fraction and the kernels used, float32) or "aux" (the whole aux)."""
-  z_c, (h, w) = _features(vgg_params, config, content)
+  "kernels" (the kept fraction and the kernels used, float32) or "aux" (the whole aux).
+  content_hw, style_hw: true image sizes (a tuple for several styles) inside size buckets;
+  the image is then the bucket's, to be cropped by the caller."""
+  z_c, (h, w) = _features(vgg_params, config, content, content_hw)
+  if content_hw is not None:
+    content_hw = content_hw // STRIDE
+    style_hw = jax.tree.map(lambda hw: hw // STRIDE, style_hw)
   batch = lambda z: jnp.broadcast_to(z, (z_c.shape[0], *z.shape[1:]))
   z_styles = tuple(map(batch, z_styles)) if isinstance(z_styles, tuple) else batch(z_styles)
   if style_weights is not None:
     style_weights = jnp.broadcast_to(style_weights, (*z_c.shape[:3], len(z_styles)))
   image, aux = generate(
-    params, config, z_c, z_styles, style_weights, alpha, previous, smooth, query_chunk
+    params,
+    config,
+    z_c,
+    z_styles,
+    style_weights,
+    alpha,
+    previous,
+    smooth,
+    query_chunk,
+    content_hw,
+    style_hw,
   )
   image = image[..., :h, :w, :]
   # One kept fraction per image: (B,), or (A, B) for an alpha strip (the gate precedes alpha).
@@ -109,15 +134,29 @@ class Stylizer:
   """A generator with its encoder weights on the device once.
 
   Images are float arrays in [0, 1], (H, W, 3) or (B, H, W, 3), of any size (reflection-
-  padded to multiples of 8 inside, cropped back). Each method is compiled once per shape.
+  padded to multiples of 8 inside, cropped back). Each method is compiled once per shape;
+  `stylize` (with buckets, the default) once per size bucket: images are padded up to
+  `sk_jax.buckets` sizes and the network masked so that the results are those of the unpadded images.
   """
 
   def __init__(
-    self, params, config: ModelConfig, vgg_params=None, attention_mb: float = DEFAULT_ATTENTION_MB
+    self,
+    params,
+    config: ModelConfig,
+    vgg_params=None,
+    attention_mb: float = DEFAULT_ATTENTION_MB,
+    compile_cache: str | None = DEFAULT_CACHE,
+    buckets: bool = True,
   ):
     """attention_mb: memory the attention may take; larger attentions run in chunks of
-    content positions (`ops.query_chunk_for`), with the same results."""
-    self.config, self.attention_mb = config, attention_mb
+    content positions (`ops.query_chunk_for`), with the same results. compile_cache: where
+    compiled programs persist across processes (`sk_jax.enable_compile_cache`: "default",
+    a directory or "off"; None leaves JAX's configuration as it is). buckets: `stylize` pads
+    images to size buckets (False: compiles for every image size)."""
+    if compile_cache is not None:
+      enable_compile_cache(compile_cache)
+    self.config, self.attention_mb, self.buckets = config, attention_mb, buckets
+    self._styles = collections.OrderedDict()
     self.params = jax.device_put(params)
     self.vgg_params = jax.device_put(
       weights.load_vgg16(config.vgg_weights) if vgg_params is None else vgg_params
@@ -129,11 +168,14 @@ class Stylizer:
     path: str | None = bundled.BUNDLED,
     vgg: str | None = None,
     attention_mb: float = DEFAULT_ATTENTION_MB,
+    compile_cache: str | None = DEFAULT_CACHE,
+    buckets: bool = True,
   ) -> "Stylizer":
     """From a generator checkpoint directory, or the bundled generator (None or "bundled");
     `vgg` overrides the encoder weights it names."""
     params, config = bundled.resolve(path)
-    return cls(params, config, weights.load_vgg16(vgg or config.vgg_weights), attention_mb)
+    vgg_params = weights.load_vgg16(vgg or config.vgg_weights)
+    return cls(params, config, vgg_params, attention_mb, compile_cache, buckets)
 
   def _chunk_for_features(self, content, style_features) -> int | None:
     return self.query_chunk(content.shape[1:3], np.multiply(style_features.shape[1:3], STRIDE))
@@ -283,7 +325,10 @@ class Stylizer:
       w = controls.mask_weights(m, c.shape[:2], len(s))
     else:
       w = controls.style_weights(style_weights, len(s))
-    if len(s) == 1 and mask is None and style_weights is None and np.ndim(alpha) == 0:
+    single = len(s) == 1 and mask is None and style_weights is None and np.ndim(alpha) == 0
+    if self.buckets:
+      out, kept = self._stylize_in_buckets(c, s, None if single else w, alphas)
+    elif single:
       out, kept = self._call(c, s[0], float(alphas[0]))  # (1, H, W, 3), (1,)
     else:
       out, kept = self.apply_mixed(c, [self.encode_style(x) for x in s], w, alphas)
@@ -293,3 +338,54 @@ class Stylizer:
       out = controls.preserve_color(out, c)
     out = out[0] if np.ndim(alpha) == 0 else out
     return (out, float(np.asarray(kept)[0])) if return_kept else out
+
+  def _bucketed_style(self, style) -> tuple[jax.Array, np.ndarray]:
+    """A style image's features in its size bucket and its size: encoded once per Stylizer
+    (the last STYLE_CACHE styles are kept, keyed by their pixels)."""
+    style = np.ascontiguousarray(style, np.float32)
+    key = (style.shape, hashlib.sha256(style.tobytes()).hexdigest())
+    if key not in self._styles:
+      image, hw = to_bucket(style)
+      self._styles[key] = (
+        _encode(self.vgg_params, _device(image), self.config, _device(hw, np.int32)),
+        hw,
+      )
+      while len(self._styles) > STYLE_CACHE:
+        self._styles.popitem(last=False)
+    self._styles.move_to_end(key)
+    return self._styles[key]
+
+  def _stylize_in_buckets(self, content, styles, weights, alphas):
+    """`stylize`'s computation on images padded to their size buckets, cropped back: one
+    style and one alpha with weights None, else the mix of `apply_mixed`. Returns
+    ((1 or A), H, W, 3) and the kept fraction ((1 or A),)."""
+    image, hw = to_bucket(content)
+    z = [self._bucketed_style(s) for s in styles]
+    common = dict(
+      content_hw=_device(hw, np.int32),
+      query_chunk=self._chunk_for_features(image, z[0][0]),
+    )
+    args = (self.params, self.vgg_params, self.config)
+    if weights is None:
+      style_hw = _device(z[0][1], np.int32)
+      out, kept = _apply(
+        *args, z[0][0], _device(image), alpha=_device(alphas[0]), style_hw=style_hw, **common
+      )
+    else:
+      if np.ndim(weights) == 3:
+        # per content position, at 1/8: zeros over the bucket's padding
+        full = np.zeros((image.shape[1] // STRIDE, image.shape[2] // STRIDE, len(z)), np.float32)
+        full[: weights.shape[0], : weights.shape[1]] = weights
+        weights = full
+      style_hw = tuple(_device(hw, np.int32) for _, hw in z)
+      out, kept = _apply(
+        *args,
+        tuple(f for f, _ in z),
+        _device(image),
+        _device(weights),
+        _device(alphas),
+        style_hw=style_hw,
+        **common,
+      )
+      out, kept = out[:, 0], kept[:, 0]
+    return np.asarray(out)[:, : content.shape[0], : content.shape[1]], kept

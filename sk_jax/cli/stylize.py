@@ -11,8 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sk_jax import bundled, checkpoint, controls, files, images, video
-from sk_jax.config import load_config
+from sk_jax import bundled, checkpoint, compile_cache, controls, files, images, video
 from sk_jax.errors import InputError
 from sk_jax.models.generator import ModelConfig, init_params
 from sk_jax.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
@@ -101,7 +100,9 @@ def run_stylize(args) -> None:
     mask = images.load_image(args.mask, args.max_pixels)
     for c in contents:
       controls.mask_weights(mask, loaded[c].shape[:2], len(styles), f"--mask {args.mask}")
-  stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
+  stylizer = Stylizer.load(
+    args.checkpoint, args.vgg, args.attention_memory, args.compile_cache, not args.no_buckets
+  )
   alpha = alphas[0] if len(alphas) == 1 else alphas
   if plan.kind == "dir":
     files.claim_directory(plan.path, plan.names)
@@ -160,7 +161,7 @@ def run_stylize_video(args) -> None:
   fps = args.fps or fps
   if not (math.isfinite(fps) and fps > 0):
     raise InputError(f"{args.input}: frame rate {fps} is not a positive number; give --fps")
-  stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory)
+  stylizer = Stylizer.load(args.checkpoint, args.vgg, args.attention_memory, args.compile_cache)
   out, kept = video.stylize_frames(
     frames, style, stylizer, alphas[0], progress=True, smooth=args.smooth
   )
@@ -173,6 +174,9 @@ def run_init(args) -> None:
   files.check_outputs(
     [files.checkpoint(args.output)], [args.config] if args.config else [], args.overwrite
   )
+  # ml_collections only for this command
+  from sk_jax.config import load_config
+
   model = load_config(args.config).model.to_dict() if args.config else {}
   config = ModelConfig.from_dict(model, source=args.config or "defaults")
   params = init_params(config, jax.random.key(args.seed))
@@ -201,6 +205,13 @@ def _add_generator_args(p, size_help: str, alpha_help: str) -> None:
     metavar="MB",
     help="memory the attention may take; above it, it runs in chunks of content positions "
     "(same result, bounded memory: how 4K images fit)",
+  )
+  p.add_argument(
+    "--compile-cache",
+    default=compile_cache.DEFAULT,
+    metavar="DIR|off",
+    help="where compiled programs are kept for later runs; 'default' is $SK_JAX_CACHE_DIR or "
+    "$XDG_CACHE_HOME/sk-jax/xla (~/.cache/sk-jax/xla); 'off' compiles every time",
   )
 
 
@@ -239,6 +250,12 @@ def add_commands(subparsers) -> None:
     type=int,
     default=images.DEFAULT_MAX_PIXELS,
     help="refuse input images with more pixels than this",
+  )
+  p.add_argument(
+    "--no-buckets",
+    action="store_true",
+    help="compile for every image size instead of padding images to size buckets "
+    "(the same result; buckets compile once for many sizes)",
   )
   p.set_defaults(func=run_stylize)
 

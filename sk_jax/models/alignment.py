@@ -27,8 +27,11 @@ class GateNet(nn.Module):
   lambda_form: str = "linear"
 
   @nn.compact
-  def __call__(self, z_c):
+  def __call__(self, z_c, hw=None):
     h = nn.relu(nn.Conv(self.hidden, (3, 3), dtype=self.dtype, name="conv1")(z_c))
+    if hw is not None:
+      # conv2's zero padding at the true border (z_c is 0 outside it already)
+      h = ops.zero_outside(h, hw)
     # Small weights and a bias that makes lambda 1 and beta 0: the first threshold
     # is the attention-weighted mean of A_r; the small weights still pass
     # gradient to conv1 from the first step.
@@ -75,7 +78,9 @@ class StyleAlignment(nn.Module):
   gate_surrogate: str = "sigmoid"
 
   @nn.compact
-  def __call__(self, z_c, z_s):
+  def __call__(self, z_c, z_s, content_hw=None, style_hw=None):
+    """content_hw, style_hw: true sizes of features padded to a size bucket (see
+    ops.aligned_style_features); the gate and its statistics see only those positions."""
     if self.learn_sharpness:
       log_alpha = self.param(
         "log_sharpness", lambda *_: jnp.array(math.log(self.sharpness), jnp.float32)
@@ -84,11 +89,17 @@ class StyleAlignment(nn.Module):
     else:
       sharpness = self.sharpness
     ns = z_s.shape[1] * z_s.shape[2]
+    if style_hw is not None:
+      ns = (style_hw[0] * style_hw[1]).astype(jnp.float32)
+    if content_hw is not None:
+      z_c = ops.zero_outside(z_c, content_hw)
     attention = self.attention
     if isinstance(attention, bool):
       attention = "cgm" if attention else "full"
     if attention == "cgm":
-      lam, beta_ns = GateNet(self.gate_hidden, self.dtype, self.gate_lambda, name="gate")(z_c)
+      lam, beta_ns = GateNet(self.gate_hidden, self.dtype, self.gate_lambda, name="gate")(
+        z_c, content_hw
+      )
       if self.gate_offset:
         offset = self.param("beta_offset", nn.initializers.zeros_init(), (), jnp.float32)
         beta_ns = beta_ns + jax.lax.stop_gradient(offset)
@@ -112,12 +123,19 @@ class StyleAlignment(nn.Module):
       return_aux=True,
       query_chunk=self.query_chunk,
       precision=self.precision,
+      content_hw=content_hw,
+      style_hw=style_hw,
     )
     # Per-image gate statistics for the logs (docs/method.md, "Why the gate opens").
     b = z_c.shape[0]
+    if content_hw is None:
+      mean = lambda x: jnp.mean(x.reshape(b, -1), axis=1)
+    else:
+      valid = ops.valid_positions(z_c.shape[1:3], content_hw).reshape(-1)
+      mean = lambda x: jnp.sum(jnp.where(valid, x.reshape(b, -1), 0.0), 1) / jnp.sum(valid)
     aux.update(
-      gate_lambda=jax.lax.stop_gradient(jnp.mean(lam.reshape(b, -1), axis=1)),
-      gate_beta_ns=jax.lax.stop_gradient(jnp.mean(beta_ns.reshape(b, -1), axis=1)),
-      gate_threshold_ns=jnp.mean(aux["threshold"], axis=1) * ns,
+      gate_lambda=jax.lax.stop_gradient(mean(lam)),
+      gate_beta_ns=jax.lax.stop_gradient(mean(beta_ns)),
+      gate_threshold_ns=mean(aux["threshold"]) * ns,
     )
     return z_cs, aux

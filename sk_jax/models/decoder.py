@@ -48,12 +48,17 @@ class Decoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, hw=None):
+    """hw: x's true size inside a size bucket: each convolution then reflects at its border
+    (ops.reflect_outside) and the output equals the unpadded one there."""
     x = x.astype(self.dtype)
     for i, (name, features, up) in enumerate(LAYERS):
+      if hw is not None:
+        x = ops.reflect_outside(x, hw, 1)
       x = ReflectConv(features, self.dtype, name=name)(x)
       if i < len(LAYERS) - 1:
         x = jax.nn.relu(x)
       if up:
         x = upsample_nearest(x)
+        hw = None if hw is None else hw * 2
     return x.astype(jnp.float32)

@@ -177,21 +177,23 @@ class Generator(nn.Module):
     )
     self.decoder = Decoder(dtype)
 
-  def align(self, z_c, z_s):
-    """Z_cs (B, H, W, 512) and the attention statistics (ops.aligned_style_features' aux)."""
+  def align(self, z_c, z_s, content_hw=None, style_hw=None):
+    """Z_cs (B, H, W, 512) and the attention statistics (ops.aligned_style_features' aux);
+    content_hw, style_hw: the true sizes of features padded to a size bucket."""
     dtype = self.config.compute_dtype
-    return self.alignment(z_c.astype(dtype), z_s.astype(dtype))
+    return self.alignment(z_c.astype(dtype), z_s.astype(dtype), content_hw, style_hw)
 
   def kernels(self, z_cs):
     """The style kernels (F_v, F_h (B, H, W, 512, k), B (B, H, W, 512)) of Z_cs."""
     return self.kernel_head(z_cs)
 
-  def render(self, z_c, kernels, alpha=1.0):
-    """Eq. 6 on Z_c, blended with Z_c by alpha (1: full style), decoded: (image, Z_bar)."""
+  def render(self, z_c, kernels, alpha=1.0, hw=None):
+    """Eq. 6 on Z_c, blended with Z_c by alpha (1: full style), decoded: (image, Z_bar);
+    hw: Z_c's true size inside a size bucket."""
     z_c = z_c.astype(self.config.compute_dtype)
-    z_bar = apply_style_kernels(z_c, *kernels, self.config.shuffle_groups)
+    z_bar = apply_style_kernels(z_c, *kernels, self.config.shuffle_groups, hw)
     z_mix = alpha * z_bar + (1.0 - alpha) * z_c.astype(jnp.float32)
-    return self.decoder(z_mix), z_bar
+    return self.decoder(z_mix, hw), z_bar
 
   def __call__(self, z_c, z_s, alpha=1.0):
     z_cs, aux = self.align(z_c, z_s)
@@ -210,6 +212,8 @@ def generate(
   previous=None,
   smooth=0.0,
   query_chunk=None,
+  content_hw=None,
+  style_hw=None,
 ):
   """The one forward pass of the generator, with the stylize controls; pure, jit it outside.
 
@@ -221,6 +225,10 @@ def generate(
       (vmap over `render`): the image gains a leading axis A.
     previous, smooth: kernels of the previous frame; the kernels used are
       smooth * previous + (1 - smooth) * this frame's (temporal smoothing of a clip).
+    content_hw, style_hw: for features zero-padded to a size bucket (docs/method.md, "Size
+      buckets"), their true sizes at 1/8 (int (2,); for several styles a tuple of them).
+      Inside them the results equal those of the unpadded features; outside, the image is
+      not meaningful (crop it).
 
   Returns the image (B, 8H, 8W, 3), or (A, B, 8H, 8W, 3), before clipping, and the aux dict
   of `Generator.__call__` (for several styles: the first style's attention statistics, the
@@ -229,31 +237,40 @@ def generate(
   gen, variables = Generator(config, query_chunk), {"params": params}
   if isinstance(z_styles, (tuple, list)) and len(z_styles) == 1:
     z_styles = z_styles[0]
+    style_hw = style_hw[0] if isinstance(style_hw, (tuple, list)) else style_hw
+  align = lambda z_s, hw: gen.apply(variables, z_c, z_s, content_hw, hw, method=Generator.align)
   if isinstance(z_styles, (tuple, list)):
-    outs = [gen.apply(variables, z_c, z_s, method=Generator.align) for z_s in z_styles]
+    hws = style_hw if style_hw is not None else (None,) * len(z_styles)
+    outs = [align(z_s, hw) for z_s, hw in zip(z_styles, hws)]
     w = style_weights.astype(jnp.float32)
     z_cs = sum(w[..., i : i + 1] * z.astype(jnp.float32) for i, (z, _) in enumerate(outs))
     z_cs = z_cs.astype(outs[0][0].dtype)
-    share = w.mean(axis=(1, 2))  # (B, S): each style's share of the positions
+    # (B, S): each style's share of the (true) positions
+    if content_hw is None:
+      share = w.mean(axis=(1, 2))
+    else:
+      share = jnp.sum(ops.zero_outside(w, content_hw), axis=(1, 2)) / jnp.prod(content_hw)
     kept = sum(share[:, i] * a["kept_fraction"] for i, (_, a) in enumerate(outs))
     aux = dict(outs[0][1], kept_fraction=kept)
   else:
-    z_cs, aux = gen.apply(variables, z_c, z_styles, method=Generator.align)
+    z_cs, aux = align(z_styles, style_hw)
   kernels = gen.apply(variables, z_cs, method=Generator.kernels)
   if previous is not None:
     kernels = tuple(
       (smooth * p + (1.0 - smooth) * k.astype(jnp.float32)).astype(k.dtype)
       for p, k in zip(previous, kernels)
     )
-  render = lambda a: gen.apply(variables, z_c, kernels, a, method=Generator.render)
+  render = lambda a: gen.apply(variables, z_c, kernels, a, content_hw, method=Generator.render)
   image, z_bar = render(alpha) if jnp.ndim(alpha) == 0 else jax.vmap(render)(alpha)
   f_v, f_h, bias = kernels
   return image, dict(aux, z_cs=z_cs, f_v=f_v, f_h=f_h, bias=bias, z_bar=z_bar)
 
 
-def encode(vgg_params, images, dtype=jnp.float32):
-  """relu4_1 of (B, H, W, 3) images in [0, 1]; H and W must be multiples of 8. Frozen."""
-  feats = vgg.vgg16_features(vgg_params, images, taps=(FEATURE_TAP,), dtype=dtype)
+def encode(vgg_params, images, dtype=jnp.float32, hw=None):
+  """relu4_1 of (B, H, W, 3) images in [0, 1]; H and W must be multiples of 8. Frozen.
+  hw: the true size (multiples of 8) of images zero-padded to a size bucket; the features
+  are then 0 outside hw / 8 and equal the unpadded images' inside."""
+  feats = vgg.vgg16_features(vgg_params, images, taps=(FEATURE_TAP,), dtype=dtype, hw=hw)
   return jax.lax.stop_gradient(feats[FEATURE_TAP])
 
 

@@ -50,7 +50,8 @@ class KernelHead(nn.Module):
     return f_v, f_h, jax.lax.index_in_dim(kern_BxHxWxCx2kp1, 2 * k, axis=-1, keepdims=False)
 
 
-def apply_style_kernels(z_c, f_v, f_h, bias, groups: int):
-  """Eq. 6: Z_bar = IN(GS(Z_c)) * F1 * F2 + B."""
-  x = ops.instance_norm(ops.channel_shuffle(z_c.astype(jnp.float32), groups))
-  return ops.separable_pixel_conv(x, f_v, f_h, bias)
+def apply_style_kernels(z_c, f_v, f_h, bias, groups: int, hw=None):
+  """Eq. 6: Z_bar = IN(GS(Z_c)) * F1 * F2 + B; hw: Z_c's true size inside a size bucket (the
+  statistics and the reflection at the border are then those of the unpadded Z_c)."""
+  x = ops.instance_norm(ops.channel_shuffle(z_c.astype(jnp.float32), groups), hw=hw)
+  return ops.separable_pixel_conv(x, f_v, f_h, bias, hw)

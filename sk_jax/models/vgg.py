@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sk_jax import ops
 from sk_jax.errors import InputError
 
 # torchvision's vgg16().features, in order; "M" is a 2x2 max pool.
@@ -84,7 +85,7 @@ def _max_pool(x):
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
-def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32):
+def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32, hw=None):
   """VGG-16 activations at the requested taps.
 
   Args:
@@ -92,6 +93,9 @@ def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32):
     images: (B, H, W, 3) float RGB in [0, 1].
     taps: names among relu1_1 ... relu5_1; the network stops at the deepest one.
     dtype: compute dtype (float32 or bfloat16).
+    hw: the true size (int (2,), multiples of 2^pools) of images zero-padded to a size
+      bucket: every layer's input is 0 outside it, as the convolutions' zero padding reads,
+      so the activations inside equal those of the unpadded images.
 
   Returns:
     {tap: (B, H / 2^i, W / 2^i, C)} for every requested tap.
@@ -102,12 +106,18 @@ def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32):
     raise ValueError(f"unknown VGG-16 taps {sorted(unknown)}; choose from {TAPS}")
   last = max(TAPS.index(t) for t in taps)
   x = ((images - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
+  scale = 1
+  if hw is not None:
+    x = ops.zero_outside(x, hw)
   out = {}
   for name in LAYERS:
     if name == "M":
       x = _max_pool(x)
+      scale *= 2
       continue
     x = jax.nn.relu(_conv(x, params[name]))
+    if hw is not None:
+      x = ops.zero_outside(x, hw // scale)
     tap = "relu" + name[4:]
     if tap in taps:
       out[tap] = x
