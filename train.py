@@ -178,7 +178,9 @@ def main(argv):
     sys.exit(2)
   # Imported here so that --help and flag errors do not wait for JAX.
   cfg = None if _EXPORT.value else _load_config()
-  from sk_jax import checkpoint, cli, train
+  from sk_jax import cli
+  from sk_jax.io import checkpoint
+  from sk_jax.train import step as train
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)

@@ -230,7 +230,7 @@ def default_variant_name() -> str:
 
 def write_split(tmp: str):
   """The embedded images as two training folders, without the held-back ones."""
-  from sk_jax import images
+  from sk_jax.io import images
 
   dirs = {}
   for which, held in (("photos", HELD_PHOTOS), ("styles", HELD_STYLES)):
@@ -247,7 +247,7 @@ def held_out_pairs(size: int):
   """(content, style) (P, size, size, 3) float32 in [0, 1]: every held photo with every held style."""
   import numpy as np
 
-  from sk_jax import images
+  from sk_jax.io import images
 
   def load(name):
     img = images.resize_short_side(images.packaged_image(name), int(size * 1.5))
@@ -263,9 +263,8 @@ def evaluate(params, vgg_params, model, content, style):
   """Content and style loss (sk_jax.losses, as in training) of the stylized held-back pairs."""
   import jax
 
-  from sk_jax import losses
-  from sk_jax.models import vgg
-  from sk_jax.models.generator import stylize_images
+  from sk_jax.nn import losses, vgg
+  from sk_jax.nn.generator import stylize_images
 
   @jax.jit
   def run(params, content, style):
@@ -313,7 +312,8 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
   checkpoint: run the same command again); returns its record (curves every step)."""
   import numpy as np
 
-  from sk_jax import checkpoint, train
+  from sk_jax.io import checkpoint
+  from sk_jax.train import step as train
 
   cfg.log.every, cfg.log.image_every = 1, 0
   # Often: on 2 shared CPU cores a 64 px step takes 3-60 s, and a killed run resumes from here.
@@ -361,7 +361,7 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
 def run(args):
   import jax
 
-  from sk_jax import weights
+  from sk_jax.io import weights
 
   size = args.size or (32 if args.quick else 64)
   steps = args.steps or (20 if args.quick else 100)

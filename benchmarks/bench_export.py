@@ -24,8 +24,10 @@ import jax
 import numpy as np
 
 import sk_jax
-from sk_jax import checkpoint, deploy, images, parity
-from sk_jax.models.generator import stylize_images
+from sk_jax.export import deploy
+from sk_jax.interop import parity
+from sk_jax.io import checkpoint, images
+from sk_jax.nn.generator import stylize_images
 
 
 def _dir_size(path: str) -> int:

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sk_jax
-from sk_jax import flops
-from sk_jax.stylizer import Stylizer
+from sk_jax.inference.stylizer import Stylizer
+from sk_jax.train import flops
 
 
 def _seconds(fn) -> float:
@@ -51,7 +51,7 @@ def _torch_runner(stylizer: Stylizer, content, style):
     import torch
   except ImportError:
     return None
-  from sk_jax import port, torch_ref
+  from sk_jax.interop import port, torch_ref
 
   model = torch_ref.StyleKernel(stylizer.config)
   model.load_state_dict(

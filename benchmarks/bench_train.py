@@ -36,8 +36,10 @@ def measure(batch: int, size: int, steps: int, dtype: str = "float32") -> dict:
   import jax
   import numpy as np
 
-  from sk_jax import flops, hardware, sharding, train, weights
   from sk_jax.config import load_config
+  from sk_jax.io import weights
+  from sk_jax.train import flops, hardware, sharding
+  from sk_jax.train import step as train
 
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   cfg.data.batch_size, cfg.data.crop, cfg.mesh.data = batch, size, 1

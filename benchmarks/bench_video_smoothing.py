@@ -19,8 +19,9 @@ import time
 import jax
 import numpy as np
 
-from sk_jax import images, metrics, video
-from sk_jax.stylizer import Stylizer
+from sk_jax.eval import metrics
+from sk_jax.inference.stylizer import Stylizer
+from sk_jax.io import images, video
 
 CONTENTS = ("astronaut", "chelsea", "coffee")
 STYLES = ("immunohistochemistry", "hubble_deep_field")

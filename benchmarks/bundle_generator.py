@@ -19,8 +19,9 @@ import platform
 import jax
 import numpy as np
 
-from sk_jax import bundled, checkpoint, images
-from sk_jax.stylizer import Stylizer
+from sk_jax.inference import bundled
+from sk_jax.inference.stylizer import Stylizer
+from sk_jax.io import checkpoint, images
 
 CONTENTS = ("astronaut", "chelsea", "coffee", "rocket")
 STYLES = ("hubble_deep_field", "immunohistochemistry", "brick", "colorwheel")

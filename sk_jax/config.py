@@ -8,11 +8,11 @@ import os
 
 import ml_collections
 
-from sk_jax import files
 from sk_jax.errors import InputError
-from sk_jax.models.discriminator import DiscriminatorConfig
-from sk_jax.models.generator import ModelConfig
-from sk_jax.throughput import parse_profile
+from sk_jax.io import files
+from sk_jax.nn.discriminator import DiscriminatorConfig
+from sk_jax.nn.generator import ModelConfig
+from sk_jax.train.throughput import parse_profile
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from sk_jax import evaluate, peers
 from sk_jax.errors import InputError
+from sk_jax.eval import peers
+from sk_jax.eval import run as evaluate
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:

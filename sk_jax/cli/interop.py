@@ -9,8 +9,11 @@ import os
 
 import jax
 
-from sk_jax import bundled, checkpoint, deploy, files, images, parity, port, weights
 from sk_jax.errors import InputError, ParityError
+from sk_jax.export import deploy
+from sk_jax.inference import bundled
+from sk_jax.interop import parity, port
+from sk_jax.io import checkpoint, files, images, weights
 
 
 def run_port_vgg16(args) -> None:
@@ -114,7 +117,7 @@ def run_parity_train(args) -> None:
   """`parity --train`: loss terms, gradients per group and K train steps (sk_jax.train_parity)."""
   import json
 
-  from sk_jax import train_parity
+  from sk_jax.interop import train_parity
 
   size = args.size or 64
   if size < 32 or size % 16:
@@ -214,7 +217,7 @@ def plot_train(result: dict, path: str) -> str:
   """PNG: per-step total and D losses of both frameworks, and their relative differences."""
   import math
 
-  from sk_jax import pngplot
+  from sk_jax.interop import pngplot
 
   steps = result["train_steps"]
   xs = [s["step"] for s in steps]

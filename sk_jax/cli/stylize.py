@@ -11,11 +11,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sk_jax import bundled, checkpoint, controls, files, images, video
 from sk_jax.config import load_config
 from sk_jax.errors import InputError
-from sk_jax.models.generator import ModelConfig, init_params
-from sk_jax.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
+from sk_jax.inference import bundled, controls
+from sk_jax.inference.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
+from sk_jax.io import checkpoint, files, images, video
+from sk_jax.nn.generator import ModelConfig, init_params
 
 
 def output_name(

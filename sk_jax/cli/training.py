@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sk_jax import checkpoint
+from sk_jax.io import checkpoint
 
 
 def run_export(args) -> None:
