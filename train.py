@@ -179,8 +179,8 @@ def main(argv):
   # Imported here so that --help and flag errors do not wait for JAX.
   cfg = None if _EXPORT.value else _load_config()
   from sk_jax import cli
-  from sk_jax.io import checkpoint
-  from sk_jax.train import step as train
+  from sk_jax.train import checkpoints
+  from sk_jax.train import loop as train
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
@@ -190,7 +190,7 @@ def main(argv):
     with cli.exit_codes("train.py"):
       if _EXPORT.value:
         print(
-          checkpoint.export_generator(_WORKDIR.value, _EXPORT.value, overwrite=_OVERWRITE.value)
+          checkpoints.export_generator(_WORKDIR.value, _EXPORT.value, overwrite=_OVERWRITE.value)
         )
       else:
         train.train(cfg, _WORKDIR.value)

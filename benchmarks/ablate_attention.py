@@ -312,8 +312,8 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
   checkpoint: run the same command again); returns its record (curves every step)."""
   import numpy as np
 
-  from sk_jax.io import checkpoint
-  from sk_jax.train import step as train
+  from sk_jax.io import artifacts
+  from sk_jax.train import loop as train
 
   cfg.log.every, cfg.log.image_every = 1, 0
   # Often: on 2 shared CPU cores a 64 px step takes 3-60 s, and a killed run resumes from here.
@@ -325,7 +325,7 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
   ns = (cfg.data.crop // 8) ** 2
   tail = rows[-max(1, steps // 10) :]
   mean = lambda k: float(np.mean([r[k] for r in tail]))
-  params, model = checkpoint.load_generator(os.path.join(workdir, train.EXPORT_DIR))
+  params, model = artifacts.load_generator(os.path.join(workdir, train.EXPORT_DIR))
   rate = [r["throughput/steps_per_s"] for r in rows if r.get("throughput/steps_per_s")]
   record = {
     "attention": model.attention,

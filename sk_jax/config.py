@@ -12,7 +12,6 @@ from sk_jax.errors import InputError
 from sk_jax.io import files
 from sk_jax.nn.discriminator import DiscriminatorConfig
 from sk_jax.nn.generator import ModelConfig
-from sk_jax.train.throughput import parse_profile
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -96,3 +95,18 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
   if cfg.ckpt.get("best_metric", "") in EVAL_METRICS and not cfg.get("eval", {}).get("every"):
     raise InputError(f"config: ckpt.best_metric={cfg.ckpt.best_metric} needs eval.every > 0")
   return model, disc
+
+
+def parse_profile(spec) -> tuple[int, int] | None:
+  """ "START:STOP" -> (START, STOP), "" or None -> None; anything else is an InputError."""
+  if not spec:
+    return None
+  try:
+    start, stop = (int(x) for x in str(spec).split(":"))
+  except ValueError:
+    start = stop = -1
+  if not 0 <= start < stop:
+    raise InputError(
+      f"config: log.profile must be 'START:STOP' with 0 <= START < STOP (steps), got {spec!r}"
+    )
+  return start, stop

@@ -59,9 +59,9 @@ def tiny_generator():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_generator):
   """`tiny_generator` saved as a generator checkpoint directory; returns its path."""
-  from sk_jax.io import checkpoint
+  from sk_jax.io import artifacts
 
-  return checkpoint.save_generator(str(tmp_path_factory.mktemp("tiny") / "gen"), *tiny_generator)
+  return artifacts.save_generator(str(tmp_path_factory.mktemp("tiny") / "gen"), *tiny_generator)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import argparse
 import os
 
 from sk_jax.errors import InputError
-from sk_jax.eval import peers
+from sk_jax.eval import methods
 from sk_jax.eval import run as evaluate
 
 
@@ -87,8 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     "--method",
     action="append",
     default=None,
-    help=f"methods (repeat or comma-separate): {evaluate.SKJAX} and installed peers "
-    f"({', '.join(peers.PEERS)}); default: {','.join(evaluate.DEFAULT_METHODS)}",
+    help=f"methods (repeat or comma-separate): {methods.SKJAX} and installed peers "
+    f"({', '.join(methods.PEERS)}); default: {','.join(evaluate.DEFAULT_METHODS)}",
   )
   p.add_argument(
     "--size", type=int, default=evaluate.DEFAULT_SIZE, help="short side of every input; 0 keeps it"

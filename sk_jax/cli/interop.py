@@ -10,20 +10,22 @@ import os
 import jax
 
 from sk_jax.errors import InputError, ParityError
-from sk_jax.export import deploy
+from sk_jax.export import function as export_fn
+from sk_jax.export import onnx as onnx_export
+from sk_jax.export import stablehlo
 from sk_jax.inference import bundled
-from sk_jax.interop import parity, port
-from sk_jax.io import checkpoint, files, images, weights
+from sk_jax.interop import parity, port, torch_io
+from sk_jax.io import artifacts, files, images, weights
 
 
 def run_port_vgg16(args) -> None:
   # before the conversion
   files.check_outputs([files.checkpoint(args.output_dir)], [args.input], args.overwrite)
-  params = port.vgg16_from_torch(args.input)
+  params = torch_io.vgg16_from_torch(args.input)
   rows = None
   if args.verify:
     rows = port.compare_encoders(
-      port.torch_vgg_state_dict(args.input), params, port.default_image(args.verify_size)
+      torch_io.torch_vgg_state_dict(args.input), params, port.default_image(args.verify_size)
     )
     print(
       f"verify: JAX vs PyTorch VGG-16 on the astronaut at {args.verify_size}px, float32, "
@@ -43,7 +45,7 @@ def run_port_vgg16(args) -> None:
         f"{port.VERIFY_TOLERANCE:g}); nothing written"
       )
   print(
-    checkpoint.save_vgg16_dir(
+    artifacts.save_vgg16_dir(
       args.output_dir, params, source=os.path.abspath(args.input), overwrite=args.overwrite
     )
   )
@@ -57,24 +59,26 @@ def _inputs(args) -> list[str]:
 
 def run_export_torch(args) -> None:
   files.check_outputs(
-    [files.export(args.output, port.is_export, "export-torch file")], _inputs(args), args.overwrite
+    [files.export(args.output, torch_io.is_export, "export-torch file")],
+    _inputs(args),
+    args.overwrite,
   )
   params, config = bundled.resolve(args.checkpoint)
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
-  print(port.export_torch(params, config, vgg_params, args.output))
+  print(torch_io.export_torch(params, config, vgg_params, args.output))
 
 
 def run_import_torch(args) -> None:
   outputs = [files.checkpoint(args.output_dir), files.checkpoint(args.vgg_output or None)]
   files.check_outputs([o for o in outputs if o.path], [args.input], args.overwrite)
-  params, config, vgg_params = port.read_export(args.input)
+  params, config, vgg_params = torch_io.read_export(args.input)
   if args.vgg_output:
     print(
-      checkpoint.save_vgg16_dir(
+      artifacts.save_vgg16_dir(
         args.vgg_output, vgg_params, source=os.path.abspath(args.input), overwrite=args.overwrite
       )
     )
-  print(checkpoint.save_generator(args.output_dir, params, config, overwrite=args.overwrite))
+  print(artifacts.save_generator(args.output_dir, params, config, overwrite=args.overwrite))
 
 
 def run_parity(args) -> None:
@@ -244,9 +248,9 @@ def plot_train(result: dict, path: str) -> str:
 
 def run_export_model(args) -> None:
   fmt = args.format
-  if fmt not in deploy.FORMATS:
-    raise InputError(f"--format must be one of {', '.join(deploy.FORMATS)}, got {fmt!r}")
-  platforms = deploy.check_platforms(args.platforms.split(","))
+  if fmt not in export_fn.FORMATS:
+    raise InputError(f"--format must be one of {', '.join(export_fn.FORMATS)}, got {fmt!r}")
+  platforms = stablehlo.check_platforms(args.platforms.split(","))
   if args.dtype not in ("float32", "bfloat16"):
     raise InputError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
   if args.dtype != "float32" and fmt != "orbax":
@@ -254,25 +258,25 @@ def run_export_model(args) -> None:
       "--dtype bfloat16 applies to --format orbax (a smaller checkpoint); "
       "the StableHLO and ONNX stylizers embed float32 weights"
     )
-  if fmt == "onnx" and not deploy.onnx_available():
-    raise InputError(deploy.ONNX_EXTRA_HINT)
-  deploy.check_output(args.output, fmt, _inputs(args), args.overwrite)
+  if fmt == "onnx" and not onnx_export.onnx_available():
+    raise InputError(onnx_export.ONNX_EXTRA_HINT)
+  export_fn.check_output(args.output, fmt, _inputs(args), args.overwrite)
   params, config = bundled.resolve(args.checkpoint)
 
   if fmt == "orbax":
     print(
-      checkpoint.save_generator(
+      artifacts.save_generator(
         args.output, params, config, dtype=args.dtype, overwrite=args.overwrite
       )
     )
     return
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
   if fmt == "stablehlo":
-    path = deploy.save_stablehlo(
-      args.output, deploy.export_stablehlo(params, vgg_params, config, platforms)
+    path = stablehlo.save_stablehlo(
+      args.output, stablehlo.export_stablehlo(params, vgg_params, config, platforms)
     )
   else:
-    path = deploy.save_onnx(args.output, deploy.export_onnx(params, vgg_params, config))
+    path = onnx_export.save_onnx(args.output, onnx_export.export_onnx(params, vgg_params, config))
   print(path)
 
 
@@ -287,7 +291,7 @@ def add_commands(subparsers) -> None:
   )
   p.add_argument("input", help="PyTorch checkpoint: .pth/.pt/.bin or .safetensors")
   p.add_argument("output_dir", help="directory to write: new or empty (or ours, with --overwrite)")
-  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=artifacts.OVERWRITE_HELP)
   p.add_argument(
     "--verify",
     action="store_true",
@@ -317,7 +321,7 @@ def add_commands(subparsers) -> None:
   p.add_argument("input", help="a .pth or .safetensors file written by export-torch")
   p.add_argument("output_dir", help="generator checkpoint directory to write")
   p.add_argument("--vgg-output", help="also write its encoder weights to this directory")
-  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=artifacts.OVERWRITE_HELP)
   p.set_defaults(func=run_import_torch)
 
   p = subparsers.add_parser(
@@ -359,12 +363,12 @@ def add_commands(subparsers) -> None:
     "itself, optionally in bfloat16.",
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
-  p.add_argument("--format", required=True, help=f"one of {', '.join(deploy.FORMATS)}")
+  p.add_argument("--format", required=True, help=f"one of {', '.join(export_fn.FORMATS)}")
   p.add_argument("--output", required=True, help="file to write (a directory for --format orbax)")
   p.add_argument(
     "--platforms",
     default="cpu",
-    help=f"StableHLO: comma-separated, among {', '.join(deploy.PLATFORMS)}",
+    help=f"StableHLO: comma-separated, among {', '.join(stablehlo.PLATFORMS)}",
   )
   p.add_argument("--dtype", default="float32", help="orbax: parameter dtype, float32 or bfloat16")
   p.add_argument(

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from sk_jax.errors import InputError
-from sk_jax.io import checkpoint as ckpt
+from sk_jax.io import artifacts
 from sk_jax.nn.generator import ModelConfig
 
 BUNDLED = "bundled"
@@ -54,7 +54,7 @@ def resolve(checkpoint: str | None, expected: ModelConfig | None = None):
         f"bundled generator: another model config ({'; '.join(expected.diff(config))})"
       )
     return params, config
-  return ckpt.load_generator(checkpoint, expected)
+  return artifacts.load_generator(checkpoint, expected)
 
 
 def _sha256(path: str) -> str:

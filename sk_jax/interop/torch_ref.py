@@ -285,7 +285,7 @@ class Generator(nn.Module):
 
 
 class StyleKernel(nn.Module):
-  """Images in, image out: the encoder and the generator; loads `sk_jax.port.export_torch` files.
+  """Images in, image out: the encoder and the generator; loads `sk_jax.interop.torch_io.export_torch` files.
 
   forward(content (B, 3, H, W), style (B, 3, Hs, Ws) in [0, 1], H, W multiples of 8)
   -> (image (B, 3, H, W) clipped to [0, 1], aux).

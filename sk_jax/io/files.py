@@ -265,13 +265,13 @@ def _check_existing(out: Output, overwrite: bool) -> None:
 def check_outputs(outputs, inputs=(), overwrite: bool = False) -> None:
   """The rule of this module's docstring for `outputs` (Outputs), before any compute.
 
-  inputs: the paths the run reads (files or directories; "skimage:..." names are skipped).
+  inputs: the paths the run reads (files or directories). Those that do not exist, such as
+  packaged "skimage:..." names, are skipped: there is nothing of theirs to overwrite (a missing
+  input file is the reader's one-line error, still before anything is written).
   InputError naming the first path that breaks it.
   """
-  from sk_jax.io.images import is_packaged
-
   outputs = [o for o in outputs if o is not None]
-  sources = [p for p in dict.fromkeys(os.fspath(p) for p in inputs) if not is_packaged(p)]
+  sources = [p for p in dict.fromkeys(os.fspath(p) for p in inputs) if os.path.lexists(p)]
   planned: dict[str, str] = {}
   for out in outputs:
     # A directory's files first: the message names the file that would be lost.

@@ -17,7 +17,6 @@ from PIL import Image, ImageSequence
 from tqdm import tqdm
 
 from sk_jax.errors import InputError
-from sk_jax.inference.stylizer import Stylizer
 from sk_jax.io import files, images
 
 DEFAULT_FPS = 10.0
@@ -290,13 +289,14 @@ def pan_zoom_clip(image, num_frames: int = 10, seed: int = 0, scales=(0.9, 0.75)
 
 
 def stylize_frames(
-  frames, style, stylizer: Stylizer, alpha: float = 1.0, progress: bool = False, smooth: float = 0.0
+  frames, style, stylizer, alpha: float = 1.0, progress: bool = False, smooth: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
   """Stylizes every frame of a clip with one style, whose features are computed once.
 
   Args:
     frames: (T, H, W, 3) uint8, or float in [0, 1].
     style: (Hs, Ws, 3) float in [0, 1].
+    stylizer: an sk_jax.Stylizer (passed in: video I/O does not import the network).
     smooth: temporal smoothing in [0, 1): frame t uses the style kernels
       K_t = smooth * K_{t-1} + (1 - smooth) * (its own), an exponential moving average
       per position (0: each frame on its own; docs/method.md, "Controls").

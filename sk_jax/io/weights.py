@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 
 from sk_jax.errors import InputError
-from sk_jax.io import checkpoint
+from sk_jax.io import artifacts
 from sk_jax.nn.vgg import CONVS, check_params
 
 
@@ -85,7 +85,7 @@ def load_vgg16(path: str | None = None) -> dict:
   if path is None or path == "bundled":
     params = _bundled()
   elif os.path.isdir(path):
-    params = checkpoint.load_vgg16_dir(path)
+    params = artifacts.load_vgg16_dir(path)
   else:
     params = load_vgg16_pickle(path)
   return {name: dict(layer) for name, layer in params.items()}

@@ -24,7 +24,7 @@ import contextlib
 import os
 import time
 
-from sk_jax.errors import InputError
+from sk_jax.config import parse_profile
 
 PROFILE_DIR = "profile"
 
@@ -75,21 +75,6 @@ class StepClock:
     }
     self.t0, self.steps, self.wait = now, 0, 0.0
     return m
-
-
-def parse_profile(spec) -> tuple[int, int] | None:
-  """ "START:STOP" -> (START, STOP), "" or None -> None; anything else is an InputError."""
-  if not spec:
-    return None
-  try:
-    start, stop = (int(x) for x in str(spec).split(":"))
-  except ValueError:
-    start = stop = -1
-  if not 0 <= start < stop:
-    raise InputError(
-      f"config: log.profile must be 'START:STOP' with 0 <= START < STOP (steps), got {spec!r}"
-    )
-  return start, stop
 
 
 class Profile:

@@ -20,20 +20,14 @@ import time
 
 import jax
 import numpy as np
-from PIL import Image, ImageOps
 
 from sk_jax.config import EVAL_METRICS as METRICS  # noqa: F401 (the names it writes)
 from sk_jax.errors import InputError
 from sk_jax.eval import metrics
-from sk_jax.eval import run as evaluate
+from sk_jax.eval.inputs import list_inputs, square
 from sk_jax.io import images
 from sk_jax.nn.generator import stylize_images
 from sk_jax.train import sharding
-
-
-def _square(image: np.ndarray, n: int) -> np.ndarray:
-  pil = ImageOps.fit(Image.fromarray(images.to_uint8(image)), (n, n), Image.Resampling.BICUBIC)
-  return np.asarray(pil, np.float32) / 255.0
 
 
 def load_pairs(eval_cfg, crop: int):
@@ -43,7 +37,7 @@ def load_pairs(eval_cfg, crop: int):
     raise InputError(f"config: eval.size must be a multiple of 8 (>= 8), got {size}")
   loaded = []
   for spec in (eval_cfg.content, eval_cfg.style):
-    loaded.append([_square(images.prepare(p, size), size) for p in evaluate.list_inputs(spec)])
+    loaded.append([square(images.prepare(p, size), size) for p in list_inputs(spec)])
   contents, styles = loaded
   content = np.stack([c for c in contents for _ in styles])
   style = np.stack([s for _ in contents for s in styles])

@@ -25,10 +25,10 @@ import sk_jax
 from sk_jax import cli
 from sk_jax.errors import InputError, SaveError
 from sk_jax.inference.stylizer import Stylizer
-from sk_jax.interop import port
-from sk_jax.io import checkpoint, images
-from sk_jax.train import data, logger, sharding
-from sk_jax.train import step as train_lib
+from sk_jax.interop import torch_io
+from sk_jax.io import artifacts, images
+from sk_jax.train import checkpoints, data, logger, sharding
+from sk_jax.train import loop as train_lib
 from sk_jax.train import workdir as workdir_lib
 
 SMALL = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
@@ -50,7 +50,7 @@ def one_error_line(io) -> str:
 @pytest.fixture(scope="module")
 def gen(tmp_path_factory):
   path = tmp_path_factory.mktemp("gen") / "gen"
-  return checkpoint.save_generator(str(path), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
+  return artifacts.save_generator(str(path), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def _copy(trained, tmp_path, name="run"):
 
 
 def _all_steps(workdir, tiny_train_config):
-  mngr = checkpoint.make_manager(workdir, tiny_train_config().ckpt, read_only=True)
+  mngr = checkpoints.make_manager(workdir, tiny_train_config().ckpt, read_only=True)
   try:
     return mngr.all_steps()
   finally:
@@ -101,9 +101,7 @@ def test_checkpoint_writers_never_replace_what_they_did_not_write(capsys, tmp_pa
   )
   # the same library rule for VGG directories (port-vgg16, import-torch --vgg-output)
   with pytest.raises(InputError, match="not an sk-jax checkpoint"):
-    checkpoint.save_vgg16_dir(
-      str(out), {"conv1_1": {"kernel": np.zeros((3, 3, 3, 64), np.float32)}}
-    )
+    artifacts.save_vgg16_dir(str(out), {"conv1_1": {"kernel": np.zeros((3, 3, 3, 64), np.float32)}})
   assert os.listdir(out) == ["thesis.txt"]
   rc, io = run(capsys, "port-vgg16", tmp_path / "whatever.pth", out)
   assert rc == 2 and "not an sk-jax checkpoint" in one_error_line(io)
@@ -113,7 +111,7 @@ def test_checkpoint_writers_never_replace_what_they_did_not_write(capsys, tmp_pa
   rc, io = run(capsys, "init", "--output", tmp_path / "empty", "--seed", 1)
   assert rc == 2 and "--overwrite" in one_error_line(io)
   assert run(capsys, "init", "--output", tmp_path / "empty", "--seed", 1, "--overwrite")[0] == 0
-  checkpoint.load_generator(str(tmp_path / "empty"))
+  artifacts.load_generator(str(tmp_path / "empty"))
   assert not glob.glob(str(tmp_path / ".empty.tmp-*"))
 
 
@@ -215,7 +213,7 @@ def test_a_second_trainer_on_a_workdir_is_refused_naming_the_pid(tmp_path, tiny_
     with pytest.raises(InputError, match=rf"another training run \(PID {holder.pid}\)"):
       train_lib.train(tiny_train_config(), workdir)
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-    assert not os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
+    assert not os.path.exists(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -240,7 +238,7 @@ def test_damaged_latest_checkpoint_falls_back_and_a_torn_metrics_line_is_dropped
   the run warns, resumes from the previous checkpoint, keeps the damaged one aside."""
   workdir = _copy(trained, tmp_path)
   for f in glob.glob(
-    os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2", "state", "ocdbt.process_0", "d", "*")
+    os.path.join(workdir, checkpoints.CHECKPOINT_DIR, "2", "state", "ocdbt.process_0", "d", "*")
   ):
     _truncate(f)
   with open(os.path.join(workdir, logger.METRICS_FILE), "a") as f:
@@ -249,13 +247,13 @@ def test_damaged_latest_checkpoint_falls_back_and_a_torn_metrics_line_is_dropped
   assert any("skipping checkpoint" in r.message and "/2:" in r.message for r in caplog.records)
   assert metric_steps(workdir) == [1, 2]
   assert _all_steps(workdir, tiny_train_config) == [1, 2]
-  assert os.listdir(os.path.join(workdir, checkpoint.UNREADABLE_DIR)) == ["2"]  # kept, not deleted
+  assert os.listdir(os.path.join(workdir, checkpoints.UNREADABLE_DIR)) == ["2"]  # kept, not deleted
 
 
 @pytest.mark.parametrize("damage", ["state", "config", "iterator"])
 def test_restore_falls_back_from_each_damaged_item(trained, tmp_path, damage, tiny_train_config):
   workdir = _copy(trained, tmp_path)
-  step2 = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2")
+  step2 = os.path.join(workdir, checkpoints.CHECKPOINT_DIR, "2")
   files = {
     "state": glob.glob(os.path.join(step2, "state", "ocdbt.process_0", "d", "*")),
     "config": [os.path.join(step2, "config", "metadata")],
@@ -265,11 +263,11 @@ def test_restore_falls_back_from_each_damaged_item(trained, tmp_path, damage, ti
     _truncate(f)
   cfg = tiny_train_config()
   setup = train_lib.make_setup(cfg, sharding.make_mesh(cfg.mesh))
-  mngr = checkpoint.make_manager(workdir, cfg.ckpt)
+  mngr = checkpoints.make_manager(workdir, cfg.ckpt)
   streams = data.build_streams(cfg.data, data.open_sources(cfg.data), int(cfg.seed), 0, 1)
   iterators = [iter(ds) for ds in streams]
   try:
-    state, step = checkpoint.restore_newest(
+    state, step = checkpoints.restore_newest(
       mngr, setup.abstract_with_shardings(), setup.model, setup.disc, cfg, *iterators
     )
     assert step == 1 and int(state.step) == 1
@@ -279,12 +277,14 @@ def test_restore_falls_back_from_each_damaged_item(trained, tmp_path, damage, ti
     for it in iterators:
       it.close()
   # Nothing readable: one line naming every checkpoint tried.
-  for f in glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "1", "config", "metadata")):
+  for f in glob.glob(os.path.join(workdir, checkpoints.CHECKPOINT_DIR, "1", "config", "metadata")):
     _truncate(f)
-  mngr = checkpoint.make_manager(workdir, cfg.ckpt)
+  mngr = checkpoints.make_manager(workdir, cfg.ckpt)
   try:
     with pytest.raises(InputError, match=r"no readable checkpoint \(1: .*unreadable config") as e:
-      checkpoint.restore_newest(mngr, setup.abstract_with_shardings(), setup.model, setup.disc, cfg)
+      checkpoints.restore_newest(
+        mngr, setup.abstract_with_shardings(), setup.model, setup.disc, cfg
+      )
     assert "\n" not in str(e.value)
   finally:
     mngr.close()
@@ -330,11 +330,11 @@ def test_full_disk_during_a_save_is_one_error_and_a_rerun_resumes(
   cfg = tiny_train_config(train__steps=3, log__image_every=0)
   with pytest.raises(SaveError, match="no space left") as e:
     train_lib.train(cfg, workdir)
-  assert "\n" not in str(e.value) and os.path.join(workdir, checkpoint.CHECKPOINT_DIR) in str(
+  assert "\n" not in str(e.value) and os.path.join(workdir, checkpoints.CHECKPOINT_DIR) in str(
     e.value
   )
   assert _all_steps(workdir, tiny_train_config) == [1, 2]
-  assert not glob.glob(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "*tmp*"))
+  assert not glob.glob(os.path.join(workdir, checkpoints.CHECKPOINT_DIR, "*tmp*"))
   monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", original)
   train_lib.train(cfg, workdir)  # space freed: the same command resumes
   assert _all_steps(workdir, tiny_train_config) == [2, 3]
@@ -382,25 +382,25 @@ def test_damaged_generator_is_one_line(capsys, gen, tmp_path):
   raw[len(raw) // 2] ^= 0x01
   open(target, "wb").write(bytes(raw))
   with pytest.raises(InputError, match=f"{flipped}: .*(checksum|unreadable)"):
-    checkpoint.load_generator(str(flipped))
+    artifacts.load_generator(str(flipped))
   assert not (tmp_path / "o.png").exists()
 
 
 def test_checkpoints_without_a_checksum_still_load(tmp_path):
   old = tmp_path / "old"
   params = sk_jax.init_params(SMALL, jax.random.key(0))
-  checkpoint.save_generator(str(old), params, SMALL)
+  artifacts.save_generator(str(old), params, SMALL)
   meta = old / "meta" / "metadata"
   record = json.loads(meta.read_text())
   assert len(record.pop("sha256")) == 64
   meta.write_text(json.dumps(record))  # as written before checksums existed
-  back, _ = checkpoint.load_generator(str(old))
+  back, _ = artifacts.load_generator(str(old))
   jax.tree.map(
     lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back
   )
   shared = "/work/shared/models/h200-dev-2500/generator"
   if os.path.isdir(shared):  # a real checkpoint of that age, where this machine has it
-    checkpoint.load_generator(shared)
+    artifacts.load_generator(shared)
 
 
 # ----------------------------------------------------------------------------- 9. unwritable output
@@ -488,14 +488,14 @@ def test_train_py_config_errors_are_one_line(tmp_path):
     _train_py("--workdir", workdir, "--config.opt.lrr=1"),
     "unknown config field 'opt.lrr'; close matches: opt.lr",
   )
-  assert not os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
+  assert not os.path.exists(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
 
 
 def test_random_bytes_are_not_a_pytorch_checkpoint(tmp_path):
   junk = tmp_path / "random.pth"
   junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
   with pytest.raises(InputError, match="not a PyTorch checkpoint") as e:
-    port.read_torch_file(str(junk))
+    torch_io.read_torch_file(str(junk))
   assert "would run code" not in str(e.value)
 
 
@@ -503,7 +503,7 @@ def test_a_killed_export_leaves_no_temporary_for_good(gen, tmp_path):
   stale = tmp_path / ".gen.tmp-0badf00d"
   shutil.copytree(gen, stale)  # what a SIGKILL between the write and the swap leaves
   (tmp_path / ".other.tmp-12345678").mkdir()  # another target's: not ours to remove
-  checkpoint.save_generator(
+  artifacts.save_generator(
     str(tmp_path / "gen"), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL
   )
   assert sorted(os.listdir(tmp_path)) == [".other.tmp-12345678", "gen"]
@@ -658,7 +658,7 @@ def test_export_torch_replaces_only_its_own_export(capsys, tiny_checkpoint, tmp_
   for name in ("g.pth", "g.safetensors"):
     out = tmp_path / name
     assert run(capsys, *common, "--output", out)[0] == 0
-    assert port.is_export(str(out))
+    assert torch_io.is_export(str(out))
     rc, io = run(capsys, *common, "--output", out)
     assert rc == 2 and "--overwrite" in one_error_line(io)
     assert run(capsys, *common, "--output", out, "--overwrite")[0] == 0
@@ -867,7 +867,7 @@ def test_train_py_names_a_bad_workdir_and_a_raising_config(tmp_path):
 def test_a_truncated_generator_is_one_line_without_an_asyncio_traceback(tmp_path):
   # The default model's size: with the tiny one, Orbax's other reads were done before it failed.
   config = sk_jax.ModelConfig()
-  truncated = checkpoint.save_generator(
+  truncated = artifacts.save_generator(
     str(tmp_path / "truncated"), sk_jax.init_params(config, jax.random.key(0)), config
   )
   _truncate(_params_files(truncated)[-1])
@@ -907,7 +907,7 @@ def test_a_bad_model_config_in_a_checkpoint_names_the_checkpoint(gen, tmp_path):
   record["kernel_size"] = "three"
   meta.write_text(json.dumps(record))
   with pytest.raises(InputError, match=f"^{bad}: model_config: model.kernel_size") as e:
-    checkpoint.load_generator(str(bad))
+    artifacts.load_generator(str(bad))
   assert "three" in str(e.value)
 
 

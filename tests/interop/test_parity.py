@@ -6,7 +6,7 @@ import torch  # the optional extra [torch]; CI installs it (torch==2.13.0, CPU b
 
 from sk_jax import cli
 from sk_jax.interop import parity, torch_ref
-from sk_jax.io import checkpoint
+from sk_jax.io import artifacts
 from sk_jax.nn.generator import ModelConfig, init_params
 
 EXPECTED_ROWS = [
@@ -184,7 +184,7 @@ def test_parity_cli(tmp_path, capsys, monkeypatch):
   import jax
 
   config = ModelConfig(gate_hidden=32, kernel_hidden=32)
-  ckpt = checkpoint.save_generator(
+  ckpt = artifacts.save_generator(
     str(tmp_path / "g"), init_params(config, jax.random.key(0)), config
   )
   assert cli.main(["parity", "--checkpoint", ckpt, "--size", "32"]) == 0

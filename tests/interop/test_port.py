@@ -13,8 +13,8 @@ from torch import nn
 import sk_jax
 from sk_jax import cli
 from sk_jax.errors import InputError
-from sk_jax.interop import port
-from sk_jax.io import checkpoint, weights
+from sk_jax.interop import port, torch_io
+from sk_jax.io import artifacts, weights
 from sk_jax.nn import vgg
 from sk_jax.nn.generator import ModelConfig, init_params
 
@@ -83,7 +83,7 @@ def small_image(photo):
 def test_ported_encoder_matches_torch_tap_by_tap(fmt, vgg_files, torch_vgg, small_image):
   import jax
 
-  params = port.vgg16_from_torch(vgg_files[fmt])
+  params = torch_io.vgg16_from_torch(vgg_files[fmt])
   with torch.no_grad():
     ref = torch_vgg.taps(torch.from_numpy(small_image.transpose(2, 0, 1)[None].copy()))
   with jax.default_matmul_precision("highest"):
@@ -98,8 +98,8 @@ def test_ported_encoder_matches_torch_tap_by_tap(fmt, vgg_files, torch_vgg, smal
 
 
 def test_pth_and_safetensors_port_identically(vgg_files):
-  a = port.vgg16_from_torch(vgg_files["pth"])
-  b = port.vgg16_from_torch(vgg_files["safetensors"])
+  a = torch_io.vgg16_from_torch(vgg_files["pth"])
+  b = torch_io.vgg16_from_torch(vgg_files["safetensors"])
   for name in vgg.CONVS:
     np.testing.assert_array_equal(a[name]["kernel"], b[name]["kernel"])
     np.testing.assert_array_equal(a[name]["bias"], b[name]["bias"])
@@ -117,7 +117,7 @@ def test_checkpoint_layouts(layout, torch_vgg, tmp_path):
   }[layout]()
   path = tmp_path / "ckpt.pth"
   torch.save(obj, path)
-  params = port.vgg16_from_torch(str(path))
+  params = torch_io.vgg16_from_torch(str(path))
   w = sd["features.17.weight"]
   if layout == "fp16":
     w = w.half().float()
@@ -134,7 +134,7 @@ def test_bundled_weights_round_trip_bit_exact(vgg_params, tmp_path):
   sd = port.vgg16_to_torch(vgg_params)
   assert sorted(sd) == sorted(port._torch_shapes())
   torch.save(sd, tmp_path / "bundled.pth")
-  back = port.vgg16_from_torch(str(tmp_path / "bundled.pth"))
+  back = torch_io.vgg16_from_torch(str(tmp_path / "bundled.pth"))
   for name in vgg.CONVS:
     for key in ("kernel", "bias"):
       assert back[name][key].dtype == np.float32
@@ -159,13 +159,13 @@ def test_generator_export_import_round_trip(tmp_path):
     for n, shapes in vgg.param_shapes().items()
   }
   for name in ("model.pth", "model.safetensors"):
-    path = port.export_torch(params, config, vgg_small, str(tmp_path / name))
-    got, got_config, got_vgg = port.read_export(path)
+    path = torch_io.export_torch(params, config, vgg_small, str(tmp_path / name))
+    got, got_config, got_vgg = torch_io.read_export(path)
     assert got_config == config
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params, got)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), vgg_small, got_vgg)
 
-  model = port.load_torch_model(str(tmp_path / "model.pth"))  # strict load: every key maps
+  model = torch_io.load_torch_model(str(tmp_path / "model.pth"))  # strict load: every key maps
   assert torch.equal(
     model.generator.alignment.log_sharpness,
     torch.tensor(float(params["alignment"]["log_sharpness"])),
@@ -206,13 +206,13 @@ def test_port_vgg16_cli_verify_writes_a_dir_that_load_vgg16_reads(vgg_files, tmp
   for tap in vgg.TAPS:
     assert f"\n{tap} " in stdout and "pass" in stdout.split(f"\n{tap} ")[1].splitlines()[0]
   loaded = weights.load_vgg16(str(out))  # what --vgg and model.vgg_weights accept
-  direct = port.vgg16_from_torch(vgg_files["pth"])
+  direct = torch_io.vgg16_from_torch(vgg_files["pth"])
   for name in vgg.CONVS:
     np.testing.assert_array_equal(loaded[name]["kernel"], direct[name]["kernel"])
 
 
 def test_port_vgg16_verify_fails_on_a_wrong_conversion(vgg_files, tmp_path, capsys, monkeypatch):
-  real = port.vgg16_from_torch
+  real = torch_io.vgg16_from_torch
 
   def swapped(path):  # a converter bug: kernels read as (kh, kw, O, I) -> spatially transposed
     params = real(path)
@@ -221,7 +221,7 @@ def test_port_vgg16_verify_fails_on_a_wrong_conversion(vgg_files, tmp_path, caps
     )
     return params
 
-  monkeypatch.setattr(port, "vgg16_from_torch", swapped)
+  monkeypatch.setattr(torch_io, "vgg16_from_torch", swapped)
   out = tmp_path / "ported"
   rc = cli.main(["port-vgg16", vgg_files["pth"], str(out), "--verify", "--verify-size", "32"])
   captured = capsys.readouterr()
@@ -314,7 +314,7 @@ def test_export_and_import_torch_cli(tmp_path, capsys):
 
   config = ModelConfig(gate_hidden=8, kernel_hidden=8)
   params = init_params(config, jax.random.key(5))
-  ckpt = checkpoint.save_generator(str(tmp_path / "g"), params, config)
+  ckpt = artifacts.save_generator(str(tmp_path / "g"), params, config)
   assert cli.main(["export-torch", "--checkpoint", ckpt, "--output", str(tmp_path / "g.pth")]) == 0
   assert (
     cli.main(
@@ -329,7 +329,7 @@ def test_export_and_import_torch_cli(tmp_path, capsys):
     == 0
   )
   capsys.readouterr()
-  back, back_config = checkpoint.load_generator(str(tmp_path / "g2"))
+  back, back_config = artifacts.load_generator(str(tmp_path / "g2"))
   assert back_config == config
   jax.tree.map(
     lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sk_jax.errors import InputError
-from sk_jax.io import checkpoint
+from sk_jax.io import artifacts
 from sk_jax.nn import ops
 from sk_jax.nn.alignment import GateNet, StyleAlignment
 from sk_jax.nn.generator import ModelConfig, init_params, stylize_images
@@ -199,13 +199,13 @@ def test_old_config_dicts_keep_their_meaning():
 def test_old_checkpoint_loads_and_reproduces_the_old_reading(tmp_path, photo, vgg_params):
   legacy = ModelConfig(attention="cgm", gate_lambda="linear", gate_hidden=8, kernel_hidden=16)
   params = init_params(legacy, jax.random.key(0))
-  path = checkpoint._save(
+  path = artifacts._save(
     str(tmp_path / "old"),
-    checkpoint.GENERATOR_FORMAT,
+    artifacts.GENERATOR_FORMAT,
     jax.tree.map(np.asarray, params),
     _old_style_dict(True),
   )
-  loaded_params, config = checkpoint.load_generator(path)
+  loaded_params, config = artifacts.load_generator(path)
   assert config == legacy
   img = jnp.asarray(photo[None, ::16, ::16])
   ours, _ = stylize_images(loaded_params, vgg_params, config, img, img[:, ::-1])

@@ -10,7 +10,7 @@ import pytest
 
 import sk_jax
 from sk_jax.errors import InputError
-from sk_jax.io import checkpoint, weights
+from sk_jax.io import artifacts, weights
 from sk_jax.nn import generator, ops, vgg
 from sk_jax.nn.alignment import StyleAlignment
 
@@ -207,17 +207,17 @@ def test_model_config_rejects_bad_values():
 
 
 def test_generator_checkpoint_round_trip_and_refusals(tmp_path, small_config, small_params):
-  path = checkpoint.save_generator(str(tmp_path / "gen"), small_params, small_config)
-  params, config = checkpoint.load_generator(path)
+  path = artifacts.save_generator(str(tmp_path / "gen"), small_params, small_config)
+  params, config = artifacts.load_generator(path)
   assert config == small_config
   jax.tree.map(
     lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, small_params
   )
   with pytest.raises(InputError, match="another model config"):
-    checkpoint.load_generator(path, expected=sk_jax.ModelConfig())
+    artifacts.load_generator(path, expected=sk_jax.ModelConfig())
   # Saving over an existing checkpoint is refused, and with overwrite=True replaces it whole.
   with pytest.raises(InputError, match="--overwrite"):
-    checkpoint.save_generator(path, small_params, small_config)
-  checkpoint.save_generator(path, small_params, small_config, overwrite=True)
+    artifacts.save_generator(path, small_params, small_config)
+  artifacts.save_generator(path, small_params, small_config, overwrite=True)
   assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".")) == ["gen"]
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]

@@ -8,7 +8,7 @@ import pytest
 
 from sk_jax.errors import InputError
 from sk_jax.interop import parity, port
-from sk_jax.io import checkpoint
+from sk_jax.io import artifacts
 from sk_jax.nn import ops
 from sk_jax.nn.generator import Generator, ModelConfig, init_params
 from sk_jax.train import step as train_lib
@@ -156,8 +156,8 @@ def test_checkpoints_exports_and_torch_carry_the_offset(tmp_path, vgg_params):
   config = ModelConfig(**CONTROLLED)
   params = jax.tree.map(np.asarray, init_params(config, jax.random.key(1)))
   params["alignment"]["beta_offset"] = np.float32(0.37)
-  path = checkpoint.save_generator(str(tmp_path / "gen"), params, config)
-  loaded, loaded_config = checkpoint.load_generator(path)
+  path = artifacts.save_generator(str(tmp_path / "gen"), params, config)
+  loaded, loaded_config = artifacts.load_generator(path)
   assert loaded_config == config
   assert float(loaded["alignment"]["beta_offset"]) == pytest.approx(0.37)
   back = port.generator_from_state_dict(port.generator_to_torch(params), config)

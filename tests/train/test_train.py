@@ -25,10 +25,11 @@ from sk_jax import cli
 from sk_jax import config as config_lib
 from sk_jax.config import load_config
 from sk_jax.errors import InputError, NonFiniteError
-from sk_jax.io import checkpoint, images
+from sk_jax.io import images
 from sk_jax.nn.generator import ModelConfig
+from sk_jax.train import checkpoints as checkpoint
 from sk_jax.train import logger, preemption, sharding
-from sk_jax.train import step as train_lib
+from sk_jax.train import loop as train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -218,8 +219,8 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
   script = textwrap.dedent("""
       import glob, json, os, signal, sys, time
       import ml_collections
-      from sk_jax.io import checkpoint
-      from sk_jax.train import step as train
+      from sk_jax.train import checkpoints as checkpoint
+      from sk_jax.train import loop as train
 
       original = checkpoint.save
       def save_then_die(mngr, step, *args, **kwargs):
@@ -382,7 +383,7 @@ def test_two_processes_train_together(tmp_path):
   script = textwrap.dedent("""
       import json, sys
       import ml_collections
-      from sk_jax.train import step as train
+      from sk_jax.train import loop as train
       cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
       cfg.mesh.process_id = int(sys.argv[2])
       metrics = train.train(cfg, sys.argv[3])

@@ -1,8 +1,8 @@
-"""Installed reference methods that `eval.py --method` can put beside sk-jax.
+"""The evaluated methods: sk-jax and the installed reference methods (peers) beside it.
 
-A peer maps float RGB arrays in [0, 1] to a stylized array at the content's size, so
-that the same metric code measures it. Nothing is downloaded: a peer whose package
-or model files are missing is skipped with a one-line note.
+Every method is a `Method`: it maps float RGB arrays in [0, 1] to a stylized array at the
+content's size, so that the same metric code measures it. Nothing is downloaded: a peer whose
+package or model files are missing is skipped with a one-line note.
 """
 
 from __future__ import annotations
@@ -10,10 +10,67 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from typing import Protocol
 
+import jax
 import numpy as np
 
-from sk_jax.io import images
+from sk_jax.inference.stylizer import Stylizer
+from sk_jax.io import images, video
+
+SKJAX = "sk-jax"
+
+
+class Method(Protocol):
+  """What eval measures; `name` and `resolution` (one line: the size it stylizes at) label it."""
+
+  name: str
+  resolution: str
+
+  def stylize(self, content, style):
+    """(H, W, 3) and (Hs, Ws, 3) floats in [0, 1] -> ((H, W, 3) float32, kept fraction or None)."""
+
+  def stylize_clip(self, frames, style):
+    """(T, H, W, 3) uint8 frames -> (T, H, W, 3) uint8."""
+
+  def time_inference(self, content, style, warmup: int, repeats: int) -> dict:
+    """{"runs_s": [seconds per call, after `warmup` calls], ...}, batch 1."""
+
+
+class SkJax:
+  """An sk-jax generator as an evaluated method (same interface as the peers)."""
+
+  name = SKJAX
+
+  def __init__(self, stylizer: Stylizer, alpha: float = 1.0, source: str = ""):
+    self.stylizer, self.config = stylizer, stylizer.config
+    self.alpha, self.source = alpha, source
+    self.resolution = "the inputs' own size (any H x W; reflection-padded to multiples of 8 inside)"
+
+  def stylize(self, content, style):
+    """(H, W, 3), (Hs, Ws, 3) floats -> ((H, W, 3) float32, kept fraction of the CGM)."""
+    out, kept = self.stylizer.apply(content, self.stylizer.encode_style(style), self.alpha)
+    return np.asarray(out[0]), float(kept[0])
+
+  def stylize_clip(self, frames, style):
+    return video.stylize_frames(frames, style, self.stylizer, self.alpha)[0]
+
+  def time_inference(self, content, style, warmup: int, repeats: int) -> dict:
+    """Images in, image out (both encoder passes, SAE+CGM, SKG, decoder), batch 1, on device."""
+    c, s = jax.device_put(content[None]), jax.device_put(style[None])
+    t0 = time.perf_counter()
+    compiled = self.stylizer.lower(c, s, self.alpha).compile()
+    compile_s = time.perf_counter() - t0
+    st, alpha = self.stylizer, np.float32(self.alpha)
+    run = lambda: jax.block_until_ready(compiled(st.params, st.vgg_params, c, s, alpha))
+    for _ in range(warmup):
+      run()
+    runs = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      run()
+      runs.append(time.perf_counter() - t0)
+    return {"compile_s": compile_s, "runs_s": runs}
 
 
 class StyleTransferLite:
