@@ -1,10 +1,17 @@
-"""Training configs: loading configs/*.py outside absl (train.py uses absl's config flags) and
-checking them before anything compiles."""
+"""Training configs: loading configs/*.py (`load_config`; `sk-jax train` and train.py parse them
+with absl's config flags instead) and checking them before anything compiles.
+
+configs/ is a package: a variant imports the default as `from configs import default`.
+`importable(path)` puts the folder above such a package on sys.path while a config loads, so
+that this works from any working directory, also for configs outside the checkout.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
 
 import ml_collections
 
@@ -13,6 +20,27 @@ from sk_jax.io import files
 from sk_jax.nn.discriminator import DiscriminatorConfig
 from sk_jax.nn.generator import ModelConfig
 
+# The checkout's default config (absent from an installed package: pass --config then).
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py"
+)
+
+
+@contextlib.contextmanager
+def importable(path: str):
+  """While it lasts, the package that holds config file `path` (a folder with __init__.py, such
+  as configs/) can be imported by its name."""
+  folder = os.path.dirname(os.path.abspath(path))
+  root = os.path.dirname(folder)
+  added = os.path.isfile(os.path.join(folder, "__init__.py")) and root not in sys.path
+  if added:
+    sys.path.insert(0, root)
+  try:
+    yield
+  finally:
+    if added:
+      sys.path.remove(root)
+
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """Runs `get_config()` of a Python config file; any failure is an InputError naming the file."""
@@ -20,10 +48,11 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     raise InputError(f"{path}: no such config file")
   files.check_input(path, "a config file (configs/*.py)")
   try:
-    spec = importlib.util.spec_from_file_location("_sk_jax_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg is not None else module.get_config()
+    with importable(path):
+      spec = importlib.util.spec_from_file_location("_sk_jax_config", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      cfg = module.get_config(arg) if arg is not None else module.get_config()
   except Exception as e:
     raise InputError(f"{path}: malformed config ({type(e).__name__}: {e})") from None
   if not isinstance(cfg, ml_collections.ConfigDict) or "model" not in cfg:

@@ -85,10 +85,17 @@ def attach_negative_values(argv) -> list[str]:
 
 def main(argv=None, prog: str | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = build_parser().parse_args(attach_negative_values(argv))
+  if argv[:1] == ["train"]:
+    # absl's flags (ml_collections' config flags), not argparse: sk_jax.cli.training.
+    prog = prog or "sk-jax train"
+    command = lambda: training.run_train(argv[1:], prog)
+  else:
+    args = build_parser().parse_args(attach_negative_values(argv))
+    prog = prog or f"sk-jax {args.command}"
+    command = lambda: args.func(args)
   try:
-    with exit_codes(prog or f"sk-jax {args.command}"):
-      args.func(args)
+    with exit_codes(prog):
+      command()
   except Exit as e:
     return e.code
   return 0
