@@ -19,7 +19,6 @@ def get_config():
       learn_sharpness=False,  # learn log(alpha) with the rest
       attention="cgm",  # "cgm" (Eqs. 3-5), "full" (Eq. 2, SANet), "topk" (Fig. 3); docs/method.md
       topk=16,  # K of attention="topk"
-      gate=config_dict.placeholder(bool),  # old alias: False is attention="full"
       gate_renormalize=False,  # the paper does not renormalise the kept weights
       gate_lambda="linear",  # lambda = E_f's output ("linear") or its softplus
       gate_temperature=1.0,  # straight-through surrogate temperature, units of 1/Ns

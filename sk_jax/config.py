@@ -61,7 +61,7 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 # The groups training reads.
-GROUPS = ("model", "disc", "loss", "opt", "data", "train", "ckpt", "log", "mesh")
+GROUPS = ("model", "disc", "loss", "opt", "data", "train", "ckpt", "log", "eval", "mesh")
 
 # Per-step metrics a checkpoint can be ranked by (ckpt.best_metric).
 STEP_METRICS = tuple(
@@ -121,7 +121,7 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
     if not ok:
       raise InputError(f"config: {message}")
   parse_profile(cfg.log.get("profile"))
-  if cfg.ckpt.get("best_metric", "") in EVAL_METRICS and not cfg.get("eval", {}).get("every"):
+  if cfg.ckpt.best_metric in EVAL_METRICS and not cfg.eval.every:
     raise InputError(f"config: ckpt.best_metric={cfg.ckpt.best_metric} needs eval.every > 0")
   return model, disc
 

@@ -142,3 +142,22 @@ def metric_steps():
       return [json.loads(line)["step"] for line in f]
 
   return steps
+
+
+@pytest.fixture(scope="session")
+def generator_with_config_json():
+  """A factory: (path, params, model_config dict) -> a generator checkpoint of `params` whose
+  model_config item holds that JSON (an older version's, or another model's), written with
+  the public save_generator and the item's file then replaced; returns the path."""
+  import json
+
+  from sk_jax.io import artifacts
+  from sk_jax.nn.generator import ModelConfig
+
+  def write(path, params, config_json):
+    path = artifacts.save_generator(str(path), params, ModelConfig())
+    with open(os.path.join(path, "model_config", "metadata"), "w") as f:
+      json.dump(config_json, f)
+    return path
+
+  return write

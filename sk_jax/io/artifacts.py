@@ -7,7 +7,7 @@ A generator checkpoint (what `sk-jax stylize` reads) is a directory with three O
 A VGG-16 weight directory (`sk-jax port-vgg16`) has the same layout with format "sk-jax-vgg16".
 Writers never replace what they did not write: an existing non-empty directory must be one of
 these checkpoints, and is replaced (atomically) only with `overwrite=True`. Readers verify the
-checksum when the meta item has one (checkpoints written before it was added have none).
+checksum (a meta item without one is refused).
 
 Training checkpoints are sk_jax.train.checkpoints'; it exports their generator as a generator
 checkpoint with `save_generator`.
@@ -166,6 +166,11 @@ def _open(path: str, fmt: str, what: str) -> tuple[str, dict]:
     raise InputError(
       f"{path}: {what} version {meta.get('version')}, this sk-jax reads version {VERSION}"
     )
+  if not isinstance(meta.get("sha256"), str):
+    raise InputError(
+      f"{path}: the {what} has no parameter checksum in its meta item (written before sk-jax "
+      "checked them); write it again with this version"
+    )
   if not isinstance(config, dict):
     raise InputError(f"{path}: model_config is not a JSON object")
   return path, config
@@ -241,7 +246,7 @@ def _restore_arrays(path: str, abstract, what: str):
       f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
     ) from None
   meta = _read_json_item(path, "meta")
-  if meta.get("sha256") and params_checksum(params) != meta["sha256"]:
+  if params_checksum(params) != meta["sha256"]:
     raise InputError(
       f"{path}: the {what}'s parameters do not match the checksum in its meta item "
       "(damaged file); restore it from a backup or export it again"

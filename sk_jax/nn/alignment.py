@@ -55,7 +55,7 @@ class StyleAlignment(nn.Module):
 
   sharpness: float
   learn_sharpness: bool
-  attention: str | bool  # "full", "topk", "cgm"; a bool is the old `gate` switch (True: "cgm")
+  attention: str  # "full", "topk", "cgm", "quantile" (ops.ATTENTIONS)
   renormalize: bool
   temperature: float
   gate_hidden: int
@@ -85,8 +85,6 @@ class StyleAlignment(nn.Module):
       sharpness = self.sharpness
     ns = z_s.shape[1] * z_s.shape[2]
     attention = self.attention
-    if isinstance(attention, bool):
-      attention = "cgm" if attention else "full"
     if attention == "cgm":
       lam, beta_ns = GateNet(self.gate_hidden, self.dtype, self.gate_lambda, name="gate")(z_c)
       if self.gate_offset:

@@ -22,9 +22,6 @@ ATTENTIONS = ops.ATTENTIONS
 # How the CGM is held at model.gate_target (docs/method.md, "The gate's equilibrium"):
 # "controller" moves a beta offset by sign(kept - k*) each step, "budget" adds a loss term.
 GATE_FORCES = ("controller", "budget")
-# What a config written before `attention` existed meant by the fields added with it:
-# an old checkpoint loads with these and reproduces its outputs.
-LEGACY_DEFAULTS = {"gate_lambda": "linear"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +33,6 @@ class ModelConfig(ConfigFields):
   learn_sharpness: bool = False
   attention: str = "cgm"  # "full" (Eq. 2), "topk" (Fig. 3's SANet + topK), "cgm" (Eqs. 3-5)
   topk: int = 16  # K of "topk"
-  gate: bool | None = None  # old switch, an alias: False -> attention "full"; set from attention
   gate_renormalize: bool = False  # divide the kept attention by its sum ("topk" and "cgm")
   gate_lambda: str = "linear"  # lambda from E_f: "linear" (as printed) or "softplus" (kept > 0)
   gate_temperature: float = 1.0  # straight-through surrogate, in units of 1/Ns
@@ -58,20 +54,10 @@ class ModelConfig(ConfigFields):
   vgg_weights: str = "bundled"  # "bundled" or an Orbax dir from `sk-jax port-vgg16`
 
   def __post_init__(self):
-    # `gate` predates `attention`: gate=False (with attention left at "cgm") is the
-    # full attention; afterwards gate always says whether the CGM is on.
-    if self.gate is False and self.attention == "cgm":
-      object.__setattr__(self, "attention", "full")
     if self.attention not in ATTENTIONS:
       raise InputError(
         f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
       )
-    if self.gate is True and self.attention != "cgm":
-      raise InputError(
-        f"model.gate=True asks for the CGM but model.attention is {self.attention!r}; "
-        "set only model.attention"
-      )
-    object.__setattr__(self, "gate", self.attention == "cgm")
     if self.attention_precision not in ops.PRECISIONS:
       raise InputError(
         f"model.attention_precision must be one of {', '.join(ops.PRECISIONS)}, "
@@ -111,12 +97,13 @@ class ModelConfig(ConfigFields):
 
   @classmethod
   def from_dict(cls, d, source: str | None = None) -> "ModelConfig":
-    """As ConfigFields.from_dict; a dict without `attention` was written before it existed
-    (gate: true/false): the fields added since take their old meaning (LEGACY_DEFAULTS)."""
+    """As ConfigFields.from_dict, with the one migration of saved configs: sk-jax 0.1 wrote a
+    `gate` switch where `attention` now stands (true: "cgm", false: "full"), beside `attention`
+    once that existed (then `gate` only repeated it)."""
     d = dict(d)
-    if "attention" not in d:
-      for k, v in LEGACY_DEFAULTS.items():
-        d.setdefault(k, v)
+    if "gate" in d:
+      gate = d.pop("gate")
+      d.setdefault("attention", "cgm" if gate else "full")
     return super().from_dict(d, source)
 
   @property

@@ -38,13 +38,15 @@ def stylize_flops(config: ModelConfig, content_hw, style_hw) -> dict[str, float]
   nc, ns, c, k = fh * fw, (hs // STRIDE) * (ws // STRIDE), FEATURE_CHANNELS, config.kernel_size
   gate = (
     (_conv(fh, fw, c, config.gate_hidden) + _conv(fh, fw, config.gate_hidden, 2))
-    if config.gate
+    if config.attention == "cgm"
     else 0.0
   )
   return {
     "encoder": encoder_flops(hc, wc) + encoder_flops(hs, ws),
     # Cosine logits and the aggregation (2 Nc Ns C each), the gate network and its threshold.
-    "attention": 2 * (2.0 * nc * ns * c) + gate + (4.0 * nc * ns if config.gate else 0.0),
+    "attention": 2 * (2.0 * nc * ns * c)
+    + gate
+    + (4.0 * nc * ns if config.attention == "cgm" else 0.0),
     "kernel_head": _conv(fh, fw, c, config.kernel_hidden)
     + _conv(fh, fw, config.kernel_hidden, c * (2 * k + 1), k=1),
     "eq6": 2 * (2.0 * nc * c * k),

@@ -279,7 +279,7 @@ def make_setup(cfg, mesh: jax.sharding.Mesh, models=None) -> Setup:
   """
   model, disc = models or validate_config(cfg)
   sharding.check_batch(int(cfg.data.batch_size), mesh)
-  tx_g = make_optimizer(cfg.opt, cfg.opt.lr, gate_lr_scale=float(cfg.opt.get("gate_lr_scale", 1.0)))
+  tx_g = make_optimizer(cfg.opt, cfg.opt.lr, gate_lr_scale=float(cfg.opt.gate_lr_scale))
   tx_d = make_optimizer(cfg.opt, cfg.opt.d_lr if cfg.opt.d_lr is not None else cfg.opt.lr)
 
   def create_state(rng) -> TrainState:

@@ -48,8 +48,7 @@ class Evaluator:
   """Built once per run; `__call__(step, g_params)` -> the eval/... metrics and the grid."""
 
   def __init__(self, cfg, model, mesh, g_param_shardings, vgg_params):
-    eval_cfg = cfg.get("eval")  # configs written before the group existed have none
-    self.every = int(eval_cfg.get("every", 0)) if eval_cfg else 0
+    self.every = int(cfg.eval.every)
     if not self.every:
       return
     content, style = load_pairs(cfg.eval, int(cfg.data.crop))

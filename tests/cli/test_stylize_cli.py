@@ -229,7 +229,7 @@ def test_max_pixels_names_the_flag(capsys, ckpt, inputs, tmp_path):
   assert rc == 2 and "--max-pixels" in io.err and "astronaut.png" in io.err
 
 
-def test_bad_checkpoints(capsys, inputs, tmp_path):
+def test_bad_checkpoints(capsys, inputs, tmp_path, generator_with_config_json):
   common = [
     "stylize",
     "--content",
@@ -250,18 +250,14 @@ def test_bad_checkpoints(capsys, inputs, tmp_path):
   assert rc == 2 and "empty directory" in io.err and str(tmp_path / "empty") in io.err
   # Parameters of one model config under the JSON of another.
   other = sk_jax.ModelConfig(kernel_size=5, gate_hidden=8, kernel_hidden=16)
-  artifacts._save(
-    str(tmp_path / "mixed"),
-    artifacts.GENERATOR_FORMAT,
-    sk_jax.init_params(other, jax.random.key(0)),
-    SMALL.to_dict(),
+  generator_with_config_json(
+    tmp_path / "mixed", sk_jax.init_params(other, jax.random.key(0)), SMALL.to_dict()
   )
   rc, io = run(capsys, *common, "--checkpoint", tmp_path / "mixed")
   assert rc == 2 and "kernel_head" in io.err and "(5632,)" in io.err and "(3584,)" in io.err
   # A config JSON with fields this model does not have.
-  artifacts._save(
-    str(tmp_path / "foreign"),
-    artifacts.GENERATOR_FORMAT,
+  generator_with_config_json(
+    tmp_path / "foreign",
     sk_jax.init_params(SMALL, jax.random.key(0)),
     {**SMALL.to_dict(), "num_heads": 8},
   )

@@ -36,7 +36,7 @@ def random_params(config, seed):
   rng = np.random.default_rng(seed)
   head = params["kernel_head"]["conv2"]
   head["kernel"] = rng.normal(0, 0.02, head["kernel"].shape).astype(np.float32)
-  if config.gate:
+  if config.attention == "cgm":
     gate = params["alignment"]["gate"]["conv2"]
     gate["kernel"] = rng.normal(0, 0.02, gate["kernel"].shape).astype(np.float32)
   return params
@@ -102,7 +102,7 @@ def _torch_run(config, params, vgg_params, pair):
       gate_hidden=32,
       kernel_hidden=32,
     ),
-    dict(gate=False, kernel_size=1, shuffle_groups=8, gate_hidden=32, kernel_hidden=32),
+    dict(attention="full", kernel_size=1, shuffle_groups=8, gate_hidden=32, kernel_hidden=32),
     dict(attention="full", gate_hidden=32, kernel_hidden=32),
     dict(attention="topk", topk=5, gate_hidden=32, kernel_hidden=32),
     dict(attention="topk", topk=2, gate_renormalize=True, gate_hidden=32, kernel_hidden=32),

@@ -157,19 +157,12 @@ def test_alignment_aux_reports_gate_statistics():
       assert 0.5 < float(np.mean(aux["gate_threshold_ns"])) < 3.0
 
 
-def test_model_config_attention_and_gate_alias():
-  assert ModelConfig().gate == (ModelConfig().attention == "cgm")
-  old_off = ModelConfig(gate=False)
-  assert old_off.attention == "full" and old_off.gate is False
-  assert ModelConfig(attention="topk", topk=4).gate is False
-  assert ModelConfig(attention="cgm").gate is True
+def test_model_config_attention_is_checked():
   assert ModelConfig.from_dict(ModelConfig(attention="topk", topk=4).to_dict()) == ModelConfig(
     attention="topk", topk=4
   )
   with pytest.raises(InputError, match="model.attention"):
     ModelConfig(attention="sparse")
-  with pytest.raises(InputError, match="set only model.attention"):
-    ModelConfig(gate=True, attention="full")
   with pytest.raises(InputError, match="topk"):
     ModelConfig(attention="topk", topk=0)
   with pytest.raises(InputError, match="gate_lambda"):
@@ -177,7 +170,7 @@ def test_model_config_attention_and_gate_alias():
 
 
 def _old_style_dict(gate: bool) -> dict:
-  """A model config as checkpoints wrote it before `attention` existed."""
+  """A model config as sk-jax 0.1 wrote it before `attention` existed (the one migration)."""
   d = ModelConfig(gate_hidden=8, kernel_hidden=16).to_dict()
   for k in ("attention", "topk", "gate_lambda"):
     d.pop(k)
@@ -193,18 +186,18 @@ def test_old_config_dicts_keep_their_meaning():
   assert (
     on.attention == "cgm" and on.gate_lambda == "linear"
   )  # the old gate reading, whatever the new default
-  assert off.attention == "full" and off.gate is False
+  assert off.attention == "full"
+  # Written with `attention`, 0.1 also wrote `gate`, which only repeated it.
+  both = {**ModelConfig(attention="topk", topk=4).to_dict(), "gate": False}
+  assert ModelConfig.from_dict(both) == ModelConfig(attention="topk", topk=4)
 
 
-def test_old_checkpoint_loads_and_reproduces_the_old_reading(tmp_path, photo, vgg_params):
+def test_old_checkpoint_loads_and_reproduces_the_old_reading(
+  tmp_path, photo, vgg_params, generator_with_config_json
+):
   legacy = ModelConfig(attention="cgm", gate_lambda="linear", gate_hidden=8, kernel_hidden=16)
   params = init_params(legacy, jax.random.key(0))
-  path = artifacts._save(
-    str(tmp_path / "old"),
-    artifacts.GENERATOR_FORMAT,
-    jax.tree.map(np.asarray, params),
-    _old_style_dict(True),
-  )
+  path = generator_with_config_json(tmp_path / "old", params, _old_style_dict(True))
   loaded_params, config = artifacts.load_generator(path)
   assert config == legacy
   img = jnp.asarray(photo[None, ::16, ::16])

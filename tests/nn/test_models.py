@@ -183,8 +183,8 @@ def test_gate_off_is_plain_attention(vgg_params, photo, texture):
 
 
 def test_bfloat16_compute_is_close_to_float32(vgg_params, photo, texture):
-  cfg32 = sk_jax.ModelConfig(gate=False, gate_hidden=8, kernel_hidden=16)
-  cfg16 = sk_jax.ModelConfig(gate=False, gate_hidden=8, kernel_hidden=16, dtype="bfloat16")
+  cfg32 = sk_jax.ModelConfig(attention="full", gate_hidden=8, kernel_hidden=16)
+  cfg16 = sk_jax.ModelConfig(attention="full", gate_hidden=8, kernel_hidden=16, dtype="bfloat16")
   params = sk_jax.init_params(cfg32, jax.random.key(0))
   a, _ = sk_jax.stylize_images(
     params, vgg_params, cfg32, photo[None, :32, :32], texture[None, :32, :32]

@@ -13,7 +13,7 @@ from sk_jax.train import flops
   "config",
   [
     sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16),
-    sk_jax.ModelConfig(gate=False, kernel_size=5),
+    sk_jax.ModelConfig(attention="full", kernel_size=5),
   ],
   ids=["cgm", "full-k5"],
 )
