@@ -197,9 +197,8 @@ def base_config(size: int, batch: int, steps: int, seed: int, content_dir: str, 
   cfg.data.content, cfg.data.style = content_dir, style_dir
   cfg.data.resize, cfg.data.crop = int(size * 1.5), size
   cfg.data.batch_size, cfg.data.num_workers, cfg.data.num_threads = batch, 0, 2
-  cfg.disc.features = (
-    16  # a narrower PatchGAN, as configs/quick.py: the full one dominates a CPU step
-  )
+  # a narrower PatchGAN, as configs/quick.py: the full one dominates a CPU step
+  cfg.disc.features = 16
   cfg.train.steps = steps
   cfg.mesh.data = 1
   return cfg
@@ -429,9 +428,8 @@ def run(args):
 
 
 def write_json(out, path):
-  out["default"] = (
-    default_variant_name()
-  )  # configs/default.py may have changed since the run started
+  # configs/default.py may have changed since the run started
+  out["default"] = default_variant_name()
   for v in out["variants"].values():  # Fig. 3's unit: kept style positions per query
     v["kept_nodes_curve"] = [[s, f * out["style_positions"]] for s, f in v["kept_fraction_curve"]]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

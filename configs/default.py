@@ -106,9 +106,8 @@ def get_config():
     dict(
       every=5_000,  # steps between checkpoints (asynchronous Orbax saves)
       keep=3,  # keep the last N ...
-      best_metric=config_dict.placeholder(
-        str
-      ),  # ... plus the best by this metric, e.g. "loss/total"
+      # ... plus the best by this metric, e.g. "loss/total"
+      best_metric=config_dict.placeholder(str),
       best_mode="min",  # "min" or "max"
     )
   )

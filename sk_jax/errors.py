@@ -45,3 +45,15 @@ def is_disk_full(e: BaseException) -> bool:
       return True
     e = e.__cause__ or e.__context__
   return False
+
+
+def one_line(e: BaseException) -> str:
+  """The whole message of `e` on one line (the CLI's error line), or its type's name."""
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def describe(e: BaseException, limit: int = 200) -> str:
+  """ "Type: first line of the message" (at most `limit` characters of it), for an error that
+  names its cause in parentheses."""
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__

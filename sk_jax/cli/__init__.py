@@ -22,13 +22,10 @@ from sk_jax.errors import (
   ParityError,
   Preempted,
   SaveError,
+  one_line,
 )
 
 COMMAND_MODULES = (stylize, interop, training, evaluation)
-
-
-def one_line(e: BaseException) -> str:
-  return " ".join(str(e).split()) or type(e).__name__
 
 
 class Exit(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from sk_jax.cli import common
 from sk_jax.errors import InputError
 from sk_jax.eval import methods
 from sk_jax.eval import run as evaluate
@@ -156,7 +157,7 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "eval",
     help="the paper's Tables 1-3 for a checkpoint and installed peers",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
     description="The paper's Tables 1-3 for a checkpoint and installed peer methods "
     "(definitions: docs/metrics.md).",
   )

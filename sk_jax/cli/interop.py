@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 
 import jax
 
+from sk_jax.cli import common
 from sk_jax.errors import InputError, ParityError
 from sk_jax.export import function as export_fn
 from sk_jax.export import onnx as onnx_export
@@ -284,14 +284,14 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "port-vgg16",
     help="convert a PyTorch VGG-16 checkpoint into encoder weights for --vgg",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
     description="Reads torchvision's VGG-16 (e.g. vgg16-397923af.pth), a state dict nested under "
     "'state_dict'/'model', 'module.'-prefixed keys, a bare nn.Sequential, or .safetensors, "
     "and writes an Orbax directory that --vgg and model.vgg_weights accept.",
   )
   p.add_argument("input", help="PyTorch checkpoint: .pth/.pt/.bin or .safetensors")
   p.add_argument("output_dir", help="directory to write: new or empty (or ours, with --overwrite)")
-  p.add_argument("--overwrite", action="store_true", help=artifacts.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=common.OVERWRITE_HELP)
   p.add_argument(
     "--verify",
     action="store_true",
@@ -303,7 +303,7 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "export-torch",
     help="write a generator checkpoint as a PyTorch file for sk_jax.torch_ref",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument("--output", required=True, help="file to write: .pth or .safetensors")
@@ -321,13 +321,13 @@ def add_commands(subparsers) -> None:
   p.add_argument("input", help="a .pth or .safetensors file written by export-torch")
   p.add_argument("output_dir", help="generator checkpoint directory to write")
   p.add_argument("--vgg-output", help="also write its encoder weights to this directory")
-  p.add_argument("--overwrite", action="store_true", help=artifacts.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=common.OVERWRITE_HELP)
   p.set_defaults(func=run_import_torch)
 
   p = subparsers.add_parser(
     "parity",
     help="compare JAX with the PyTorch reference, module by module",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument(
@@ -356,7 +356,7 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "export-model",
     help="write the stylizer as StableHLO or ONNX, or rewrite a generator checkpoint",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
     description="Serializes the whole stylizer (encoder, generator, decoder; weights embedded, "
     "alpha 1) as (content, style) -> stylized, float32 NHWC in [0, 1], sizes multiples "
     "of 8 (see docs/interop.md). --format orbax rewrites the generator checkpoint "

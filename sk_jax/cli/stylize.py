@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from sk_jax.cli import common
 from sk_jax.config import load_config
 from sk_jax.errors import InputError
 from sk_jax.inference import bundled, controls
@@ -278,5 +279,5 @@ def add_commands(subparsers) -> None:
   p.add_argument("--output", required=True, help="checkpoint directory to write")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--config", help="a config file (configs/*.py) whose `model` group to use")
-  p.add_argument("--overwrite", action="store_true", help=artifacts.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=common.OVERWRITE_HELP)
   p.set_defaults(func=run_init)

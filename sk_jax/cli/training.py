@@ -18,9 +18,9 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
+from sk_jax.cli import common
 from sk_jax.config import DEFAULT_CONFIG, importable
 from sk_jax.errors import InputError, is_disk_full
-from sk_jax.io import artifacts
 from sk_jax.train import checkpoints
 
 TRAIN_HELP = "train (or resume) in a workdir from a configs/*.py file (absl flags; see --help)"
@@ -49,9 +49,7 @@ def _define_flags(fv: flags.FlagValues, argv=()):
     "write the latest checkpoint's generator to this directory and exit (no training)",
     flag_values=fv,
   )
-  flags.DEFINE_bool(
-    "overwrite", False, f"with --export: {artifacts.OVERWRITE_HELP}", flag_values=fv
-  )
+  flags.DEFINE_bool("overwrite", False, f"with --export: {common.OVERWRITE_HELP}", flag_values=fv)
   flags.DEFINE_integer(
     "verbosity", None, "absl logging verbosity (default: INFO, libraries quiet)", flag_values=fv
   )
@@ -207,5 +205,5 @@ def add_commands(subparsers) -> None:
   p.add_argument("--workdir", required=True, help="training workdir (holds checkpoints/)")
   p.add_argument("--output", required=True, help="generator checkpoint directory to write")
   p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-  p.add_argument("--overwrite", action="store_true", help=artifacts.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=common.OVERWRITE_HELP)
   p.set_defaults(func=run_export)

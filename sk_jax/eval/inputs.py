@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from sk_jax.errors import InputError
 from sk_jax.eval import metrics
-from sk_jax.io import images, video
+from sk_jax.io import files, images, video
 
 
 @dataclasses.dataclass
@@ -40,8 +40,7 @@ def fingerprint(path: str, image: np.ndarray) -> str:
   """First 16 hex digits of the SHA-256 of the file, or of the decoded pixels for a packaged image."""
   if images.is_packaged(path):
     return hashlib.sha256(images.to_uint8(image).tobytes()).hexdigest()[:16]
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()[:16]
+  return files.sha256_file(path)[:16]
 
 
 def load_inputs(paths, size) -> list[tuple[str, np.ndarray]]:

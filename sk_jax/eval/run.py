@@ -40,9 +40,8 @@ class Settings:
   content: str  # a directory, one image, a .txt list, or skimage:NAMES
   style: str
   output_dir: str
-  checkpoint: str | None = (
-    "bundled"  # sk-jax generator checkpoint; "bundled" (or None): the packaged one
-  )
+  # sk-jax generator checkpoint; "bundled" (or None): the packaged one
+  checkpoint: str | None = "bundled"
   methods: tuple[str, ...] = DEFAULT_METHODS
   size: int = DEFAULT_SIZE  # short side of every input; 0 keeps it
   alpha: float = 1.0

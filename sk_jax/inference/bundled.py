@@ -15,14 +15,13 @@ against the manifest before anything is parsed. The model card is MODEL_CARD.md 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 
 from sk_jax.errors import InputError
-from sk_jax.io import artifacts
+from sk_jax.io import artifacts, files
 from sk_jax.nn.generator import ModelConfig
 
 BUNDLED = "bundled"
@@ -55,14 +54,6 @@ def resolve(checkpoint: str | None, expected: ModelConfig | None = None):
       )
     return params, config
   return artifacts.load_generator(checkpoint, expected)
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -107,7 +98,7 @@ def load(directory: str | None = None):
     path = os.path.join(directory, name)
     if not os.path.isfile(path):
       raise InputError(f"{where}: {name} is missing (reinstall sk-jax)")
-    got = _sha256(path)
+    got = files.sha256_file(path)
     if got != digests.get(name):
       raise InputError(
         f"{where}: {name} fails its integrity check (SHA-256 {got[:16]}..., manifest "
@@ -148,7 +139,7 @@ def write(
     "version": VERSION,
     "name": name,
     "dtype": dtype,
-    "sha256": {n: _sha256(os.path.join(directory, n)) for n in FILES},
+    "sha256": {n: files.sha256_file(os.path.join(directory, n)) for n in FILES},
   }
   with open(os.path.join(directory, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=2, sort_keys=True)

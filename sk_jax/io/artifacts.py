@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sk_jax.errors import InputError, SaveError, is_disk_full
+from sk_jax.errors import InputError, SaveError, describe, is_disk_full
 from sk_jax.io import files
 from sk_jax.nn import vgg
 from sk_jax.nn.generator import ModelConfig, init_params
@@ -45,9 +45,6 @@ def _checkpointer():
       params=ocp.StandardCheckpointHandler(),
     )
   )
-
-
-OVERWRITE_HELP = "replace an existing sk-jax checkpoint directory (anything else is never replaced)"
 
 
 def params_checksum(arrays) -> str:
@@ -155,9 +152,7 @@ def _open(path: str, fmt: str, what: str) -> tuple[str, dict]:
     meta = _read_json_item(path, "meta")
     config = _read_json_item(path, "model_config")
   except Exception as e:  # Orbax raises many types for a damaged directory.
-    raise InputError(
-      f"{path}: unreadable {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-    ) from None
+    raise InputError(f"{path}: unreadable {what} ({describe(e)})") from None
   if not isinstance(meta, dict) or meta.get("format") != fmt:
     raise InputError(
       f"{path}: format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {fmt!r}"
@@ -192,8 +187,7 @@ def _check_readable(path: str, what: str) -> None:
       kv.read(key).result()
   except Exception as e:  # TensorStore reports a short read as ValueError: OUT_OF_RANGE
     raise InputError(
-      f"{path}: unreadable {what} parameters, truncated or damaged "
-      f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+      f"{path}: unreadable {what} parameters, truncated or damaged ({describe(e, 160)})"
     ) from None
 
 
@@ -242,8 +236,7 @@ def _restore_arrays(path: str, abstract, what: str):
       )["params"]
   except Exception as e:  # truncated or missing array files: TensorStore raises several types
     raise InputError(
-      f"{path}: unreadable {what} parameters, truncated or damaged "
-      f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+      f"{path}: unreadable {what} parameters, truncated or damaged ({describe(e, 160)})"
     ) from None
   meta = _read_json_item(path, "meta")
   if params_checksum(params) != meta["sha256"]:

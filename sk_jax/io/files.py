@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import io
 import json
 import os
@@ -342,3 +343,12 @@ def claim_directory(path: str, names, replace: bool = False) -> None:
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
+
+
+def sha256_file(path: str) -> str:
+  """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 from tqdm import tqdm
 
-from sk_jax.errors import InputError
+from sk_jax.errors import InputError, describe
 from sk_jax.io import files, images
 
 DEFAULT_FPS = 10.0
@@ -125,9 +125,7 @@ def _read_with_plugin(path: str, max_frames: int | None):
   except InputError:
     raise
   except Exception as e:  # the plugins raise many types for a damaged file
-    raise InputError(
-      f"{path}: unreadable video ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
-    ) from None
+    raise InputError(f"{path}: unreadable video ({describe(e)})") from None
   return frames, float(meta.get("fps") or DEFAULT_FPS)
 
 

@@ -18,7 +18,6 @@ from sk_jax.nn.kernels import KernelHead, apply_style_kernels
 FEATURE_TAP = "relu4_1"
 FEATURE_CHANNELS = 512
 STRIDE = 8  # relu4_1 is at 1/8 of the image size
-ATTENTIONS = ops.ATTENTIONS
 # How the CGM is held at model.gate_target (docs/method.md, "The gate's equilibrium"):
 # "controller" moves a beta offset by sign(kept - k*) each step, "budget" adds a loss term.
 GATE_FORCES = ("controller", "budget")
@@ -54,9 +53,9 @@ class ModelConfig(ConfigFields):
   vgg_weights: str = "bundled"  # "bundled" or an Orbax dir from `sk-jax port-vgg16`
 
   def __post_init__(self):
-    if self.attention not in ATTENTIONS:
+    if self.attention not in ops.ATTENTIONS:
       raise InputError(
-        f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
+        f"model.attention must be one of {', '.join(ops.ATTENTIONS)}, got {self.attention!r}"
       )
     if self.attention_precision not in ops.PRECISIONS:
       raise InputError(

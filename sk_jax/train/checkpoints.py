@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from sk_jax.errors import InputError, SaveError, is_disk_full
+from sk_jax.errors import InputError, SaveError, describe, is_disk_full, one_line
 from sk_jax.io import artifacts
 
 # Read back what export_generator writes (tests, callers of this module).
@@ -99,18 +99,13 @@ def _is_read_error(e: BaseException) -> bool:
   return False
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
-
-
 def read_config(mngr, step: int) -> dict:
   """The config JSON saved with checkpoint `step` (UnreadableCheckpoint if it cannot be read)."""
   try:
     return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   except Exception as e:
     raise UnreadableCheckpoint(
-      f"{os.path.join(str(mngr.directory), str(step))}: unreadable config ({_first_line(e)})"
+      f"{os.path.join(str(mngr.directory), str(step))}: unreadable config ({describe(e)})"
     ) from None
 
 
@@ -157,7 +152,7 @@ def restore(mngr, abstract_state, step: int, content_it=None, style_it=None):
   except Exception as e:
     if _is_read_error(e):
       raise UnreadableCheckpoint(
-        f"{where}: unreadable, truncated or damaged ({_first_line(e)})"
+        f"{where}: unreadable, truncated or damaged ({describe(e)})"
       ) from None
     raise InputError(
       f"{where}: does not match this config ({str(e).splitlines()[0][:300]})"
@@ -191,7 +186,7 @@ def restore_newest(
       check_compatible(read_config(mngr, step), model, disc, cfg, where)
       state = restore(mngr, abstract_state, step, content_it, style_it)
     except UnreadableCheckpoint as e:
-      logging.warning("skipping checkpoint %s: %s", where, " ".join(str(e).split()))
+      logging.warning("skipping checkpoint %s: %s", where, one_line(e))
       bad.append((step, e))
       continue
     if bad and jax.process_index() == 0:
@@ -207,7 +202,7 @@ def restore_newest(
   if bad:
     raise UnreadableCheckpoint(
       f"{mngr.directory}: no readable checkpoint ("
-      + "; ".join(f"{s}: {' '.join(str(e).split())}" for s, e in bad)
+      + "; ".join(f"{s}: {one_line(e)}" for s, e in bad)
       + "); move that directory away to start afresh"
     )
   return None, None
@@ -319,7 +314,7 @@ def export_generator(
     except Exception as e:
       if _is_read_error(e):
         raise UnreadableCheckpoint(
-          f"{where}: unreadable, truncated or damaged ({_first_line(e)}); choose another --step"
+          f"{where}: unreadable, truncated or damaged ({describe(e)}); choose another --step"
         ) from None
       raise InputError(
         f"{where}: does not match its own config ({str(e).splitlines()[0][:300]})"

@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image, ImageOps
 
-from sk_jax.errors import InputError
+from sk_jax.errors import InputError, describe
 from sk_jax.io import images
 
 
@@ -116,7 +116,7 @@ def open_source(
     except Exception as e:
       raise InputError(
         f"{spec}: cannot open TFDS split {split!r} in {tfds_data_dir or 'the default data dir'} "
-        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); prepare it in "
+        f"({describe(e)}); prepare it in "
         "array_record format first"
       ) from None
     if len(source) == 0:

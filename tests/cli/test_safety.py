@@ -303,9 +303,8 @@ def test_metrics_log_drops_a_torn_last_line_and_appends(tmp_path):
     log.close()
   assert path.read_text() == "".join(lines) + json.dumps({"step": 4, "loss/total": 1.0}) + "\n"
   assert os.stat(path).st_ino == inode  # appended in place, not rewritten
-  log = logger.MetricLogger(
-    str(tmp_path), start=2, total=5, enabled=True
-  )  # steps after the checkpoint
+  # steps after the checkpoint
+  log = logger.MetricLogger(str(tmp_path), start=2, total=5, enabled=True)
   log.close()
   assert path.read_text() == "".join(lines[:2])
 
@@ -341,9 +340,8 @@ def test_full_disk_during_a_save_is_one_error_and_a_rerun_resumes(
   assert metric_steps(workdir) == [1, 2, 3]
   with open(os.path.join(workdir, logger.METRICS_FILE)) as f:
     last = json.loads(f.readlines()[-1])
-  assert (
-    "loss/d" in last and "grad_norm/d" in last
-  )  # step 3 is no D step: the latest D metrics (11)
+  # step 3 is no D step: the latest D metrics (11)
+  assert "loss/d" in last and "grad_norm/d" in last
 
 
 def test_save_error_exits_1_with_one_line(capsys, gen, tmp_path, monkeypatch):

@@ -241,9 +241,8 @@ def test_bad_checkpoints(capsys, inputs, tmp_path, generator_with_config_json):
     "--size",
     32,
   ]
-  rc, io = run(
-    capsys, *common, "--checkpoint", tmp_path / "missing"
-  )  # (none given: the bundled one)
+  # (none given: the bundled one)
+  rc, io = run(capsys, *common, "--checkpoint", tmp_path / "missing")
   assert rc == 2 and "no such generator checkpoint directory" in io.err and "sk-jax init" in io.err
   (tmp_path / "empty").mkdir()
   rc, io = run(capsys, *common, "--checkpoint", tmp_path / "empty")

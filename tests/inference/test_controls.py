@@ -207,9 +207,8 @@ def test_style_size_changes_the_style_resolution(st, singles, tmp_path, capsys):
   small = st.stylize(CONTENT, STYLE_A, size=SIZE, style_size=32)
   assert small.shape == singles[0].shape and np.abs(small - singles[0]).mean() > 0.01
   style = images.prepare(STYLE_A, 32)
-  np.testing.assert_allclose(
-    small, st.stylize(CONTENT, style, size=SIZE, style_size=0), atol=1e-6
-  )  # 0: as given
+  # 0: as given
+  np.testing.assert_allclose(small, st.stylize(CONTENT, style, size=SIZE, style_size=0), atol=1e-6)
   out = tmp_path / "s.png"
   rc, io = run(
     capsys,

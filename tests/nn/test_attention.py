@@ -36,9 +36,8 @@ def np_attention(z_c, z_s, sharpness, attention, lam=None, beta=None, k=None, re
         mask[u, np.argsort(-a[u])[:k]] = 1.0
     else:
       a_r = a.mean(axis=0)  # Eq. 3: mean attention per style position
-      t = lam[n].reshape(-1) * (a @ a_r) + beta[n].reshape(
-        -1
-      )  # Eq. 4: one threshold per content position
+      # Eq. 4: one threshold per content position
+      t = lam[n].reshape(-1) * (a @ a_r) + beta[n].reshape(-1)
       mask = (a - t[:, None] > 0).astype(np.float64)  # Eq. 5
     a = a * mask
     if renormalize and attention != "full":
@@ -183,9 +182,8 @@ def test_old_config_dicts_keep_their_meaning():
     ModelConfig.from_dict(_old_style_dict(True)),
     ModelConfig.from_dict(_old_style_dict(False)),
   )
-  assert (
-    on.attention == "cgm" and on.gate_lambda == "linear"
-  )  # the old gate reading, whatever the new default
+  # the old gate reading, whatever the new default
+  assert on.attention == "cgm" and on.gate_lambda == "linear"
   assert off.attention == "full"
   # Written with `attention`, 0.1 also wrote `gate`, which only repeated it.
   both = {**ModelConfig(attention="topk", topk=4).to_dict(), "gate": False}

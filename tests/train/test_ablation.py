@@ -25,9 +25,8 @@ def test_variants_are_valid_configs_and_the_default_is_one_of_them(ablate):
   assert set(ablate.ORDER) == set(ablate.VARIANTS)
   for name, (model, _) in ablate.VARIANTS.items():
     ModelConfig(**model)  # raises on a bad field
-  assert (
-    ablate.default_variant_name() in ablate.VARIANTS
-  )  # configs/default.py is one of the ablated readings
+  # configs/default.py is one of the ablated readings
+  assert ablate.default_variant_name() in ablate.VARIANTS
 
 
 def test_json_shape_and_plots(ablate, tmp_path):
