@@ -5,6 +5,21 @@ class InputError(ValueError):
   """Bad user input: a file, checkpoint or config that cannot be used. The message names it. Exit 2."""
 
 
+class ArgumentError(InputError):
+  """A bad argument of a library function, named by its parameter: str(e) is "PARAM DETAIL"
+  ("alpha must be in [0, 1], got 2"). The CLI names its flag instead (`flag_message`)."""
+
+  def __init__(self, param: str, detail: str):
+    super().__init__(f"{param}{detail}")
+    self.param, self.detail = param, detail
+
+  def flag_message(self, flags=None) -> str:
+    """The message with the command-line flag for the parameter: flags maps parameter names to
+    flags where they differ from --param-name."""
+    flag = (flags or {}).get(self.param, "--" + self.param.replace("_", "-"))
+    return f"{flag}{self.detail}"
+
+
 class ParityError(RuntimeError):
   """JAX and PyTorch disagree beyond the documented tolerance (`sk-jax parity`). Exit 1."""
 

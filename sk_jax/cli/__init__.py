@@ -17,6 +17,7 @@ import sys
 from sk_jax.cli import evaluation, interop, stylize, training
 from sk_jax.errors import (
   EXIT_PREEMPTED,
+  ArgumentError,
   InputError,
   NonFiniteError,
   ParityError,
@@ -41,6 +42,10 @@ def exit_codes(prog: str):
   """Turns the library's errors into one line on stderr and an exit code (raised as Exit)."""
   try:
     yield
+  except ArgumentError as e:
+    # The library names the parameter; the command line has a flag for it.
+    print(f"{prog}: error: {one_line(e.flag_message())}", file=sys.stderr)
+    raise Exit(2) from None
   except InputError as e:
     print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     raise Exit(2) from None

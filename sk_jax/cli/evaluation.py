@@ -10,7 +10,7 @@ import argparse
 import os
 
 from sk_jax.cli import common
-from sk_jax.errors import InputError
+from sk_jax.errors import ArgumentError, InputError
 from sk_jax.eval import methods
 from sk_jax.eval import run as evaluate
 
@@ -51,9 +51,16 @@ def settings_from_args(args) -> evaluate.Settings:
   )
 
 
+# Settings fields whose flag is not --field-name.
+FLAGS = {"methods": "--method"}
+
+
 def run_eval(args) -> None:
   settings = settings_from_args(args)
-  evaluate.run(settings)
+  try:
+    evaluate.run(settings)
+  except ArgumentError as e:
+    raise InputError(e.flag_message(FLAGS)) from None
   print(os.path.join(settings.output_dir, "metrics.md"))
 
 

@@ -16,7 +16,7 @@ import sys
 
 import jax
 
-from sk_jax.errors import InputError
+from sk_jax.errors import ArgumentError, InputError
 from sk_jax.eval import methods, metrics
 from sk_jax.eval.inputs import fingerprint, list_inputs, load_inputs, make_clips
 from sk_jax.eval.measure import input_clip_lpips, kernel_sweep, quality, timing
@@ -60,37 +60,39 @@ class Settings:
   progress: bool = True
 
   def check(self) -> None:
-    """InputError naming the first bad setting."""
+    """ArgumentError naming the first bad setting (the CLI names its flag)."""
     unknown = [m for m in self.methods if m != SKJAX and m not in methods.PEERS]
     if unknown:
-      raise InputError(
-        f"--method {unknown[0]!r}: unknown; choose from {', '.join((SKJAX, *methods.PEERS))}"
+      raise ArgumentError(
+        "methods", f" {unknown[0]!r}: unknown; choose from {', '.join((SKJAX, *methods.PEERS))}"
       )
     if self.size and self.size < metrics.LPIPS_MIN_SIDE:
-      raise InputError(f"--size must be 0 or at least {metrics.LPIPS_MIN_SIDE}, got {self.size}")
+      raise ArgumentError(
+        "size", f" must be 0 or at least {metrics.LPIPS_MIN_SIDE}, got {self.size}"
+      )
     if not 0.0 <= self.alpha <= 1.0:
-      raise InputError(f"--alpha must be in [0, 1], got {self.alpha}")
+      raise ArgumentError("alpha", f" must be in [0, 1], got {self.alpha}")
     if self.grid_cell < 16:
-      raise InputError(f"--grid-cell must be at least 16, got {self.grid_cell}")
+      raise ArgumentError("grid_cell", f" must be at least 16, got {self.grid_cell}")
     for flag in ("num_clips", "timing_warmup"):
       if getattr(self, flag) < 0:
-        raise InputError(
-          f"--{flag.replace('_', '-')} must not be negative, got {getattr(self, flag)}"
-        )
+        raise ArgumentError(flag, f" must not be negative, got {getattr(self, flag)}")
     if self.timing_repeats < 1:
-      raise InputError(f"--timing-repeats must be at least 1, got {self.timing_repeats}")
+      raise ArgumentError("timing_repeats", f" must be at least 1, got {self.timing_repeats}")
     if self.clip_frames < 2:
-      raise InputError(f"--clip-frames must be at least 2, got {self.clip_frames}")
+      raise ArgumentError("clip_frames", f" must be at least 2, got {self.clip_frames}")
     if any(v <= 0 for v in self.timing_sizes):
-      raise InputError(f"--timing-sizes: values must be positive, got {list(self.timing_sizes)}")
+      raise ArgumentError(
+        "timing_sizes", f": values must be positive, got {list(self.timing_sizes)}"
+      )
     if any(k not in (1, 3, 5) for k in self.kernel_sweep):
-      raise InputError(
-        f"--kernel-sweep: kernel sizes must be 1, 3 or 5, got {list(self.kernel_sweep)}"
+      raise ArgumentError(
+        "kernel_sweep", f": kernel sizes must be 1, 3 or 5, got {list(self.kernel_sweep)}"
       )
     for net in self.lpips_nets:
       if net not in metrics.LPIPS_NETS:
-        raise InputError(
-          f"--lpips-nets: unknown network {net!r}; choose from {', '.join(metrics.LPIPS_NETS)}"
+        raise ArgumentError(
+          "lpips_nets", f": unknown network {net!r}; choose from {', '.join(metrics.LPIPS_NETS)}"
         )
     if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
       raise InputError(f"{self.output_dir}: exists and is not a directory")

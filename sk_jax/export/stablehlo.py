@@ -9,7 +9,7 @@ import pathlib
 
 import jax
 
-from sk_jax.errors import InputError
+from sk_jax.errors import ArgumentError, InputError
 from sk_jax.export.function import input_specs, stylizer_fn, write_file
 from sk_jax.io import files
 
@@ -19,11 +19,11 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 def check_platforms(platforms) -> tuple[str, ...]:
   platforms = tuple(p.strip().lower() for p in platforms if p.strip())
   if not platforms:
-    raise InputError(f"--platforms: name at least one of {', '.join(PLATFORMS)}")
+    raise ArgumentError("platforms", f": name at least one of {', '.join(PLATFORMS)}")
   bad = [p for p in platforms if p not in PLATFORMS]
   if bad:
-    raise InputError(
-      f"--platforms: unknown platform {bad[0]!r}; choose from {', '.join(PLATFORMS)}"
+    raise ArgumentError(
+      "platforms", f": unknown platform {bad[0]!r}; choose from {', '.join(PLATFORMS)}"
     )
   return tuple(dict.fromkeys(platforms))
 

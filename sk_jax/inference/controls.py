@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sk_jax.errors import InputError
+from sk_jax.errors import ArgumentError, InputError
 from sk_jax.nn.generator import STRIDE
 
 # NTSC YIQ (FCC): Y is luminance, I and Q carry the colour.
@@ -60,10 +60,10 @@ def check_alphas(alpha) -> np.ndarray:
   """A float or a sequence of them, each in [0, 1] -> (A,) float32."""
   alphas = np.atleast_1d(np.asarray(alpha, np.float32))
   if alphas.ndim != 1 or alphas.size == 0:
-    raise InputError(f"--alpha: expected one value or a comma-separated list, got {alpha!r}")
+    raise ArgumentError("alpha", f": expected one value or a comma-separated list, got {alpha!r}")
   bad = [float(a) for a in alphas if not 0.0 <= a <= 1.0]
   if bad:
-    raise InputError(f"--alpha must be in [0, 1], got {bad[0]:g}")
+    raise ArgumentError("alpha", f" must be in [0, 1], got {bad[0]:g}")
   return alphas
 
 
@@ -77,14 +77,16 @@ def style_weights(weights: Sequence[float] | None, num_styles: int) -> np.ndarra
     return np.full(num_styles, 1.0 / num_styles, np.float32)
   w = np.asarray(weights, np.float64)
   if w.ndim != 1 or len(w) != num_styles:
-    raise InputError(
-      f"--style-weights: {len(np.atleast_1d(w))} weight(s) for {num_styles} style(s); "
-      "give one weight per style"
+    raise ArgumentError(
+      "style_weights",
+      f": {len(np.atleast_1d(w))} weight(s) for {num_styles} style(s); give one weight per style",
     )
   if not np.all(np.isfinite(w)) or np.any(w < 0):
-    raise InputError(f"--style-weights must be non-negative, got {', '.join(f'{v:g}' for v in w)}")
+    raise ArgumentError(
+      "style_weights", f" must be non-negative, got {', '.join(f'{v:g}' for v in w)}"
+    )
   if w.sum() <= 0:
-    raise InputError("--style-weights: all weights are zero; at least one must be positive")
+    raise ArgumentError("style_weights", ": all weights are zero; at least one must be positive")
   return (w / w.sum()).astype(np.float32)
 
 
@@ -100,7 +102,7 @@ def mask_labels(mask) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
 
 
 def mask_weights(
-  mask, content_hw: tuple[int, int], num_styles: int, source: str = "--mask"
+  mask, content_hw: tuple[int, int], num_styles: int, source: str = "mask"
 ) -> np.ndarray:
   """Per-position style weights at the generator's feature resolution, (ceil(H/8), ceil(W/8), S).
 

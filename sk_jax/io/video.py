@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 from tqdm import tqdm
 
-from sk_jax.errors import InputError, describe
+from sk_jax.errors import ArgumentError, InputError, describe
 from sk_jax.io import files, images
 
 DEFAULT_FPS = 10.0
@@ -159,8 +159,8 @@ def read_frames(path: str, size: int | None = None, max_frames: int | None = Non
   frame is resized to the first one's size, after its short side is resized to `size`.
   """
   if max_frames is not None and max_frames < 1:
-    raise InputError(
-      f"--max-frames must be at least 1 (leave it out for every frame), got {max_frames}"
+    raise ArgumentError(
+      "max_frames", f" must be at least 1 (leave it out for every frame), got {max_frames}"
     )
   if files.check_input(path, "a video file", directory_ok=True) == "dir":
     paths = sorted(images.list_images(path), key=_natural_key)[:max_frames]
