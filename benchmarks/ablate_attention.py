@@ -7,7 +7,7 @@
       32 px, batch 2, 20 steps: 10.6 min wall (6.7 CPU-min) on 2 loaded cores
   python benchmarks/ablate_attention.py --out RESULT.json --plot-only     (redraw; print the table)
 
-Every variant trains with the project's own train step (sk_jax.train.make_setup: all
+Every variant trains with the project's own train step (sk_jax.train.step.make_setup: all
 losses and the discriminator) from configs/default.py, at a small size, on the
 embedded scikit-image images minus a held-back set (HELD_PHOTOS x HELD_STYLES), on
 which each trained generator is then evaluated. Writes the JSON described in
@@ -259,7 +259,7 @@ def held_out_pairs(size: int):
 
 
 def evaluate(params, vgg_params, model, content, style):
-  """Content and style loss (sk_jax.losses, as in training) of the stylized held-back pairs."""
+  """Content and style loss (sk_jax.nn.losses, as in training) of the stylized held-back pairs."""
   import jax
 
   from sk_jax.nn import losses, vgg

@@ -4,7 +4,7 @@
   python benchmarks/bench_train.py --batches 16,32 --dtype bfloat16 --out .../train_h200_bf16.json
 
 TFLOP/s per device and MFU are the trainer's `throughput/...` figures: the analytic count of
-sk_jax.flops.train_step_flops over the step time, MFU against sk_jax.hardware's peak table
+sk_jax.train.flops.train_step_flops over the step time, MFU against sk_jax.train.hardware's peak table
 ("unknown" for devices not in it, such as the CPU).
 
 The paper's config (configs/default.py: full generator, pix2pixHD discriminator, all

@@ -1,4 +1,4 @@
-"""Per-stage time of one stylization, sk-jax against `sk_jax.torch_ref` on the same weights.
+"""Per-stage time of one stylization, sk-jax against `sk_jax.interop.torch_ref` on the same weights.
 
   python benchmarks/profile_stages.py --size 512 --out benchmarks/results/stages_cpu.json
 

@@ -120,7 +120,7 @@ def get_config():
     )
   )
 
-  # Evaluation while training (sk_jax/train_eval.py): eval/... metrics and a sample grid.
+  # Evaluation while training (sk_jax/train/train_eval.py): eval/... metrics and a sample grid.
   c.eval = ml_collections.ConfigDict(
     dict(
       every=0,  # steps between evaluations; 0: never

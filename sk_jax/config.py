@@ -70,7 +70,7 @@ STEP_METRICS = tuple(
 ) + ("grad_norm/g", "grad_norm/d", "gate/kept_fraction")
 
 
-# Metrics of evaluation while training (sk_jax.train_eval; needs eval.every > 0).
+# Metrics of evaluation while training (sk_jax.train.train_eval; needs eval.every > 0).
 EVAL_METRICS = tuple(
   f"eval/{k}"
   for k in ("content_loss", "style_loss", "style_loss_gram", "ssim", "cfsd", "kept_fraction")

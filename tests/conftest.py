@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # GPUs and one bfloat16 pass on TPUs (about 1e-3 and 4e-3 relative), so the suite pins
 # "highest" rather than loosening every tolerance to the coarsest backend. The library does
 # not rely on this: the attention asks for "highest" itself (model.attention_precision), and
-# tests/test_chunked_attention.py checks it under a bfloat16 default.
+# tests/nn/test_chunked_attention.py checks it under a bfloat16 default.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import numpy as np  # noqa: E402

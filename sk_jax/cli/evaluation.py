@@ -1,4 +1,4 @@
-"""`sk-jax eval` (and the top-level eval.py): the paper's Tables 1-3; sk_jax/evaluate.py does the work.
+"""`sk-jax eval` (and the top-level eval.py): the paper's Tables 1-3; sk_jax/eval/run.py does the work.
 
 Flags are kebab-case (`--content-dir`); the snake_case spellings eval.py had
 (`--content_dir`) are accepted too.

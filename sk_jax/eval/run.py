@@ -113,7 +113,7 @@ def _device_name() -> str:
 
 
 def output_plan(args: Settings, methods) -> files.Output:
-  """The files `run` writes into the output directory (for `sk_jax.files.check_outputs`)."""
+  """The files `run` writes into the output directory (for `sk_jax.io.files.check_outputs`)."""
   names = ["metrics.json", "metrics.md"] + [f"grid_{name}.png" for name in methods]
   return files.directory(args.output_dir, names)
 

@@ -13,7 +13,7 @@ Height and width are multiples of 8 (the encoder's stride) and at least 16 (the
 reflection padding of Eq. 6 and of the decoder needs two rows at relu4_1), chosen
 per call and independently for content and style. The batch b is shared: style i
 goes with content i. Resize or pad on the caller's side (sk_jax pads by reflection,
-`sk_jax.models.generator.pad_to_stride`).
+`sk_jax.nn.generator.pad_to_stride`).
 
 StableHLO (`jax.export`) keeps all five sizes symbolic and checks them when called:
 a size that is not a multiple of 8 is refused. ONNX (jax2onnx, the optional extra
@@ -114,7 +114,7 @@ def reference_gate(params, vgg_params, config, content, style):
   """JAX's gate decisions and how far each lies from its threshold.
 
   Returns (mask (b, Nc, Ns) float32, gap (b, Nc, Ns)) with gap = |A - T| / max(|T|, 1/Ns),
-  the quantity `sk-jax parity` holds flipped decisions to (`sk_jax.parity.GATE_BAND`).
+  the quantity `sk-jax parity` holds flipped decisions to (`sk_jax.interop.parity.GATE_BAND`).
   """
   dtype = config.compute_dtype
   z_c, z_s = encode(vgg_params, content, dtype), encode(vgg_params, style, dtype)
@@ -155,7 +155,7 @@ def is_onnx_stylizer(path: str) -> bool:
 
 def check_output(path: str, fmt: str, inputs=(), overwrite: bool = False) -> None:
   """Refuses an output path that cannot be written or would replace what is not ours
-  (`sk_jax.files.check_outputs`), before any work is done."""
+  (`sk_jax.io.files.check_outputs`), before any work is done."""
   if fmt == "orbax":
     out = files.checkpoint(path)
   else:

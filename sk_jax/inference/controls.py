@@ -1,6 +1,6 @@
 """The user controls' pure math: colour preservation, style weights, masks and alpha lists.
 
-Everything here is numpy on (H, W, 3) float images in [0, 1]; `sk_jax.stylizer` feeds the
+Everything here is numpy on (H, W, 3) float images in [0, 1]; `sk_jax.inference.stylizer` feeds the
 results to the generator. Each check raises InputError naming the bad value (docs/method.md,
 "Controls", records why each control works the way it does).
 """

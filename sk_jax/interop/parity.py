@@ -118,7 +118,7 @@ def _gate_agreement(jax_mask, t_aux, band):
 
 
 def compare(params, vgg_params, config, content, style, alpha: float = 1.0) -> list[Row]:
-  """Runs JAX and `sk_jax.torch_ref` on (H, W, 3) content and style in [0, 1] (H, W multiples of 8).
+  """Runs JAX and `sk_jax.interop.torch_ref` on (H, W, 3) content and style in [0, 1] (H, W multiples of 8).
 
   Returns one Row per module output, held to TOLERANCES[config.dtype].
   """

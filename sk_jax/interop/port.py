@@ -2,7 +2,7 @@
 
 The layer tables below are the whole mapping; names on the JAX side are the
 Flax names (`conv4_1`, `alignment/gate/conv1`, `decoder/dec4_1`), on the PyTorch
-side torchvision's (`features.17`) and `sk_jax.torch_ref`'s module paths
+side torchvision's (`features.17`) and `sk_jax.interop.torch_ref`'s module paths
 (`generator.alignment.gate.conv1`). Convolution kernels are HWIO in JAX and
 OIHW in PyTorch; transposing is exact, so a round trip is bit-exact.
 

@@ -116,7 +116,7 @@ def export_torch(params, config, vgg_params, path: str) -> str:
 
   `.pth`: {"format", "version", "model_config", "state_dict"} (plain types, loads with
   weights_only=True); `.safetensors`: the state dict with format and config in the metadata.
-  Keys are `sk_jax.torch_ref.StyleKernel`'s: `encoder.features.N.*`, `generator.*`.
+  Keys are `sk_jax.interop.torch_ref.StyleKernel`'s: `encoder.features.N.*`, `generator.*`.
   """
   torch = port.import_torch("exporting to PyTorch")
   sd = {
@@ -181,7 +181,7 @@ def is_export(path: str) -> bool:
 
 
 def load_torch_model(path: str):
-  """A file from `sk-jax export-torch` -> `sk_jax.torch_ref.StyleKernel` in eval mode (weights-only
+  """A file from `sk-jax export-torch` -> `sk_jax.interop.torch_ref.StyleKernel` in eval mode (weights-only
   loading): encoder and generator in plain PyTorch."""
   from sk_jax.interop import torch_ref  # imports torch
 

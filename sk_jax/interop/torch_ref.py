@@ -1,9 +1,9 @@
 """The StyleKernel generator in plain PyTorch: the reference that `sk-jax parity` holds JAX to.
 
-A line-by-line mirror of sk_jax/ops.py and sk_jax/models/*.py, written the way a
+A line-by-line mirror of sk_jax/nn/ops.py and sk_jax/nn/*.py, written the way a
 PyTorch user would (NCHW, nn.Conv2d, F.pad), with the same casts: features and
 convolutions in the compute dtype, attention, gate, kernels and Eq. 6 in float32.
-Module paths equal the Flax names, so `sk_jax.port.generator_to_torch(params)`
+Module paths equal the Flax names, so `sk_jax.interop.port.generator_to_torch(params)`
 loads with `strict=True`:
 
   encoder.features.{0,2,...,28}            torchvision's VGG-16 layout
@@ -147,11 +147,11 @@ class StyleAlignment(nn.Module):
     if config.attention == "cgm":
       self.gate = GateNet(config.gate_hidden, config.gate_lambda)
     if config.gate_controlled:
-      # Moved by the trainer's controller, never by a gradient (sk_jax.train.control_gate_offset).
+      # Moved by the trainer's controller, never by a gradient (sk_jax.train.step.control_gate_offset).
       self.beta_offset = nn.Parameter(torch.zeros(()), requires_grad=False)
 
   def forward(self, z_c, z_s, mask=None):
-    """mask: (B, Nc, Ns) gate decisions to use instead of this module's own (see sk_jax.parity)."""
+    """mask: (B, Nc, Ns) gate decisions to use instead of this module's own (see sk_jax.interop.parity)."""
     cfg = self.config
     b, c, h, w = z_c.shape
     sharpness = torch.exp(self.log_sharpness) if cfg.learn_sharpness else cfg.attention_sharpness

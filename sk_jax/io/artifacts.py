@@ -60,7 +60,7 @@ def params_checksum(arrays) -> str:
 def check_target(path: str, overwrite: bool = False, inputs=()) -> None:
   """InputError unless `path` may be written: missing, an empty directory, or (with `overwrite`)
   a checkpoint of ours; never an input. A file or a directory holding anything else is never
-  replaced (`sk_jax.files.check_outputs`)."""
+  replaced (`sk_jax.io.files.check_outputs`)."""
   files.check_outputs([files.checkpoint(path)], inputs, overwrite)
 
 
@@ -282,7 +282,7 @@ def load_generator(path: str, expected=None):
 
 
 def save_vgg16_dir(path: str, params, source: str = "", *, overwrite: bool = False) -> str:
-  """Writes encoder parameters (from `sk_jax.port`) as an Orbax directory (`overwrite` as in save_generator)."""
+  """Writes encoder parameters (from `sk_jax.interop.port`) as an Orbax directory (`overwrite` as in save_generator)."""
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   return _save(path, VGG16_FORMAT, params, {"source": source}, overwrite=overwrite)
 

@@ -203,7 +203,7 @@ def frame_names(count: int) -> list[str]:
 
 
 def output_plan(path: str, count: int) -> files.Output:
-  """What `write_frames` will write for `count` frames, for `sk_jax.files.check_outputs`."""
+  """What `write_frames` will write for `count` frames, for `sk_jax.io.files.check_outputs`."""
   if check_output(path) == "dir":
     return files.directory(path, frame_names(count))
   return files.video(path)
@@ -212,7 +212,7 @@ def output_plan(path: str, count: int) -> files.Output:
 def write_frames(frames, path: str, fps: float = DEFAULT_FPS, inputs=()) -> list[str]:
   """Writes (T, H, W, 3) frames to a directory (frame_00000.png, ...) or a video file.
 
-  The output is checked first (`sk_jax.files.check_outputs`, against `inputs`): a directory must
+  The output is checked first (`sk_jax.io.files.check_outputs`, against `inputs`): a directory must
   be new, empty or one sk-jax wrote, whose earlier frames are replaced; a video file may replace
   an image or video. A video file is written to a temporary name and renamed, so it is never
   half-written. Returns the paths written.

@@ -1,6 +1,6 @@
 """Where weights come from: the bundled ImageNet VGG-16, ported weight directories, pickles.
 
-Resolved here, above `sk_jax.models`, so that the networks never import the
+Resolved here, above `sk_jax.nn`, so that the networks never import the
 checkpoint code. Pickles are read with an unpickler that admits numpy arrays only.
 """
 

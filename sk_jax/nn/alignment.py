@@ -69,7 +69,7 @@ class StyleAlignment(nn.Module):
   # k* of "quantile"; with gate_offset, the kept fraction the controller holds "cgm" at
   gate_target: float | None = None
   # a "beta_offset" parameter (units of 1/Ns) added to E_f's beta, moved by the trainer's
-  # controller only (sk_jax.train.control_gate_offset); gradients never reach it
+  # controller only (sk_jax.train.step.control_gate_offset); gradients never reach it
   gate_offset: bool = False
   # the straight-through backward of "cgm" (ops.SURROGATES)
   gate_surrogate: str = "sigmoid"

@@ -1,8 +1,8 @@
 """The losses of Sec. 3.3 (Eq. 7-9), each a pure function of VGG features or images.
 
-Features are dicts {tap: (B, H, W, C)} from `sk_jax.models.vgg.vgg16_features`.
+Features are dicts {tap: (B, H, W, C)} from `sk_jax.nn.vgg.vgg16_features`.
 The content and style losses are defined here once, per sample (shape (B,)): the
-trainer takes their batch mean, and `sk_jax.metrics` reports them as Table 2's
+trainer takes their batch mean, and `sk_jax.eval.metrics` reports them as Table 2's
 figures. REMD, reconstruction and the GAN terms (training only) return float32
 scalars averaged over the batch. "||.||_2" of Eq. 8 is read as the mean squared
 error, as in SANet's identity losses (docs/training.md).

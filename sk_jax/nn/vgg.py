@@ -88,7 +88,7 @@ def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32):
   """VGG-16 activations at the requested taps.
 
   Args:
-    params: from `sk_jax.weights.load_vgg16()`.
+    params: from `sk_jax.io.weights.load_vgg16()`.
     images: (B, H, W, 3) float RGB in [0, 1].
     taps: names among relu1_1 ... relu5_1; the network stops at the deepest one.
     dtype: compute dtype (float32 or bfloat16).

@@ -6,7 +6,7 @@ A source is one of
                   no TensorFlow); split and image key from the config
   skimage:photos / skimage:styles (alias embedded:photos / embedded:styles), or skimage:NAME,...
                   the photos / the textures and colourful images that ship with scikit-image
-                  (sk_jax.images.PACKAGED)
+                  (sk_jax.io.images.PACKAGED)
 
 Every image is resized so that its short side is `resize`, then randomly cropped to
 `crop` x `crop` (per-element seeded, so a restored iterator replays exactly). Batches

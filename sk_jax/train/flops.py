@@ -2,7 +2,7 @@
 
 XLA's cost analysis sees the whole program on the CPU but not cuDNN's convolutions on a
 GPU, so a "fraction of peak" built on it means different things on different machines.
-This count is the same everywhere; tests/test_flops.py holds it to XLA's on the CPU.
+This count is the same everywhere; tests/train/test_flops.py holds it to XLA's on the CPU.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def vgg_flops(h: int, w: int, last: str = "conv5_1") -> float:
 
 
 def discriminator_flops(disc, h: int, w: int) -> float:
-  """The multi-scale PatchGAN (sk_jax.models.discriminator) on one (h, w) image."""
+  """The multi-scale PatchGAN (sk_jax.nn.discriminator) on one (h, w) image."""
   total = 0.0
   for _ in range(disc.num_scales):
     y, x, cin, nf = h, w, 3, disc.features

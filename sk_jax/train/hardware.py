@@ -1,6 +1,6 @@
 """Peak dense FLOP/s per device of the accelerators MFU is reported against; None: unknown.
 
-MFU = model FLOP/s (the analytic count of sk_jax.flops, not XLA's) / the peak of the device
+MFU = model FLOP/s (the analytic count of sk_jax.train.flops, not XLA's) / the peak of the device
 for the step's arithmetic. Figures are the vendors' dense peaks (the NVIDIA data sheets list
 "with sparsity", twice the dense figure; those are halved here). A device that is not in the
 table (the CPU, older GPUs) has no MFU ("unknown"), never a guessed one.

@@ -1,14 +1,14 @@
 """What a training step costs, per logged interval, and a profiler trace of chosen steps.
 
 `StepClock` turns wall time, the time spent waiting for the data iterators and the analytic
-FLOPs of one step (sk_jax.flops.train_step_flops) into the `throughput/...` metrics:
+FLOPs of one step (sk_jax.train.flops.train_step_flops) into the `throughput/...` metrics:
   steps_per_s, images_per_s            the whole run (all devices)
   step_s, data_wait_s                  host seconds per step, and the part of it spent in
                                        next() of the data iterators and building the global batch
   data_wait_share                      data_wait_s / step_s (near 0: the input keeps up)
   images_per_s_per_device
   tflops_per_device                    model TFLOP/s per device (analytic, the same on any backend)
-  mfu                                  tflops_per_device / the device's peak (sk_jax.hardware),
+  mfu                                  tflops_per_device / the device's peak (sk_jax.train.hardware),
                                        or "unknown" where the table has no peak (the CPU)
 Steps are dispatched asynchronously: the host waits for the device when it reads the metrics
 of a logged step, so over an interval the wall time is the device's plus whatever the device

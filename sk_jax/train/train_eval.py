@@ -5,8 +5,8 @@ lists or packaged images; the default is scikit-image photos and textures held o
 default training sets, images.PACKAGED_SETS["eval_photos" / "eval_styles"]), centre-cropped
 to `eval.size` squares (0: data.crop). Per evaluation, written under `eval/...` to
 metrics.jsonl and TensorBoard (means over the pairs):
-  content_loss, style_loss, style_loss_gram, ssim   Table 2's figures (sk_jax.metrics.pair_metrics)
-  cfsd                                              sk_jax.metrics.cfsd
+  content_loss, style_loss, style_loss_gram, ssim   Table 2's figures (sk_jax.eval.metrics.pair_metrics)
+  cfsd                                              sk_jax.eval.metrics.cfsd
   kept_fraction                                     of the CGM's attention weights
   seconds                                           what the evaluation cost (host wall time)
 and a sample grid (content | style | stylized, one row per pair) as samples/eval_<step>.png

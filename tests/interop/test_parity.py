@@ -1,4 +1,4 @@
-"""The whole generator, JAX vs the plain-PyTorch reference (sk_jax.torch_ref), module by module."""
+"""The whole generator, JAX vs the plain-PyTorch reference (sk_jax.interop.torch_ref), module by module."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The public array functions of sk_jax.ops against straightforward numpy versions."""
+"""The public array functions of sk_jax.nn.ops against straightforward numpy versions."""
 
 import jax
 import jax.numpy as jnp

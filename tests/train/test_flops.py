@@ -1,4 +1,4 @@
-"""The analytic FLOP count (sk_jax.flops) against XLA's cost analysis of the compiled stylizer (CPU)."""
+"""The analytic FLOP count (sk_jax.train.flops) against XLA's cost analysis of the compiled stylizer (CPU)."""
 
 import jax
 import jax.numpy as jnp
