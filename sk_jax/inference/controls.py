@@ -67,15 +67,15 @@ def check_alphas(alpha) -> np.ndarray:
   return alphas
 
 
-def style_weights(weights: Sequence[float] | None, num_styles: int) -> np.ndarray:
+def style_weights(values: Sequence[float] | None, num_styles: int) -> np.ndarray:
   """Mixing weights for `num_styles` styles, normalised to sum 1, (S,) float32.
 
   None means equal weights. Negative weights, all zeros or a count other than the
   number of styles are InputErrors.
   """
-  if weights is None:
+  if values is None:
     return np.full(num_styles, 1.0 / num_styles, np.float32)
-  w = np.asarray(weights, np.float64)
+  w = np.asarray(values, np.float64)
   if w.ndim != 1 or len(w) != num_styles:
     raise ArgumentError(
       "style_weights",
