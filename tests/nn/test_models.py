@@ -149,7 +149,7 @@ def test_kernels_start_as_deltas_so_content_passes_through(
 def test_gate_network_receives_finite_nonzero_gradients(vgg_params, photo, texture):
   z_c = generator.encode(vgg_params, photo[None, :64, :64])
   z_s = generator.encode(vgg_params, texture[None, :64, :64])
-  module = StyleAlignment(10.0, False, True, False, 1.0, 8)
+  module = StyleAlignment(10.0, False, "cgm", False, 1.0, 8)
   params = module.init(jax.random.key(1), z_c, z_s)["params"]
   target = jax.random.normal(jax.random.key(2), z_c.shape)
 
@@ -170,7 +170,7 @@ def test_gate_network_receives_finite_nonzero_gradients(vgg_params, photo, textu
 def test_gate_off_is_plain_attention(vgg_params, photo, texture):
   z_c = generator.encode(vgg_params, photo[None, :32, :32])
   z_s = generator.encode(vgg_params, texture[None, :32, :32])
-  module = StyleAlignment(10.0, False, False, False, 1.0, 8)
+  module = StyleAlignment(10.0, False, "full", False, 1.0, 8)
   (z_cs, aux), _ = module.init_with_output(jax.random.key(0), z_c, z_s)
   attn = ops.cosine_attention(z_c, z_s, 10.0)
   np.testing.assert_allclose(
