@@ -4,7 +4,7 @@
 
 the same as `sk-jax eval ...`: writes OUT/metrics.json, OUT/metrics.md and
 OUT/grid_<method>.png; `--help` lists the options and docs/metrics.md defines every
-number. The library is sk_jax/evaluate.py, the flags sk_jax/cli/evaluation.py.
+number. The library is sk_jax/eval/, the flags sk_jax/cli/evaluation.py.
 """
 
 import sys

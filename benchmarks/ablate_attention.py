@@ -7,7 +7,7 @@
       32 px, batch 2, 20 steps: 10.6 min wall (6.7 CPU-min) on 2 loaded cores
   python benchmarks/ablate_attention.py --out RESULT.json --plot-only     (redraw; print the table)
 
-Every variant trains with the project's own train step (sk_jax.train.make_setup: all
+Every variant trains with the project's own train step (sk_jax.train.step.make_setup: all
 losses and the discriminator) from configs/default.py, at a small size, on the
 embedded scikit-image images minus a held-back set (HELD_PHOTOS x HELD_STYLES), on
 which each trained generator is then evaluated. Writes the JSON described in
@@ -197,9 +197,8 @@ def base_config(size: int, batch: int, steps: int, seed: int, content_dir: str, 
   cfg.data.content, cfg.data.style = content_dir, style_dir
   cfg.data.resize, cfg.data.crop = int(size * 1.5), size
   cfg.data.batch_size, cfg.data.num_workers, cfg.data.num_threads = batch, 0, 2
-  cfg.disc.features = (
-    16  # a narrower PatchGAN, as configs/quick.py: the full one dominates a CPU step
-  )
+  # a narrower PatchGAN, as configs/quick.py: the full one dominates a CPU step
+  cfg.disc.features = 16
   cfg.train.steps = steps
   cfg.mesh.data = 1
   return cfg
@@ -230,7 +229,7 @@ def default_variant_name() -> str:
 
 def write_split(tmp: str):
   """The embedded images as two training folders, without the held-back ones."""
-  from sk_jax import images
+  from sk_jax.io import images
 
   dirs = {}
   for which, held in (("photos", HELD_PHOTOS), ("styles", HELD_STYLES)):
@@ -247,7 +246,7 @@ def held_out_pairs(size: int):
   """(content, style) (P, size, size, 3) float32 in [0, 1]: every held photo with every held style."""
   import numpy as np
 
-  from sk_jax import images
+  from sk_jax.io import images
 
   def load(name):
     img = images.resize_short_side(images.packaged_image(name), int(size * 1.5))
@@ -260,12 +259,11 @@ def held_out_pairs(size: int):
 
 
 def evaluate(params, vgg_params, model, content, style):
-  """Content and style loss (sk_jax.losses, as in training) of the stylized held-back pairs."""
+  """Content and style loss (sk_jax.nn.losses, as in training) of the stylized held-back pairs."""
   import jax
 
-  from sk_jax import losses
-  from sk_jax.models import vgg
-  from sk_jax.models.generator import stylize_images
+  from sk_jax.nn import losses, vgg
+  from sk_jax.nn.generator import stylize_images
 
   @jax.jit
   def run(params, content, style):
@@ -313,7 +311,8 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
   checkpoint: run the same command again); returns its record (curves every step)."""
   import numpy as np
 
-  from sk_jax import checkpoint, train
+  from sk_jax.io import artifacts
+  from sk_jax.train import loop as train
 
   cfg.log.every, cfg.log.image_every = 1, 0
   # Often: on 2 shared CPU cores a 64 px step takes 3-60 s, and a killed run resumes from here.
@@ -325,7 +324,7 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
   ns = (cfg.data.crop // 8) ** 2
   tail = rows[-max(1, steps // 10) :]
   mean = lambda k: float(np.mean([r[k] for r in tail]))
-  params, model = checkpoint.load_generator(os.path.join(workdir, train.EXPORT_DIR))
+  params, model = artifacts.load_generator(os.path.join(workdir, train.EXPORT_DIR))
   rate = [r["throughput/steps_per_s"] for r in rows if r.get("throughput/steps_per_s")]
   record = {
     "attention": model.attention,
@@ -361,7 +360,7 @@ def train_variant(name, cfg, vgg_params, held, workdir: str, log=print):
 def run(args):
   import jax
 
-  from sk_jax import weights
+  from sk_jax.io import weights
 
   size = args.size or (32 if args.quick else 64)
   steps = args.steps or (20 if args.quick else 100)
@@ -429,9 +428,8 @@ def run(args):
 
 
 def write_json(out, path):
-  out["default"] = (
-    default_variant_name()
-  )  # configs/default.py may have changed since the run started
+  # configs/default.py may have changed since the run started
+  out["default"] = default_variant_name()
   for v in out["variants"].values():  # Fig. 3's unit: kept style positions per query
     v["kept_nodes_curve"] = [[s, f * out["style_positions"]] for s, f in v["kept_fraction_curve"]]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -29,8 +29,8 @@ def run_one(size: str, style_size: int, attention_mb: float) -> dict:
   import jax
   import numpy as np
 
-  from sk_jax import images
-  from sk_jax.stylizer import Stylizer
+  from sk_jax.inference.stylizer import Stylizer
+  from sk_jax.io import images
 
   w, h = (int(v) for v in size.split("x"))
   content = images.packaged_image("astronaut")

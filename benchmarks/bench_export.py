@@ -24,8 +24,12 @@ import jax
 import numpy as np
 
 import sk_jax
-from sk_jax import checkpoint, deploy, images, parity
-from sk_jax.models.generator import stylize_images
+from sk_jax.export import function as export_fn
+from sk_jax.export import onnx as onnx_export
+from sk_jax.export import stablehlo
+from sk_jax.interop import parity, port
+from sk_jax.io import artifacts, images
+from sk_jax.nn.generator import stylize_images
 
 
 def _dir_size(path: str) -> int:
@@ -56,16 +60,16 @@ def main():
 
   live = jax.jit(lambda p, v, c, s: stylize_images(p, v, config, c, s)[0])
   t = time.perf_counter()
-  hlo_path = deploy.save_stablehlo(
-    os.path.join(work, "model.stablehlo"), deploy.export_stablehlo(params, vgg_params, config)
+  hlo_path = stablehlo.save_stablehlo(
+    os.path.join(work, "model.stablehlo"), stablehlo.export_stablehlo(params, vgg_params, config)
   )
   hlo_export_s = time.perf_counter() - t
-  exported = deploy.load_stablehlo(hlo_path)
+  exported = stablehlo.load_stablehlo(hlo_path)
   t = time.perf_counter()
-  onnx_model = deploy.export_onnx(params, vgg_params, config, gate_output=True)
+  onnx_model = onnx_export.export_onnx(params, vgg_params, config, gate_output=True)
   onnx_export_s = time.perf_counter() - t
-  onnx_path = deploy.save_onnx(os.path.join(work, "model.onnx"), onnx_model)
-  session = deploy.onnx_session(onnx_path)
+  onnx_path = onnx_export.save_onnx(os.path.join(work, "model.onnx"), onnx_model)
+  session = onnx_export.onnx_session(onnx_path)
   feeds = {"content": content, "style": style}
 
   runners = {
@@ -88,11 +92,11 @@ def main():
 
   ref = np.asarray(first["jax"])
   ort_image, ort_mask = first["onnxruntime_with_gate"]
-  jax_mask, gap = deploy.reference_gate(params, vgg_params, config, content, style)
+  jax_mask, gap = export_fn.reference_gate(params, vgg_params, config, content, style)
   flipped = ort_mask != jax_mask
   parity_rows = {
-    "stablehlo_max_rel_err": deploy.relative_error(np.asarray(first["stablehlo"]), ref),
-    "onnx_max_rel_err": deploy.relative_error(ort_image, ref),
+    "stablehlo_max_rel_err": port.relative_error(np.asarray(first["stablehlo"]), ref)[1],
+    "onnx_max_rel_err": port.relative_error(ort_image, ref)[1],
     "onnx_max_abs_err": float(np.abs(ort_image - ref).max()),
     "gate_decisions": int(jax_mask.size),
     "gate_kept_fraction": float(jax_mask.mean()),
@@ -101,9 +105,9 @@ def main():
     "gate_band": parity.GATE_BAND["float32"],
   }
 
-  f32 = checkpoint.save_generator(os.path.join(work, "gen_f32"), params, config)
-  bf16 = checkpoint.save_generator(os.path.join(work, "gen_bf16"), params, config, dtype="bfloat16")
-  params16, _ = checkpoint.load_generator(bf16)
+  f32 = artifacts.save_generator(os.path.join(work, "gen_f32"), params, config)
+  bf16 = artifacts.save_generator(os.path.join(work, "gen_bf16"), params, config, dtype="bfloat16")
+  params16, _ = artifacts.load_generator(bf16)
   image16 = np.asarray(live(params16, vgg_params, content, style))
   diff = np.abs(image16 - ref) * 255.0
   u8_diff = np.abs(images.to_uint8(image16[0]).astype(int) - images.to_uint8(ref[0]).astype(int))

@@ -5,9 +5,9 @@ PyTorch, and against this machine's matmul peak.
 
 Batch 1, content and style of the same size, median of --repeats runs after a warm-up;
 compile time is reported separately. sk-jax is the public `Stylizer`; PyTorch is
-`sk_jax.torch_ref.StyleKernel` with the same weights (eager, torch's default threads),
+`sk_jax.interop.torch_ref.StyleKernel` with the same weights (eager, torch's default threads),
 its runs interleaved with sk-jax's so that machine load hits both alike (--no-torch
-skips it). FLOPs are counted analytically from the layer shapes (`sk_jax.flops`), so the
+skips it). FLOPs are counted analytically from the layer shapes (`sk_jax.train.flops`), so the
 fraction of peak means the same on every backend; XLA's own count is printed beside
 it where it sees the whole program (on a GPU it misses cuDNN's convolutions). The peak
 is a 2048 x 2048 matmul in the run's dtype, timed in the same run.
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sk_jax
-from sk_jax import flops
-from sk_jax.stylizer import Stylizer
+from sk_jax.inference.stylizer import Stylizer
+from sk_jax.train import flops
 
 
 def _seconds(fn) -> float:
@@ -51,7 +51,7 @@ def _torch_runner(stylizer: Stylizer, content, style):
     import torch
   except ImportError:
     return None
-  from sk_jax import port, torch_ref
+  from sk_jax.interop import port, torch_ref
 
   model = torch_ref.StyleKernel(stylizer.config)
   model.load_state_dict(
@@ -159,7 +159,7 @@ def main():
     "jax": jax.__version__,
     "dtype": args.dtype,
     "kernel_size": args.kernel_size,
-    "flops": "analytic, sk_jax.flops (a multiply-add is 2 FLOPs)",
+    "flops": "analytic, sk_jax.train.flops (a multiply-add is 2 FLOPs)",
     "matmul_peak_gflops_per_s": peak / 1e9,
     "results": results,
   }

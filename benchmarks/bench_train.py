@@ -4,7 +4,7 @@
   python benchmarks/bench_train.py --batches 16,32 --dtype bfloat16 --out .../train_h200_bf16.json
 
 TFLOP/s per device and MFU are the trainer's `throughput/...` figures: the analytic count of
-sk_jax.flops.train_step_flops over the step time, MFU against sk_jax.hardware's peak table
+sk_jax.train.flops.train_step_flops over the step time, MFU against sk_jax.train.hardware's peak table
 ("unknown" for devices not in it, such as the CPU).
 
 The paper's config (configs/default.py: full generator, pix2pixHD discriminator, all
@@ -36,8 +36,10 @@ def measure(batch: int, size: int, steps: int, dtype: str = "float32") -> dict:
   import jax
   import numpy as np
 
-  from sk_jax import flops, hardware, sharding, train, weights
   from sk_jax.config import load_config
+  from sk_jax.io import weights
+  from sk_jax.train import flops, hardware, sharding
+  from sk_jax.train import step as train
 
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   cfg.data.batch_size, cfg.data.crop, cfg.mesh.data = batch, size, 1

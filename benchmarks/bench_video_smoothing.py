@@ -2,7 +2,7 @@
 
   python benchmarks/bench_video_smoothing.py --out benchmarks/results/video_smoothing_cpu.json
 
-Clips are synthesised pan-and-zooms (sk_jax.video.pan_zoom_clip, as eval.py makes them) of
+Clips are synthesised pan-and-zooms (sk_jax.io.video.pan_zoom_clip, as eval.py makes them) of
 packaged scikit-image photos, stylized with the bundled generator and packaged styles; the
 figure is the mean LPIPS (AlexNet) between consecutive frames (lower is steadier), and the
 content loss-free check that smoothing keeps each frame close to its unsmoothed version.
@@ -19,8 +19,9 @@ import time
 import jax
 import numpy as np
 
-from sk_jax import images, metrics, video
-from sk_jax.stylizer import Stylizer
+from sk_jax.eval import metrics
+from sk_jax.inference.stylizer import Stylizer
+from sk_jax.io import images, video
 
 CONTENTS = ("astronaut", "chelsea", "coffee")
 STYLES = ("immunohistochemistry", "hubble_deep_field")

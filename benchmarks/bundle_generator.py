@@ -19,8 +19,9 @@ import platform
 import jax
 import numpy as np
 
-from sk_jax import bundled, checkpoint, images
-from sk_jax.stylizer import Stylizer
+from sk_jax.inference import bundled
+from sk_jax.inference.stylizer import Stylizer
+from sk_jax.io import artifacts, images
 
 CONTENTS = ("astronaut", "chelsea", "coffee", "rocket")
 STYLES = ("hubble_deep_field", "immunohistochemistry", "brick", "colorwheel")
@@ -37,7 +38,7 @@ def main() -> None:
   parser.add_argument("--out", default="benchmarks/results/bundled_bf16.json")
   args = parser.parse_args()
 
-  params32, config = checkpoint.load_generator(args.checkpoint)
+  params32, config = artifacts.load_generator(args.checkpoint)
   bundled.write(args.directory, params32, config, args.dtype)
   params16, config16 = bundled.load(args.directory)
   assert config16 == config

@@ -35,9 +35,10 @@ def main(argv=None):
   import jax.numpy as jnp
   import numpy as np
 
-  from sk_jax import data, train
   from sk_jax.config import load_config, validate_config
-  from sk_jax.weights import load_vgg16
+  from sk_jax.io.weights import load_vgg16
+  from sk_jax.train import data
+  from sk_jax.train import step as train
 
   vgg_params = load_vgg16()
   out = {"size": args.size, "batch": args.batch, "batches": args.batches, "readings": {}}

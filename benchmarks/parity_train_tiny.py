@@ -15,8 +15,8 @@ def run(force: str | None, steps: int, vgg_params, dtype: str = "float32") -> di
   import jax
 
   import sk_jax
-  from sk_jax import train_parity
   from sk_jax.config import validate_config
+  from sk_jax.interop import train_parity
 
   config = sk_jax.ModelConfig(gate_hidden=8, kernel_hidden=16, dtype=dtype)
   if force:
@@ -38,7 +38,7 @@ def main():
   args = p.parse_args()
   import jax
 
-  from sk_jax import weights
+  from sk_jax.io import weights
 
   jax.config.update("jax_default_matmul_precision", "highest")
   vgg_params = weights.load_vgg16()

@@ -1,3 +1,3 @@
-"""Moved to sk_jax.pngplot (sk-jax parity --train draws with it); kept for the benchmarks."""
+"""Moved to sk_jax.interop.pngplot (sk-jax parity --train draws with it); kept for the benchmarks."""
 
-from sk_jax.pngplot import *  # noqa: F403
+from sk_jax.interop.pngplot import *  # noqa: F403

@@ -1,4 +1,4 @@
-"""Per-stage time of one stylization, sk-jax against `sk_jax.torch_ref` on the same weights.
+"""Per-stage time of one stylization, sk-jax against `sk_jax.interop.torch_ref` on the same weights.
 
   python benchmarks/profile_stages.py --size 512 --out benchmarks/results/stages_cpu.json
 
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 import sk_jax
-from sk_jax import port, torch_ref
-from sk_jax.models import vgg
-from sk_jax.models.decoder import Decoder
-from sk_jax.models.generator import FEATURE_CHANNELS, Generator
-from sk_jax.models.kernels import apply_style_kernels
+from sk_jax.interop import port, torch_ref
+from sk_jax.nn import vgg
+from sk_jax.nn.decoder import Decoder
+from sk_jax.nn.generator import FEATURE_CHANNELS, Generator
+from sk_jax.nn.kernels import apply_style_kernels
 
 
 def _time(fn, repeats):

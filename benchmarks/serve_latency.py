@@ -29,7 +29,7 @@ import time
 
 from PIL import Image, ImageOps
 
-from sk_jax import serve_browser
+from sk_jax.serve import browser as serve_browser
 
 
 def _press(driver, alpha: float, timeout: float = 600.0) -> dict:

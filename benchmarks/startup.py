@@ -66,10 +66,10 @@ def _phases(out: str, content: str, style: str) -> dict:
   import jax
   import numpy as np
 
-  from sk_jax import images
-  from sk_jax.buckets import to_bucket
   from sk_jax.cli import stylize  # noqa: F401 (what the command imports)
-  from sk_jax.stylizer import Stylizer, _apply, _device, _encode
+  from sk_jax.inference.buckets import to_bucket
+  from sk_jax.inference.stylizer import Stylizer, _apply, _device, _encode
+  from sk_jax.io import images
 
   mark("imports")
   st = Stylizer.load()
@@ -114,8 +114,8 @@ def new_sizes(st, stylizer_cls) -> dict:
   seconds and compiled programs added per new size, with buckets and with --no-buckets."""
   import numpy as np
 
-  from sk_jax import images
-  from sk_jax.stylizer import _apply, _forward
+  from sk_jax.inference.stylizer import _apply, _forward
+  from sk_jax.io import images
 
   c, s = images.prepare(CONTENT, SIZE), images.prepare(STYLE, SIZE)
   out = {}
@@ -153,8 +153,8 @@ def main():
 
   import jax
 
-  from sk_jax import images
-  from sk_jax.stylizer import Stylizer
+  from sk_jax.inference.stylizer import Stylizer
+  from sk_jax.io import images
 
   global CONTENT, STYLE
   from PIL import Image

@@ -7,13 +7,11 @@ style: ../shared/data/style (15 paintings), else the embedded textures. It shows
 losses falling, not paper quality (that takes configs/default.py on an accelerator).
 """
 
-import importlib.util
 import os
 
+from configs import default
+
 _here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("_sk_default", os.path.join(_here, "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
 _shared = os.path.join(_here, "..", "..", "shared", "data")
 
 

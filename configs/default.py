@@ -19,7 +19,6 @@ def get_config():
       learn_sharpness=False,  # learn log(alpha) with the rest
       attention="cgm",  # "cgm" (Eqs. 3-5), "full" (Eq. 2, SANet), "topk" (Fig. 3); docs/method.md
       topk=16,  # K of attention="topk"
-      gate=config_dict.placeholder(bool),  # old alias: False is attention="full"
       gate_renormalize=False,  # the paper does not renormalise the kept weights
       gate_lambda="linear",  # lambda = E_f's output ("linear") or its softplus
       gate_temperature=1.0,  # straight-through surrogate temperature, units of 1/Ns
@@ -107,9 +106,8 @@ def get_config():
     dict(
       every=5_000,  # steps between checkpoints (asynchronous Orbax saves)
       keep=3,  # keep the last N ...
-      best_metric=config_dict.placeholder(
-        str
-      ),  # ... plus the best by this metric, e.g. "loss/total"
+      # ... plus the best by this metric, e.g. "loss/total"
+      best_metric=config_dict.placeholder(str),
       best_mode="min",  # "min" or "max"
     )
   )
@@ -122,7 +120,7 @@ def get_config():
     )
   )
 
-  # Evaluation while training (sk_jax/train_eval.py): eval/... metrics and a sample grid.
+  # Evaluation while training (sk_jax/train/train_eval.py): eval/... metrics and a sample grid.
   c.eval = ml_collections.ConfigDict(
     dict(
       every=0,  # steps between evaluations; 0: never

@@ -6,15 +6,7 @@ exported generator. It shows the pipeline works, not a usable stylizer (that tak
 the 160k steps of configs/default.py on COCO and WikiArt, on an accelerator).
 """
 
-import importlib.util
-import os
-
-# Loaded by path, so the file works from any directory and through sk_jax.config.load_config.
-_spec = importlib.util.spec_from_file_location(
-  "_sk_default", os.path.join(os.path.dirname(__file__), "default.py")
-)
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():

@@ -1,18 +1,45 @@
-"""Training configs: loading configs/*.py outside absl (train.py uses absl's config flags) and
-checking them before anything compiles."""
+"""Training configs: loading configs/*.py (`load_config`; `sk-jax train` and train.py parse them
+with absl's config flags instead) and checking them before anything compiles.
+
+configs/ is a package: a variant imports the default as `from configs import default`.
+`importable(path)` puts the folder above such a package on sys.path while a config loads, so
+that this works from any working directory, also for configs outside the checkout.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
 
 import ml_collections
 
-from sk_jax import files
 from sk_jax.errors import InputError
-from sk_jax.models.discriminator import DiscriminatorConfig
-from sk_jax.models.generator import ModelConfig
-from sk_jax.throughput import parse_profile
+from sk_jax.io import files
+from sk_jax.nn.discriminator import DiscriminatorConfig
+from sk_jax.nn.generator import ModelConfig
+
+# The checkout's default config (absent from an installed package: pass --config then).
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py"
+)
+
+
+@contextlib.contextmanager
+def importable(path: str):
+  """While it lasts, the package that holds config file `path` (a folder with __init__.py, such
+  as configs/) can be imported by its name."""
+  folder = os.path.dirname(os.path.abspath(path))
+  root = os.path.dirname(folder)
+  added = os.path.isfile(os.path.join(folder, "__init__.py")) and root not in sys.path
+  if added:
+    sys.path.insert(0, root)
+  try:
+    yield
+  finally:
+    if added:
+      sys.path.remove(root)
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -21,10 +48,11 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     raise InputError(f"{path}: no such config file")
   files.check_input(path, "a config file (configs/*.py)")
   try:
-    spec = importlib.util.spec_from_file_location("_sk_jax_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg is not None else module.get_config()
+    with importable(path):
+      spec = importlib.util.spec_from_file_location("_sk_jax_config", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      cfg = module.get_config(arg) if arg is not None else module.get_config()
   except Exception as e:
     raise InputError(f"{path}: malformed config ({type(e).__name__}: {e})") from None
   if not isinstance(cfg, ml_collections.ConfigDict) or "model" not in cfg:
@@ -33,7 +61,7 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 # The groups training reads.
-GROUPS = ("model", "disc", "loss", "opt", "data", "train", "ckpt", "log", "mesh")
+GROUPS = ("model", "disc", "loss", "opt", "data", "train", "ckpt", "log", "eval", "mesh")
 
 # Per-step metrics a checkpoint can be ranked by (ckpt.best_metric).
 STEP_METRICS = tuple(
@@ -42,7 +70,7 @@ STEP_METRICS = tuple(
 ) + ("grad_norm/g", "grad_norm/d", "gate/kept_fraction")
 
 
-# Metrics of evaluation while training (sk_jax.train_eval; needs eval.every > 0).
+# Metrics of evaluation while training (sk_jax.train.train_eval; needs eval.every > 0).
 EVAL_METRICS = tuple(
   f"eval/{k}"
   for k in ("content_loss", "style_loss", "style_loss_gram", "ssim", "cfsd", "kept_fraction")
@@ -93,6 +121,21 @@ def validate_config(cfg) -> tuple[ModelConfig, DiscriminatorConfig]:
     if not ok:
       raise InputError(f"config: {message}")
   parse_profile(cfg.log.get("profile"))
-  if cfg.ckpt.get("best_metric", "") in EVAL_METRICS and not cfg.get("eval", {}).get("every"):
+  if cfg.ckpt.best_metric in EVAL_METRICS and not cfg.eval.every:
     raise InputError(f"config: ckpt.best_metric={cfg.ckpt.best_metric} needs eval.every > 0")
   return model, disc
+
+
+def parse_profile(spec) -> tuple[int, int] | None:
+  """ "START:STOP" -> (START, STOP), "" or None -> None; anything else is an InputError."""
+  if not spec:
+    return None
+  try:
+    start, stop = (int(x) for x in str(spec).split(":"))
+  except ValueError:
+    start = stop = -1
+  if not 0 <= start < stop:
+    raise InputError(
+      f"config: log.profile must be 'START:STOP' with 0 <= START < STOP (steps), got {spec!r}"
+    )
+  return start, stop

@@ -5,6 +5,21 @@ class InputError(ValueError):
   """Bad user input: a file, checkpoint or config that cannot be used. The message names it. Exit 2."""
 
 
+class ArgumentError(InputError):
+  """A bad argument of a library function, named by its parameter: str(e) is "PARAM DETAIL"
+  ("alpha must be in [0, 1], got 2"). The CLI names its flag instead (`flag_message`)."""
+
+  def __init__(self, param: str, detail: str):
+    super().__init__(f"{param}{detail}")
+    self.param, self.detail = param, detail
+
+  def flag_message(self, flags=None) -> str:
+    """The message with the command-line flag for the parameter: flags maps parameter names to
+    flags where they differ from --param-name."""
+    flag = (flags or {}).get(self.param, "--" + self.param.replace("_", "-"))
+    return f"{flag}{self.detail}"
+
+
 class ParityError(RuntimeError):
   """JAX and PyTorch disagree beyond the documented tolerance (`sk-jax parity`). Exit 1."""
 
@@ -45,3 +60,15 @@ def is_disk_full(e: BaseException) -> bool:
       return True
     e = e.__cause__ or e.__context__
   return False
+
+
+def one_line(e: BaseException) -> str:
+  """The whole message of `e` on one line (the CLI's error line), or its type's name."""
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def describe(e: BaseException, limit: int = 200) -> str:
+  """ "Type: first line of the message" (at most `limit` characters of it), for an error that
+  names its cause in parentheses."""
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__

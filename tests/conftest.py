@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # GPUs and one bfloat16 pass on TPUs (about 1e-3 and 4e-3 relative), so the suite pins
 # "highest" rather than loosening every tolerance to the coarsest backend. The library does
 # not rely on this: the attention asks for "highest" itself (model.attention_precision), and
-# tests/test_chunked_attention.py checks it under a bfloat16 default.
+# tests/nn/test_chunked_attention.py checks it under a bfloat16 default.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import numpy as np  # noqa: E402
@@ -59,9 +59,9 @@ def tiny_generator():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_generator):
   """`tiny_generator` saved as a generator checkpoint directory; returns its path."""
-  from sk_jax import checkpoint
+  from sk_jax.io import artifacts
 
-  return checkpoint.save_generator(str(tmp_path_factory.mktemp("tiny") / "gen"), *tiny_generator)
+  return artifacts.save_generator(str(tmp_path_factory.mktemp("tiny") / "gen"), *tiny_generator)
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def damaged_bundle(tmp_path, monkeypatch):
   package's bundled generator for the test; returns the copy's directory."""
   import shutil
 
-  from sk_jax import bundled
+  from sk_jax.inference import bundled
 
   copy = tmp_path / "damaged_bundle"
   shutil.copytree(bundled.DIRECTORY, copy)
@@ -80,3 +80,84 @@ def damaged_bundle(tmp_path, monkeypatch):
   params.write_bytes(bytes(data))
   monkeypatch.setattr(bundled, "DIRECTORY", str(copy))
   return copy
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+  """The repository's root directory (train.py, eval.py, configs/)."""
+  return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config():
+  """A factory: configs/default.py shrunk to a two-step CPU run; `group__field=value` overrides."""
+  from sk_jax.config import load_config
+
+  def make(**overrides):
+    cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
+    cfg.model.gate_hidden, cfg.model.kernel_hidden = 16, 32
+    cfg.disc.features, cfg.disc.num_layers = 8, 2
+    cfg.data.update(resize=56, crop=48, batch_size=8, num_workers=0, num_threads=2)
+    cfg.train.steps = 2
+    cfg.ckpt.update(every=2, keep=2)
+    cfg.log.update(every=1, image_every=2)
+    cfg.mesh.data = 1
+    for key, value in overrides.items():
+      group, field = key.split("__")
+      cfg[group][field] = value
+    return cfg
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def random_batches():
+  """A factory: n batches {"content", "style"} of random uint8 (batch, crop, crop, 3) images."""
+
+  def make(n, batch=8, crop=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+      {
+        k: rng.integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
+        for k in ("content", "style")
+      }
+      for _ in range(n)
+    ]
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def metric_steps():
+  """workdir -> the steps logged in its metrics.jsonl, in order."""
+  import json
+
+  from sk_jax.train import logger
+
+  def steps(workdir):
+    with open(os.path.join(workdir, logger.METRICS_FILE)) as f:
+      return [json.loads(line)["step"] for line in f]
+
+  return steps
+
+
+@pytest.fixture(scope="session")
+def generator_with_config_json():
+  """A factory: (path, params, model_config dict) -> a generator checkpoint of `params` whose
+  model_config item holds that JSON (an older version's, or another model's), written with
+  the public save_generator and the item's file then replaced; returns the path."""
+  import json
+
+  from sk_jax.io import artifacts
+  from sk_jax.nn.generator import ModelConfig
+
+  def write(path, params, config_json):
+    path = artifacts.save_generator(str(path), params, ModelConfig())
+    with open(os.path.join(path, "model_config", "metadata"), "w") as f:
+      json.dump(config_json, f)
+    return path
+
+  return write

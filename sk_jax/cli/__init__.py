@@ -17,18 +17,16 @@ import sys
 from sk_jax.cli import evaluation, interop, serve, stylize, training
 from sk_jax.errors import (
   EXIT_PREEMPTED,
+  ArgumentError,
   InputError,
   NonFiniteError,
   ParityError,
   Preempted,
   SaveError,
+  one_line,
 )
 
 COMMAND_MODULES = (stylize, interop, training, evaluation, serve)
-
-
-def one_line(e: BaseException) -> str:
-  return " ".join(str(e).split()) or type(e).__name__
 
 
 class Exit(Exception):
@@ -44,6 +42,10 @@ def exit_codes(prog: str):
   """Turns the library's errors into one line on stderr and an exit code (raised as Exit)."""
   try:
     yield
+  except ArgumentError as e:
+    # The library names the parameter; the command line has a flag for it.
+    print(f"{prog}: error: {one_line(e.flag_message())}", file=sys.stderr)
+    raise Exit(2) from None
   except InputError as e:
     print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     raise Exit(2) from None
@@ -85,10 +87,17 @@ def attach_negative_values(argv) -> list[str]:
 
 def main(argv=None, prog: str | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = build_parser().parse_args(attach_negative_values(argv))
+  if argv[:1] == ["train"]:
+    # absl's flags (ml_collections' config flags), not argparse: sk_jax.cli.training.
+    prog = prog or "sk-jax train"
+    command = lambda: training.run_train(argv[1:], prog)
+  else:
+    args = build_parser().parse_args(attach_negative_values(argv))
+    prog = prog or f"sk-jax {args.command}"
+    command = lambda: args.func(args)
   try:
-    with exit_codes(prog or f"sk-jax {args.command}"):
-      args.func(args)
+    with exit_codes(prog):
+      command()
   except Exit as e:
     return e.code
   return 0

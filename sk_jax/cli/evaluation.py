@@ -1,4 +1,4 @@
-"""`sk-jax eval` (and the top-level eval.py): the paper's Tables 1-3; sk_jax/evaluate.py does the work.
+"""`sk-jax eval` (and the top-level eval.py): the paper's Tables 1-3; sk_jax/eval/run.py does the work.
 
 Flags are kebab-case (`--content-dir`); the snake_case spellings eval.py had
 (`--content_dir`) are accepted too.
@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from sk_jax import evaluate, peers
-from sk_jax.errors import InputError
+from sk_jax.cli import common
+from sk_jax.errors import ArgumentError, InputError
+from sk_jax.eval import methods
+from sk_jax.eval import run as evaluate
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -49,9 +51,16 @@ def settings_from_args(args) -> evaluate.Settings:
   )
 
 
+# Settings fields whose flag is not --field-name.
+FLAGS = {"methods": "--method"}
+
+
 def run_eval(args) -> None:
   settings = settings_from_args(args)
-  evaluate.run(settings)
+  try:
+    evaluate.run(settings)
+  except ArgumentError as e:
+    raise InputError(e.flag_message(FLAGS)) from None
   print(os.path.join(settings.output_dir, "metrics.md"))
 
 
@@ -86,8 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     "--method",
     action="append",
     default=None,
-    help=f"methods (repeat or comma-separate): {evaluate.SKJAX} and installed peers "
-    f"({', '.join(peers.PEERS)}); default: {','.join(evaluate.DEFAULT_METHODS)}",
+    help=f"methods (repeat or comma-separate): {methods.SKJAX} and installed peers "
+    f"({', '.join(methods.PEERS)}); default: {','.join(evaluate.DEFAULT_METHODS)}",
   )
   p.add_argument(
     "--size", type=int, default=evaluate.DEFAULT_SIZE, help="short side of every input; 0 keeps it"
@@ -155,7 +164,7 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "eval",
     help="the paper's Tables 1-3 for a checkpoint and installed peers",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
     description="The paper's Tables 1-3 for a checkpoint and installed peer methods "
     "(definitions: docs/metrics.md).",
   )

@@ -3,24 +3,29 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 
 import jax
 
-from sk_jax import bundled, checkpoint, deploy, files, images, parity, port, weights
+from sk_jax.cli import common
 from sk_jax.errors import InputError, ParityError
+from sk_jax.export import function as export_fn
+from sk_jax.export import onnx as onnx_export
+from sk_jax.export import stablehlo
+from sk_jax.inference import bundled
+from sk_jax.interop import parity, port, torch_io
+from sk_jax.io import artifacts, files, images, weights
 
 
 def run_port_vgg16(args) -> None:
   # before the conversion
   files.check_outputs([files.checkpoint(args.output_dir)], [args.input], args.overwrite)
-  params = port.vgg16_from_torch(args.input)
+  params = torch_io.vgg16_from_torch(args.input)
   rows = None
   if args.verify:
     rows = port.compare_encoders(
-      port.torch_vgg_state_dict(args.input), params, port.default_image(args.verify_size)
+      torch_io.torch_vgg_state_dict(args.input), params, port.default_image(args.verify_size)
     )
     print(
       f"verify: JAX vs PyTorch VGG-16 on the astronaut at {args.verify_size}px, float32, "
@@ -40,7 +45,7 @@ def run_port_vgg16(args) -> None:
         f"{port.VERIFY_TOLERANCE:g}); nothing written"
       )
   print(
-    checkpoint.save_vgg16_dir(
+    artifacts.save_vgg16_dir(
       args.output_dir, params, source=os.path.abspath(args.input), overwrite=args.overwrite
     )
   )
@@ -54,24 +59,26 @@ def _inputs(args) -> list[str]:
 
 def run_export_torch(args) -> None:
   files.check_outputs(
-    [files.export(args.output, port.is_export, "export-torch file")], _inputs(args), args.overwrite
+    [files.export(args.output, torch_io.is_export, "export-torch file")],
+    _inputs(args),
+    args.overwrite,
   )
   params, config = bundled.resolve(args.checkpoint)
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
-  print(port.export_torch(params, config, vgg_params, args.output))
+  print(torch_io.export_torch(params, config, vgg_params, args.output))
 
 
 def run_import_torch(args) -> None:
   outputs = [files.checkpoint(args.output_dir), files.checkpoint(args.vgg_output or None)]
   files.check_outputs([o for o in outputs if o.path], [args.input], args.overwrite)
-  params, config, vgg_params = port.read_export(args.input)
+  params, config, vgg_params = torch_io.read_export(args.input)
   if args.vgg_output:
     print(
-      checkpoint.save_vgg16_dir(
+      artifacts.save_vgg16_dir(
         args.vgg_output, vgg_params, source=os.path.abspath(args.input), overwrite=args.overwrite
       )
     )
-  print(checkpoint.save_generator(args.output_dir, params, config, overwrite=args.overwrite))
+  print(artifacts.save_generator(args.output_dir, params, config, overwrite=args.overwrite))
 
 
 def run_parity(args) -> None:
@@ -96,7 +103,7 @@ def run_parity(args) -> None:
   rows = parity.compare(params, vgg_params, config, content, style, args.alpha)
   print(
     f"sk-jax parity: JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch reference "
-    f"(sk_jax.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
+    f"(sk_jax.interop.torch_ref, CPU), dtype {config.dtype}, content {content.shape[1]}x{content.shape[0]}, "
     f"style {style.shape[1]}x{style.shape[0]}, float32 matmul precision 'highest'"
   )
   print(
@@ -111,10 +118,10 @@ def run_parity(args) -> None:
 
 
 def run_parity_train(args) -> None:
-  """`parity --train`: loss terms, gradients per group and K train steps (sk_jax.train_parity)."""
+  """`parity --train`: loss terms, gradients per group and K train steps (sk_jax.interop.train_parity)."""
   import json
 
-  from sk_jax import train_parity
+  from sk_jax.interop import train_parity
 
   size = args.size or 64
   if size < 32 or size % 16:
@@ -136,7 +143,7 @@ def run_parity_train(args) -> None:
   batches = train_parity.parity_batches(args.steps, args.batch, size, args.seed)
   result = train_parity.compare_train(params, config, vgg_params, cfg, batches, seed=args.seed)
   print(
-    f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']} (sk_jax.torch_train, "
+    f"sk-jax parity --train: JAX {result['jax']} vs PyTorch {result['torch']} (sk_jax.interop.torch_train, "
     f"CPU), float32, matmul precision 'highest', batch {args.batch}, {size}x{size} crops, "
     f"{args.steps} steps, seed {args.seed}"
   )
@@ -223,7 +230,7 @@ def plot_train(result: dict, path: str) -> str:
   """PNG: per-step total and D losses of both frameworks, and their relative differences."""
   import math
 
-  from sk_jax import pngplot
+  from sk_jax.interop import pngplot
 
   steps = result["train_steps"]
   xs = [s["step"] for s in steps]
@@ -267,9 +274,9 @@ def plot_train(result: dict, path: str) -> str:
 
 def run_export_model(args) -> None:
   fmt = args.format
-  if fmt not in deploy.FORMATS:
-    raise InputError(f"--format must be one of {', '.join(deploy.FORMATS)}, got {fmt!r}")
-  platforms = deploy.check_platforms(args.platforms.split(","))
+  if fmt not in export_fn.FORMATS:
+    raise InputError(f"--format must be one of {', '.join(export_fn.FORMATS)}, got {fmt!r}")
+  platforms = stablehlo.check_platforms(args.platforms.split(","))
   if args.dtype not in ("float32", "bfloat16"):
     raise InputError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
   if args.dtype != "float32" and fmt != "orbax":
@@ -277,25 +284,25 @@ def run_export_model(args) -> None:
       "--dtype bfloat16 applies to --format orbax (a smaller checkpoint); "
       "the StableHLO and ONNX stylizers embed float32 weights"
     )
-  if fmt == "onnx" and not deploy.onnx_available():
-    raise InputError(deploy.ONNX_EXTRA_HINT)
-  deploy.check_output(args.output, fmt, _inputs(args), args.overwrite)
+  if fmt == "onnx" and not onnx_export.onnx_available():
+    raise InputError(onnx_export.ONNX_EXTRA_HINT)
+  export_fn.check_output(args.output, fmt, _inputs(args), args.overwrite)
   params, config = bundled.resolve(args.checkpoint)
 
   if fmt == "orbax":
     print(
-      checkpoint.save_generator(
+      artifacts.save_generator(
         args.output, params, config, dtype=args.dtype, overwrite=args.overwrite
       )
     )
     return
   vgg_params = weights.load_vgg16(args.vgg or config.vgg_weights)
   if fmt == "stablehlo":
-    path = deploy.save_stablehlo(
-      args.output, deploy.export_stablehlo(params, vgg_params, config, platforms)
+    path = stablehlo.save_stablehlo(
+      args.output, stablehlo.export_stablehlo(params, vgg_params, config, platforms)
     )
   else:
-    path = deploy.save_onnx(args.output, deploy.export_onnx(params, vgg_params, config))
+    path = onnx_export.save_onnx(args.output, onnx_export.export_onnx(params, vgg_params, config))
   print(path)
 
 
@@ -303,14 +310,14 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "port-vgg16",
     help="convert a PyTorch VGG-16 checkpoint into encoder weights for --vgg",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
     description="Reads torchvision's VGG-16 (e.g. vgg16-397923af.pth), a state dict nested under "
     "'state_dict'/'model', 'module.'-prefixed keys, a bare nn.Sequential, or .safetensors, "
     "and writes an Orbax directory that --vgg and model.vgg_weights accept.",
   )
   p.add_argument("input", help="PyTorch checkpoint: .pth/.pt/.bin or .safetensors")
   p.add_argument("output_dir", help="directory to write: new or empty (or ours, with --overwrite)")
-  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=common.OVERWRITE_HELP)
   p.add_argument(
     "--verify",
     action="store_true",
@@ -321,8 +328,8 @@ def add_commands(subparsers) -> None:
 
   p = subparsers.add_parser(
     "export-torch",
-    help="write a generator checkpoint as a PyTorch file for sk_jax.torch_ref",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    help="write a generator checkpoint as a PyTorch file for sk_jax.interop.torch_ref",
+    formatter_class=common.HelpFormatter,
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument("--output", required=True, help="file to write: .pth or .safetensors")
@@ -340,13 +347,13 @@ def add_commands(subparsers) -> None:
   p.add_argument("input", help="a .pth or .safetensors file written by export-torch")
   p.add_argument("output_dir", help="generator checkpoint directory to write")
   p.add_argument("--vgg-output", help="also write its encoder weights to this directory")
-  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=common.OVERWRITE_HELP)
   p.set_defaults(func=run_import_torch)
 
   p = subparsers.add_parser(
     "parity",
     help="compare JAX with the PyTorch reference, module by module",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
   p.add_argument(
@@ -375,19 +382,19 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "export-model",
     help="write the stylizer as StableHLO or ONNX, or rewrite a generator checkpoint",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
     description="Serializes the whole stylizer (encoder, generator, decoder; weights embedded, "
     "alpha 1) as (content, style) -> stylized, float32 NHWC in [0, 1], sizes multiples "
     "of 8 (see docs/interop.md). --format orbax rewrites the generator checkpoint "
     "itself, optionally in bfloat16.",
   )
   p.add_argument("--checkpoint", required=True, help='generator checkpoint directory, or "bundled"')
-  p.add_argument("--format", required=True, help=f"one of {', '.join(deploy.FORMATS)}")
+  p.add_argument("--format", required=True, help=f"one of {', '.join(export_fn.FORMATS)}")
   p.add_argument("--output", required=True, help="file to write (a directory for --format orbax)")
   p.add_argument(
     "--platforms",
     default="cpu",
-    help=f"StableHLO: comma-separated, among {', '.join(deploy.PLATFORMS)}",
+    help=f"StableHLO: comma-separated, among {', '.join(stablehlo.PLATFORMS)}",
   )
   p.add_argument("--dtype", default="float32", help="orbax: parameter dtype, float32 or bfloat16")
   p.add_argument(

@@ -1,4 +1,4 @@
-"""`sk-jax serve`: the web page of `sk_jax/serve.py` on localhost (needs the `serve` extra)."""
+"""`sk-jax serve`: the web page of `sk_jax/serve/app.py` on localhost (needs the `serve` extra)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import logging
 import socket
 import sys
 
-from sk_jax import bundled, images
 from sk_jax.errors import InputError
+from sk_jax.inference import bundled
+from sk_jax.io import images
 
 DEFAULT_PORT = 8000
 
@@ -31,8 +32,8 @@ def run_serve(args) -> None:
     raise InputError(
       f"sk-jax serve needs the serve extra: pip install 'sk-jax[serve]' ({e})"
     ) from None
-  from sk_jax import serve
-  from sk_jax.stylizer import Stylizer
+  from sk_jax.inference.stylizer import Stylizer
+  from sk_jax.serve import app as serve
 
   if not args.max_upload_mb > 0:
     raise InputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")

@@ -11,10 +11,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sk_jax import bundled, checkpoint, compile_cache, controls, files, images, video
+from sk_jax.cli import common
 from sk_jax.errors import InputError
-from sk_jax.models.generator import ModelConfig, init_params
-from sk_jax.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
+from sk_jax.inference import bundled, compile_cache, controls
+from sk_jax.inference.stylizer import DEFAULT_ATTENTION_MB, DEFAULT_SIZE, Stylizer
+from sk_jax.io import artifacts, files, images, video
+from sk_jax.nn.generator import ModelConfig, init_params
 
 
 def output_name(
@@ -180,7 +182,7 @@ def run_init(args) -> None:
   model = load_config(args.config).model.to_dict() if args.config else {}
   config = ModelConfig.from_dict(model, source=args.config or "defaults")
   params = init_params(config, jax.random.key(args.seed))
-  print(checkpoint.save_generator(args.output, params, config, overwrite=args.overwrite))
+  print(artifacts.save_generator(args.output, params, config, overwrite=args.overwrite))
 
 
 def _add_generator_args(p, size_help: str, alpha_help: str) -> None:
@@ -294,5 +296,5 @@ def add_commands(subparsers) -> None:
   p.add_argument("--output", required=True, help="checkpoint directory to write")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--config", help="a config file (configs/*.py) whose `model` group to use")
-  p.add_argument("--overwrite", action="store_true", help=checkpoint.OVERWRITE_HELP)
+  p.add_argument("--overwrite", action="store_true", help=common.OVERWRITE_HELP)
   p.set_defaults(func=run_init)

@@ -1,0 +1,1 @@
+"""Export of the stylizer: StableHLO, ONNX."""

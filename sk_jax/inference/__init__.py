@@ -1,0 +1,1 @@
+"""Stylizing: the Stylizer, its controls and the bundled generator."""

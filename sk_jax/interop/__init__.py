@@ -1,0 +1,1 @@
+"""PyTorch interop: weight port, the PyTorch reference, parity checks."""

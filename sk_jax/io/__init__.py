@@ -1,0 +1,1 @@
+"""Reading and writing: images, video, files (atomic writes, output checks), checkpoints, weights."""

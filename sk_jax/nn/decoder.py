@@ -1,0 +1,64 @@
+"""The decoder: VGG-16 from relu4_1 back to RGB, mirrored (reflection padding, nearest upsampling)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sk_jax.nn import ops
+
+# (name, output channels, upsample x2 after it); the last layer has no ReLU.
+LAYERS = (
+  ("dec4_1", 256, True),
+  ("dec3_3", 256, False),
+  ("dec3_2", 256, False),
+  ("dec3_1", 128, True),
+  ("dec2_2", 128, False),
+  ("dec2_1", 64, True),
+  ("dec1_2", 64, False),
+  ("dec1_1", 3, False),
+)
+
+
+def upsample_nearest(x):
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ReflectConv(nn.Module):
+  """A 3 x 3 convolution over the reflection-padded input; parameters as flax's nn.Conv
+  ("kernel" (3, 3, Cin, Cout) lecun-normal, "bias" zeros), computed in `dtype`."""
+
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32
+    )
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x = x.astype(self.dtype)
+    return ops.conv3x3_reflect(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class Decoder(nn.Module):
+  """(B, H, W, 512) -> (B, 8H, 8W, 3), RGB roughly in [0, 1] (not clipped)."""
+
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, hw=None):
+    """hw: x's true size inside a size bucket: each convolution then reflects at its border
+    (ops.reflect_outside) and the output equals the unpadded one there."""
+    x = x.astype(self.dtype)
+    for i, (name, features, up) in enumerate(LAYERS):
+      if hw is not None:
+        x = ops.reflect_outside(x, hw, 1)
+      x = ReflectConv(features, self.dtype, name=name)(x)
+      if i < len(LAYERS) - 1:
+        x = jax.nn.relu(x)
+      if up:
+        x = upsample_nearest(x)
+        hw = None if hw is None else hw * 2
+    return x.astype(jnp.float32)

@@ -1,0 +1,1 @@
+"""Training: data, the train step, the loop, checkpoints, sharding, logging."""

@@ -1,0 +1,98 @@
+"""benchmarks/ablate_attention.py without training: its variants, the JSON it writes and the plots."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def ablate():
+  spec = importlib.util.spec_from_file_location(
+    "ablate_attention", os.path.join(ROOT, "benchmarks", "ablate_attention.py")
+  )
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_variants_are_valid_configs_and_the_default_is_one_of_them(ablate):
+  from sk_jax.nn.generator import ModelConfig
+
+  assert set(ablate.ORDER) == set(ablate.VARIANTS)
+  for name, (model, _) in ablate.VARIANTS.items():
+    ModelConfig(**model)  # raises on a bad field
+  # configs/default.py is one of the ablated readings
+  assert ablate.default_variant_name() in ablate.VARIANTS
+
+
+def test_json_shape_and_plots(ablate, tmp_path):
+  steps, ns = 4, 16
+
+  def record(attention, topk, kept):
+    curve = [[s, kept] for s in range(1, steps + 1)]
+    curves = {k: [3.0, 2.5, 2.0, 1.5] for k in ("loss/content", "loss/style", "loss/total")}
+    return {
+      "attention": attention,
+      "topk": topk,
+      "kept_fraction_final": kept,
+      "kept_fraction_curve": curve,
+      "kept_nodes_final": kept * ns,
+      "content_loss": 1.5,
+      "style_loss": 1.5,
+      "total_loss": 1.5,
+      "seconds": 1.0,
+      "curves": curves,
+      "heldout_content_loss": 2.0,
+      "heldout_style_loss": 3.0,
+      "heldout_total_loss": 5.0,
+    }
+
+  out = {
+    "steps": steps,
+    "size": 32,
+    "batch": 2,
+    "style_positions": ns,
+    "variants": {
+      "full": record("full", None, 1.0),
+      "topk4": record("topk", 4, 0.25),
+      "cgm_paper": record("cgm", None, 0.5),
+    },
+  }
+  path = str(tmp_path / "ablation_test.json")
+  ablate.write_json(out, path)
+  ablate.plot(path)
+  with open(path) as f:
+    res = json.load(f)
+  assert res["default"] in ablate.VARIANTS
+  for v in res["variants"].values():
+    assert {
+      "attention",
+      "topk",
+      "kept_fraction_final",
+      "kept_fraction_curve",
+      "content_loss",
+      "style_loss",
+      "total_loss",
+      "seconds",
+    } <= set(v)
+  for suffix in ("loss", "fig3", "kept"):
+    assert os.path.getsize(tmp_path / f"ablation_test_{suffix}.png") > 1000
+
+
+def test_holding_criteria(ablate):
+  """The band share after the warm-up and the second half's trend (docs/method.md)."""
+  import numpy as np
+
+  steps = np.arange(1, 1001)
+  flat = 0.25 + 0.05 * np.sin(steps)  # inside 0.25 +- 0.1 everywhere, no trend
+  h = ablate.holding(steps, flat, 0.25)
+  assert h["in_band_share"] == 1.0 and abs(h["trend_per_1000"]) < 0.01
+  creep = np.linspace(0.2, 0.6, 1000)  # leaves the band at 0.35, trend 0.4 per 1000 steps
+  h = ablate.holding(steps, creep, 0.25)
+  assert 0.15 < h["in_band_share"] < 0.25
+  assert h["trend_per_1000"] == pytest.approx(0.4 * 1000 / 999, rel=1e-6)
+  assert "in_band_share" not in ablate.holding(steps, creep, None)
