@@ -1,7 +1,7 @@
 """The StyleKernel generator in plain PyTorch: the reference that `sk-jax parity` holds JAX to.
 
-A line-by-line mirror of sk_jax/nn/ops.py and sk_jax/nn/*.py, written the way a
-PyTorch user would (NCHW, nn.Conv2d, F.pad), with the same casts: features and
+A line-by-line mirror of sk_jax/nn (ops.py, spatial.py and the modules), written the way
+a PyTorch user would (NCHW, nn.Conv2d, F.pad), with the same casts: features and
 convolutions in the compute dtype, attention, gate, kernels and Eq. 6 in float32.
 Module paths equal the Flax names, so `sk_jax.interop.port.generator_to_torch(params)`
 loads with `strict=True`:
@@ -209,7 +209,7 @@ class KernelHead(nn.Module):
 
 
 def channel_shuffle(x, groups: int):
-  """(B, g * C/g, H, W) -> channels reordered (C/g, g), as ops.channel_shuffle on NHWC."""
+  """(B, g * C/g, H, W) -> channels reordered (C/g, g), as spatial.channel_shuffle on NHWC."""
   if groups <= 1:
     return x
   b, c, h, w = x.shape

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sk_jax.nn import ops
+from sk_jax.nn import ops, spatial
 
 # How E_f's first output becomes lambda (docs/method.md, "Why the gate opens").
 GATE_LAMBDAS = ("linear", "softplus")
@@ -31,7 +31,7 @@ class GateNet(nn.Module):
     h = nn.relu(nn.Conv(self.hidden, (3, 3), dtype=self.dtype, name="conv1")(z_c))
     if hw is not None:
       # conv2's zero padding at the true border (z_c is 0 outside it already)
-      h = ops.zero_outside(h, hw)
+      h = spatial.zero_outside(h, hw)
     # Small weights and a bias that makes lambda 1 and beta 0: the first threshold
     # is the attention-weighted mean of A_r; the small weights still pass
     # gradient to conv1 from the first step.
@@ -92,7 +92,7 @@ class StyleAlignment(nn.Module):
     if style_hw is not None:
       ns = (style_hw[0] * style_hw[1]).astype(jnp.float32)
     if content_hw is not None:
-      z_c = ops.zero_outside(z_c, content_hw)
+      z_c = spatial.zero_outside(z_c, content_hw)
     attention = self.attention
     if attention == "cgm":
       lam, beta_ns = GateNet(self.gate_hidden, self.dtype, self.gate_lambda, name="gate")(
@@ -129,7 +129,7 @@ class StyleAlignment(nn.Module):
     if content_hw is None:
       mean = lambda x: jnp.mean(x.reshape(b, -1), axis=1)
     else:
-      valid = ops.valid_positions(z_c.shape[1:3], content_hw).reshape(-1)
+      valid = spatial.valid_positions(z_c.shape[1:3], content_hw).reshape(-1)
       mean = lambda x: jnp.sum(jnp.where(valid, x.reshape(b, -1), 0.0), 1) / jnp.sum(valid)
     aux.update(
       gate_lambda=jax.lax.stop_gradient(mean(lam)),

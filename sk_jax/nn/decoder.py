@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sk_jax.nn import ops
+from sk_jax.nn import spatial
 
 # (name, output channels, upsample x2 after it); the last layer has no ReLU.
 LAYERS = (
@@ -39,7 +39,7 @@ class ReflectConv(nn.Module):
     )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x = x.astype(self.dtype)
-    return ops.conv3x3_reflect(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    return spatial.conv3x3_reflect(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class Decoder(nn.Module):
@@ -50,11 +50,11 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, x, hw=None):
     """hw: x's true size inside a size bucket: each convolution then reflects at its border
-    (ops.reflect_outside) and the output equals the unpadded one there."""
+    (spatial.reflect_outside) and the output equals the unpadded one there."""
     x = x.astype(self.dtype)
     for i, (name, features, up) in enumerate(LAYERS):
       if hw is not None:
-        x = ops.reflect_outside(x, hw, 1)
+        x = spatial.reflect_outside(x, hw, 1)
       x = ReflectConv(features, self.dtype, name=name)(x)
       if i < len(LAYERS) - 1:
         x = jax.nn.relu(x)

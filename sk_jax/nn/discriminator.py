@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sk_jax.errors import InputError
-from sk_jax.nn import ops
+from sk_jax.nn import spatial
 from sk_jax.nn.fields import ConfigFields
 
 
@@ -62,7 +62,7 @@ class PatchDiscriminator(nn.Module):
       # rounding noise, which Adam would turn into full-size random steps.
       x = conv(nf, 2 if i < self.num_layers else 1, f"conv{i}", bias=self.norm != "instance")(x)
       if self.norm == "instance":
-        x = ops.instance_norm(x.astype(jnp.float32)).astype(self.dtype)
+        x = spatial.instance_norm(x.astype(jnp.float32)).astype(self.dtype)
       x = jax.nn.leaky_relu(x, 0.2)
     return conv(1, 1, f"conv{self.num_layers + 1}")(x).astype(jnp.float32)
 

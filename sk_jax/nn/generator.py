@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from sk_jax.errors import InputError
-from sk_jax.nn import ops, vgg
+from sk_jax.nn import ops, spatial, vgg
 from sk_jax.nn.alignment import GATE_LAMBDAS, StyleAlignment
 from sk_jax.nn.decoder import Decoder
 from sk_jax.nn.fields import ConfigFields
@@ -234,7 +234,7 @@ def generate(
     if content_hw is None:
       share = w.mean(axis=(1, 2))
     else:
-      share = jnp.sum(ops.zero_outside(w, content_hw), axis=(1, 2)) / jnp.prod(content_hw)
+      share = jnp.sum(spatial.zero_outside(w, content_hw), axis=(1, 2)) / jnp.prod(content_hw)
     kept = sum(share[:, i] * a["kept_fraction"] for i, (_, a) in enumerate(outs))
     aux = dict(outs[0][1], kept_fraction=kept)
   else:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sk_jax.nn import ops
+from sk_jax.nn import spatial
 
 
 def _delta_bias(channels: int, k: int):
@@ -53,5 +53,5 @@ class KernelHead(nn.Module):
 def apply_style_kernels(z_c, f_v, f_h, bias, groups: int, hw=None):
   """Eq. 6: Z_bar = IN(GS(Z_c)) * F1 * F2 + B; hw: Z_c's true size inside a size bucket (the
   statistics and the reflection at the border are then those of the unpadded Z_c)."""
-  x = ops.instance_norm(ops.channel_shuffle(z_c.astype(jnp.float32), groups), hw=hw)
-  return ops.separable_pixel_conv(x, f_v, f_h, bias, hw)
+  x = spatial.instance_norm(spatial.channel_shuffle(z_c.astype(jnp.float32), groups), hw=hw)
+  return spatial.separable_pixel_conv(x, f_v, f_h, bias, hw)

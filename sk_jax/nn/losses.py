@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from sk_jax.nn import ops
+from sk_jax.nn import spatial
 
 CONTENT_LAYERS = ("relu4_1", "relu5_1")  # SANet's content loss
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")  # as in WCT's evaluation
@@ -32,7 +32,7 @@ def _mse(a, b):
 def content_loss(feats_cs: Features, feats_c: Features, layers: Sequence[str] = CONTENT_LAYERS):
   """SANet's content loss per sample, (B,): sum_l mean_{h,w,c} (IN(phi_l(I_cs)) - IN(phi_l(I_c)))^2.
 
-  IN is `ops.instance_norm` (biased variance, eps 1e-5 inside the sqrt); both images
+  IN is `spatial.instance_norm` (biased variance, eps 1e-5 inside the sqrt); both images
   must have the same size.
   """
   total = 0.0
@@ -41,7 +41,7 @@ def content_loss(feats_cs: Features, feats_c: Features, layers: Sequence[str] = 
     if a.shape != b.shape:
       raise ValueError(f"content_loss: {l} shapes differ, {a.shape} vs {b.shape}")
     total = total + jnp.mean(
-      jnp.square(ops.instance_norm(a) - ops.instance_norm(b)), axis=(1, 2, 3)
+      jnp.square(spatial.instance_norm(a) - spatial.instance_norm(b)), axis=(1, 2, 3)
     )
   return total
 
@@ -61,7 +61,7 @@ def style_statistics(feats: Features, layers: Sequence[str] = STYLE_LAYERS):
   stats = {}
   for l in layers:
     f = feats[l].astype(jnp.float32)
-    mu, sd = ops.mean_std(f)
+    mu, sd = spatial.mean_std(f)
     stats[l] = (mu[:, 0, 0], sd[:, 0, 0], gram(f))
   return stats
 

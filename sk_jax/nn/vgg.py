@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sk_jax.errors import InputError
-from sk_jax.nn import ops
+from sk_jax.nn import spatial
 
 # torchvision's vgg16().features, in order; "M" is a 2x2 max pool.
 LAYERS = (
@@ -108,7 +108,7 @@ def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32, hw=None):
   x = ((images - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
   scale = 1
   if hw is not None:
-    x = ops.zero_outside(x, hw)
+    x = spatial.zero_outside(x, hw)
   out = {}
   for name in LAYERS:
     if name == "M":
@@ -117,7 +117,7 @@ def vgg16_features(params, images, taps=TAPS, dtype=jnp.float32, hw=None):
       continue
     x = jax.nn.relu(_conv(x, params[name]))
     if hw is not None:
-      x = ops.zero_outside(x, hw // scale)
+      x = spatial.zero_outside(x, hw // scale)
     tap = "relu" + name[4:]
     if tap in taps:
       out[tap] = x

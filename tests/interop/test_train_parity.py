@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from sk_jax import cli
-from sk_jax.cli import interop
 from sk_jax.config import validate_config
-from sk_jax.interop import port, torch_losses, torch_train, train_parity, tree_errors
+from sk_jax.interop import port, torch_losses, torch_train, train_parity, train_report, tree_errors
 from sk_jax.nn import losses, ops
 from sk_jax.nn.discriminator import (
   DiscriminatorConfig,
@@ -322,7 +321,7 @@ def test_one_train_step_gradients_per_group(tiny_result):
 
 def test_ten_steps_losses_side_by_side(tiny_result):
   steps = tiny_result["train_steps"]
-  assert len(steps) == 10 and tiny_result["ok"], interop.format_train_report(tiny_result)
+  assert len(steps) == 10 and tiny_result["ok"], train_report.format_train_report(tiny_result)
   assert [("loss/d" in s["jax"]) for s in steps] == [t % 2 == 1 for t in range(10)]
   assert steps[0]["rel"]["loss/total"] < train_parity.LOSS_TOLERANCE  # same weights, same batch
   tol = tiny_result["tolerances"]["params"]

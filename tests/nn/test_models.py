@@ -11,7 +11,7 @@ import pytest
 import sk_jax
 from sk_jax.errors import InputError
 from sk_jax.io import artifacts, weights
-from sk_jax.nn import generator, ops, vgg
+from sk_jax.nn import generator, ops, spatial, vgg
 from sk_jax.nn.alignment import StyleAlignment
 
 
@@ -139,7 +139,7 @@ def test_kernels_start_as_deltas_so_content_passes_through(
   z_c = generator.encode(vgg_params, photo[None, :64, :64])
   z_s = generator.encode(vgg_params, texture[None, :64, :64])
   _, aux = generator.Generator(small_config).apply({"params": small_params}, z_c, z_s)
-  expected = ops.instance_norm(ops.channel_shuffle(z_c, small_config.shuffle_groups))
+  expected = spatial.instance_norm(spatial.channel_shuffle(z_c, small_config.shuffle_groups))
   err = np.abs(np.asarray(aux["z_bar"]) - np.asarray(expected)).max()
   assert err < 0.05 * np.abs(np.asarray(expected)).max(), err
   centre = np.asarray(aux["f_v"])[..., 1]

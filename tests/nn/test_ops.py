@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sk_jax.nn import ops
+from sk_jax.nn import ops, spatial
 
 
 def np_separable_pixel_conv(x, f_v, f_h, bias):
@@ -32,7 +32,7 @@ def test_separable_pixel_conv_matches_numpy_with_reflection(k):
   f_v = rng.normal(size=(2, 6, 7, 3, k)).astype(np.float32)
   f_h = rng.normal(size=(2, 6, 7, 3, k)).astype(np.float32)
   bias = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
-  got = ops.separable_pixel_conv(x, f_v, f_h, bias)
+  got = spatial.separable_pixel_conv(x, f_v, f_h, bias)
   np.testing.assert_allclose(got, np_separable_pixel_conv(x, f_v, f_h, bias), rtol=1e-5, atol=1e-5)
 
 
@@ -43,7 +43,7 @@ def test_separable_pixel_conv_edges_read_reflected_rows():
   f_v[..., 0] = 1.0
   f_h = np.zeros_like(f_v)
   f_h[..., 1] = 1.0
-  out = np.asarray(ops.separable_pixel_conv(x, f_v, f_h, np.zeros((1, 4, 3, 1), np.float32)))
+  out = np.asarray(spatial.separable_pixel_conv(x, f_v, f_h, np.zeros((1, 4, 3, 1), np.float32)))
   np.testing.assert_array_equal(out[0, 0, :, 0], x[0, 1, :, 0])
   np.testing.assert_array_equal(out[0, 1:, :, 0], x[0, :-1, :, 0])
 
@@ -53,20 +53,20 @@ def test_identity_kernel_returns_input(k):
   x = np.random.default_rng(0).normal(size=(2, 5, 6, 4)).astype(np.float32)
   delta = np.zeros((2, 5, 6, 4, k), np.float32)
   delta[..., k // 2] = 1.0
-  out = ops.separable_pixel_conv(x, delta, delta, np.zeros_like(x))
+  out = spatial.separable_pixel_conv(x, delta, delta, np.zeros_like(x))
   np.testing.assert_array_equal(np.asarray(out), x)
 
 
 def test_channel_shuffle_matches_shufflenet():
   x = np.arange(2 * 3 * 12, dtype=np.float32).reshape(2, 3, 1, 12)
-  got = np.asarray(ops.channel_shuffle(x, 3))
+  got = np.asarray(spatial.channel_shuffle(x, 3))
   expected = x.reshape(2, 3, 1, 3, 4).transpose(0, 1, 2, 4, 3).reshape(2, 3, 1, 12)
   np.testing.assert_array_equal(got, expected)
   # Group g, member m lands at position m * groups + g.
   np.testing.assert_array_equal(got[0, 0, 0, :4], [0, 4, 8, 1])
-  np.testing.assert_array_equal(np.asarray(ops.channel_shuffle(x, 1)), x)
+  np.testing.assert_array_equal(np.asarray(spatial.channel_shuffle(x, 1)), x)
   with pytest.raises(ValueError):
-    ops.channel_shuffle(x, 5)
+    spatial.channel_shuffle(x, 5)
 
 
 def np_aligned_style_features(z_c, z_s, lam, beta, sharpness, gate=True, renormalize=False):
@@ -140,12 +140,12 @@ def test_hard_gate_is_a_step_forward_with_a_surrogate_gradient():
 
 def test_instance_norm_and_mean_std():
   x = np.random.default_rng(4).normal(2.0, 3.0, size=(2, 8, 8, 3)).astype(np.float32)
-  mean, std = ops.mean_std(x)
+  mean, std = spatial.mean_std(x)
   np.testing.assert_allclose(np.asarray(mean)[:, 0, 0], x.mean(axis=(1, 2)), rtol=1e-5)
   np.testing.assert_allclose(
     np.asarray(std)[:, 0, 0], np.sqrt(x.var(axis=(1, 2)) + 1e-5), rtol=1e-5
   )
-  y = np.asarray(ops.instance_norm(x))
+  y = np.asarray(spatial.instance_norm(x))
   np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
   np.testing.assert_allclose(y.std(axis=(1, 2)), 1, atol=1e-3)
 
@@ -161,5 +161,5 @@ def test_conv3x3_reflect_equals_a_valid_convolution_of_the_reflected_input(shape
     for j in range(3):
       want += np.einsum("bhwc,cd->bhwd", xp[:, i : i + shape[1], j : j + shape[2]], k[i, j])
   np.testing.assert_allclose(
-    np.asarray(ops.conv3x3_reflect(jnp.asarray(x), jnp.asarray(k))), want, rtol=1e-5, atol=1e-5
+    np.asarray(spatial.conv3x3_reflect(jnp.asarray(x), jnp.asarray(k))), want, rtol=1e-5, atol=1e-5
   )
