@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -61,10 +60,10 @@ def _style_list(spec: str) -> list[str]:
 def _check_generator_args(args) -> list[float]:
   """The --alpha and --style-size checks shared by `stylize` and `stylize-video`; returns the
   alphas (several make a strip)."""
-  images.check_size_args(args.style_size, None, flag="--style-size")
+  images.check_size_args(args.style_size, None, param="style_size")
   if not args.attention_memory > 0:
     raise InputError(f"--attention-memory must be positive (MB), got {args.attention_memory}")
-  return [float(a) for a in controls.check_alphas(controls.parse_floats(args.alpha, "--alpha"))]
+  return [float(a) for a in controls.check_alphas(controls.parse_floats(args.alpha, "alpha"))]
 
 
 def run_stylize(args) -> None:
@@ -74,13 +73,10 @@ def run_stylize(args) -> None:
   weights = (
     None
     if args.style_weights is None
-    else controls.parse_floats(args.style_weights, "--style-weights")
+    else controls.parse_floats(args.style_weights, "style_weights")
   )
   mixed = weights is not None or args.mask is not None
-  if weights is not None and args.mask is not None:
-    raise InputError(
-      "--mask and --style-weights exclude each other (a mask gives each region one style)"
-    )
+  controls.check_mix(weights, args.mask)
   if weights is not None:
     controls.style_weights(weights, len(styles))
   groups = [tuple(styles)] if mixed else [(s,) for s in styles]
@@ -221,7 +217,7 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "stylize",
     help="stylize images (with the bundled generator or a checkpoint)",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
   )
   p.add_argument(
     "--content", required=True, help="content image or directory (or skimage:NAME,...)"
@@ -264,7 +260,7 @@ def add_commands(subparsers) -> None:
   p = subparsers.add_parser(
     "stylize-video",
     help="stylize every frame of a clip with one style",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=common.HelpFormatter,
   )
   p.add_argument(
     "--input",

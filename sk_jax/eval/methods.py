@@ -59,10 +59,9 @@ class SkJax:
     """Images in, image out (both encoder passes, SAE+CGM, SKG, decoder), batch 1, on device."""
     c, s = jax.device_put(content[None]), jax.device_put(style[None])
     t0 = time.perf_counter()
-    compiled = self.stylizer.lower(c, s, self.alpha).compile()
+    compiled = self.stylizer.compiled(c, s, self.alpha)
     compile_s = time.perf_counter() - t0
-    st, alpha = self.stylizer, np.float32(self.alpha)
-    run = lambda: jax.block_until_ready(compiled(st.params, st.vgg_params, c, s, alpha))
+    run = lambda: jax.block_until_ready(compiled())
     for _ in range(warmup):
       run()
     runs = []

@@ -45,15 +45,21 @@ def preserve_color(stylized, content) -> np.ndarray:
   return np.clip(yiq_to_rgb(yiq), 0.0, 1.0)
 
 
-def parse_floats(text: str, flag: str) -> list[float]:
-  """ "0.7,0.3" -> [0.7, 0.3]; anything else is an InputError naming `flag`."""
+def parse_floats(text: str, param: str) -> list[float]:
+  """ "0.7,0.3" -> [0.7, 0.3]; anything else is an ArgumentError naming `param`."""
   try:
     values = [float(v) for v in str(text).split(",")]
   except ValueError:
-    raise InputError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    raise ArgumentError(param, f": expected comma-separated numbers, got {text!r}") from None
   if not all(np.isfinite(values)):
-    raise InputError(f"{flag}: values must be finite, got {text!r}")
+    raise ArgumentError(param, f": values must be finite, got {text!r}")
   return values
+
+
+def check_mix(style_weights, mask) -> None:
+  """Style weights and a mask exclude each other: a mask gives each region one style."""
+  if style_weights is not None and mask is not None:
+    raise ArgumentError("mask", " excludes style weights (a mask gives each region one style)")
 
 
 def check_alphas(alpha) -> np.ndarray:

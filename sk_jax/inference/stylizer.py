@@ -213,15 +213,16 @@ class Stylizer:
       query_chunk=chunk,
     )
 
-  def apply_mixed(self, content, style_features: Sequence, weights=None, alphas=(1.0,)):
+  def apply_mixed(self, content, style_features: Sequence, style_weights=None, alphas=(1.0,)):
     """Stylizes content with several encoded styles mixed in Z_cs, for several alphas at once.
 
-    weights: (S,) per style (None: equal), or (ceil(H/8), ceil(W/8), S) per content position
+    style_weights: (S,) per style (None: equal), or (ceil(H/8), ceil(W/8), S) per content position
     (`controls.mask_weights`); they are used as given. alphas: (A,). Returns (A, B, H, W, 3)
     in [0, 1] and the kept fraction (A, B), from one compiled call.
     """
     z = tuple(style_features)
-    w = controls.style_weights(None, len(z)) if weights is None else np.asarray(weights, np.float32)
+    w = style_weights
+    w = controls.style_weights(None, len(z)) if w is None else np.asarray(w, np.float32)
     content = _batch(content)
     chunk = self._chunk_for_features(content, z[0])
     return _apply(
@@ -262,30 +263,28 @@ class Stylizer:
     """Images in, images out, in one compiled program: (B, H, W, 3) in [0, 1]."""
     return self._call(content, style, alpha)[0]
 
-  def _call(self, content, style, alpha):
+  def _forward_args(self, content, style, alpha):
     content, style = _batch(content), _batch(style)
-    return _forward(
-      self.params,
-      self.vgg_params,
-      self.config,
-      content,
-      style,
-      _device(alpha),
-      query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]),
-    )
+    chunk = self.query_chunk(content.shape[1:3], style.shape[1:3])
+    args = (self.params, self.vgg_params, self.config, content, style, _device(alpha))
+    return args, {"query_chunk": chunk}
+
+  def _call(self, content, style, alpha):
+    args, kwargs = self._forward_args(content, style, alpha)
+    return _forward(*args, **kwargs)
 
   def lower(self, content, style, alpha=1.0):
     """`__call__` lowered for these shapes (benchmarks time its `.compile()`d program)."""
-    content, style = _batch(content), _batch(style)
-    return _forward.lower(
-      self.params,
-      self.vgg_params,
-      self.config,
-      content,
-      style,
-      _device(alpha),
-      query_chunk=self.query_chunk(content.shape[1:3], style.shape[1:3]),
-    )
+    args, kwargs = self._forward_args(content, style, alpha)
+    return _forward.lower(*args, **kwargs)
+
+  def compiled(self, content, style, alpha=1.0):
+    """`__call__` compiled for these inputs: a function of no arguments that runs the program
+    on them (what `eval.py` times, without the dispatch of a jitted call)."""
+    args, kwargs = self._forward_args(content, style, alpha)
+    program = _forward.lower(*args, **kwargs).compile()
+    params, vgg_params, _, content, style, alpha = args
+    return lambda: program(params, vgg_params, content, style, alpha)
 
   def stylize(
     self,
@@ -318,11 +317,8 @@ class Stylizer:
     alphas = controls.check_alphas(alpha)
     c = images.prepare(content, size, max_pixels)
     s = [images.prepare(x, size if style_size is None else style_size, max_pixels) for x in styles]
+    controls.check_mix(style_weights, mask)
     if mask is not None:
-      if style_weights is not None:
-        raise InputError(
-          "--mask and --style-weights exclude each other (a mask gives each region one style)"
-        )
       m = images.load_image(mask, max_pixels) if isinstance(mask, str) else mask
       w = controls.mask_weights(m, c.shape[:2], len(s))
     else:

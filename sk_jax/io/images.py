@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sk_jax.errors import InputError
+from sk_jax.errors import ArgumentError, InputError
 from sk_jax.io import files
 
 MIN_SIDE = 16
@@ -163,12 +163,13 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   return rgb
 
 
-def check_size_args(size: int | None, max_pixels: int | None, flag: str = "--size") -> None:
-  """--size must be 0 (keep) or at least MIN_SIDE; --max-pixels must be 0 (no limit) or positive."""
+def check_size_args(size: int | None, max_pixels: int | None, param: str = "size") -> None:
+  """size must be 0 (keep) or at least MIN_SIDE; max_pixels 0 (no limit) or positive.
+  ArgumentError names `param` (the CLI its flag)."""
   if size is not None and size != 0 and size < MIN_SIDE:
-    raise InputError(f"{flag} must be 0 (keep the size) or at least {MIN_SIDE}, got {size}")
+    raise ArgumentError(param, f" must be 0 (keep the size) or at least {MIN_SIDE}, got {size}")
   if max_pixels is not None and max_pixels < 0:
-    raise InputError(f"--max-pixels must be 0 (no limit) or positive, got {max_pixels}")
+    raise ArgumentError("max_pixels", f" must be 0 (no limit) or positive, got {max_pixels}")
 
 
 def _resized(h: int, w: int, size: int) -> tuple[int, int]:

@@ -223,9 +223,8 @@ def aligned_style_features(
   lam,
   beta,
   sharpness,
-  gate=True,
   *,
-  attention=None,
+  attention: str = "cgm",
   topk=None,
   fraction=None,
   temperature=None,
@@ -244,7 +243,6 @@ def aligned_style_features(
     z_s: (B, Hs, Ws, C) style feature (keys and values).
     lam, beta: (B, H, W) gate scale and bias from E_f (read by "cgm" only).
     sharpness: alpha of Eq. 1.
-    gate: the old switch, used when `attention` is None: True is "cgm", False "full".
     attention: "full" (Eq. 2 over every style position, SANet), "topk" (the k
       largest weights of each row, Fig. 3), "cgm" (Eqs. 3-5) or "quantile" (the largest
       `fraction` of each row's weights: topK with k = quantile_k(fraction, Ns)).
@@ -271,8 +269,6 @@ def aligned_style_features(
   Returns:
     Z_cs: (B, H, W, C) in z_s's dtype (and the aux dict when asked).
   """
-  if attention is None:
-    attention = "cgm" if gate else "full"
   if attention not in ATTENTIONS:
     raise ValueError(
       f"aligned_style_features: attention must be one of {ATTENTIONS}, got {attention!r}"

@@ -104,7 +104,7 @@ def _encode_png(image: np.ndarray) -> bytes:
 
 def check_settings(size: int, max_size: int, max_pixels: int) -> None:
   """The server's --size, --max-size and --max-pixels (InputError naming the bad one)."""
-  images.check_size_args(max_size, max_pixels, flag="--max-size")
+  images.check_size_args(max_size, max_pixels, param="max_size")
   if not max_size:
     raise InputError(f"--max-size must be at least {images.MIN_SIDE}, got {max_size}")
   if not images.MIN_SIDE <= size <= max_size:

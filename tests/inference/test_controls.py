@@ -300,7 +300,7 @@ def test_cli_controls_write_one_image_each(st, singles, tmp_path, capsys):
     (["--style-size", "-1"], "--style-size must be 0"),
     (["--mask", "WIDE"], "has another aspect ratio than the content"),
     (["--mask", "THREE"], "has 3 distinct colour(s) but 2 style(s)"),
-    (["--mask", "TWO", "--style-weights", "1,1"], "exclude each other"),
+    (["--mask", "TWO", "--style-weights", "1,1"], "--mask excludes style weights"),
   ],
 )
 def test_bad_control_values_exit_2_one_line_nothing_written(extra, message, tmp_path, capsys):

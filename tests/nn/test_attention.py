@@ -82,12 +82,8 @@ def test_each_attention_matches_its_numpy_oracle(attention, k, renormalize):
     assert np.all(np.asarray(aux["mask"]).sum(-1) == min(k, 15))
 
 
-def test_gate_argument_is_the_old_switch():
+def test_an_unknown_attention_is_refused():
   z_c, z_s, lam, beta = _features(2)
-  for gate, attention in ((True, "cgm"), (False, "full")):
-    a = ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, gate)
-    b = ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention=attention)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ValueError, match="attention"):
     ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, attention="sparse")
 

@@ -98,7 +98,10 @@ def test_aligned_style_features_matches_numpy(gate, renormalize):
   z_s = np.abs(rng.normal(size=(2, 5, 3, 8))).astype(np.float32)
   lam = rng.uniform(0.5, 1.5, size=(2, 3, 4)).astype(np.float32)
   beta = rng.uniform(-0.02, 0.02, size=(2, 3, 4)).astype(np.float32)
-  got = ops.aligned_style_features(z_c, z_s, lam, beta, 5.0, gate, renormalize=renormalize)
+  attention = "cgm" if gate else "full"
+  got = ops.aligned_style_features(
+    z_c, z_s, lam, beta, 5.0, attention=attention, renormalize=renormalize
+  )
   expected = np_aligned_style_features(z_c, z_s, lam, beta, 5.0, gate, renormalize)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-5)
 
@@ -123,9 +126,9 @@ def test_permuting_style_positions_leaves_z_cs_unchanged():
   beta = np.zeros((1, 3, 3), np.float32)
   perm = rng.permutation(20)
   z_s_perm = z_s.reshape(1, 20, 8)[:, perm].reshape(1, 4, 5, 8)
-  for gate in (True, False):
-    a = ops.aligned_style_features(z_c, z_s, lam, beta, 10.0, gate)
-    b = ops.aligned_style_features(z_c, z_s_perm, lam, beta, 10.0, gate)
+  for attention in ("cgm", "full"):
+    a = ops.aligned_style_features(z_c, z_s, lam, beta, 10.0, attention=attention)
+    b = ops.aligned_style_features(z_c, z_s_perm, lam, beta, 10.0, attention=attention)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
