@@ -10,7 +10,7 @@ import pytest
 
 from sk_jax.inference import compile_cache
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What `sk-jax stylize` with the bundled generator must not import (each costs start-up time).
 HEAVY = (
   "torch",
