@@ -12,13 +12,17 @@ import contextlib
 import importlib.util
 import os
 import sys
-
-import ml_collections
+from typing import TYPE_CHECKING
 
 from sk_jax.errors import InputError
 from sk_jax.io import files
 from sk_jax.nn.discriminator import DiscriminatorConfig
 from sk_jax.nn.generator import ModelConfig
+
+# ml_collections is imported where a config is loaded: the commands that load none (`sk-jax
+# stylize`) never import it.
+if TYPE_CHECKING:
+  import ml_collections
 
 # The checkout's default config (absent from an installed package: pass --config then).
 DEFAULT_CONFIG = os.path.join(
@@ -44,6 +48,8 @@ def importable(path: str):
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """Runs `get_config()` of a Python config file; any failure is an InputError naming the file."""
+  import ml_collections
+
   if not os.path.lexists(path):
     raise InputError(f"{path}: no such config file")
   files.check_input(path, "a config file (configs/*.py)")

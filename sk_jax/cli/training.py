@@ -16,12 +16,13 @@ import os
 import sys
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from sk_jax.cli import common
 from sk_jax.config import DEFAULT_CONFIG, importable
 from sk_jax.errors import InputError, is_disk_full
-from sk_jax.train import checkpoints
+
+# ml_collections, Orbax and grain are imported by the functions that use them, so that the other
+# commands (`sk-jax stylize` above all) never load them.
 
 TRAIN_HELP = "train (or resume) in a workdir from a configs/*.py file (absl flags; see --help)"
 TRAIN_USAGE = (
@@ -31,6 +32,8 @@ TRAIN_USAGE = (
 
 
 def _define_flags(fv: flags.FlagValues, argv=()):
+  from ml_collections import config_flags
+
   # The config is loaded here already, with the --config.* overrides of argv.
   config = config_flags.DEFINE_config_file(
     "config",
@@ -104,6 +107,8 @@ def _flag_error(e: BaseException, argv) -> InputError:
 
 def _load_config(config, fv: flags.FlagValues):
   """The --config file, loaded here (absl loads it lazily): a missing or broken one is one line."""
+  from ml_collections import config_flags
+
   try:
     cfg = config.value
     # absl's stand-in for a config that failed to load raises here
@@ -161,6 +166,8 @@ def _set_up_logging(verbosity: int | None) -> None:
 
 
 def run_train(argv, prog: str) -> None:
+  from sk_jax.train import checkpoints
+
   """`sk-jax train ARGV` (absl flags); errors are raised for `sk_jax.cli.exit_codes`."""
   if any(a in ("-h", "--help", "--helpshort") for a in argv):
     fv = flags.FlagValues()
@@ -191,6 +198,8 @@ def run_train(argv, prog: str) -> None:
 
 
 def run_export(args) -> None:
+  from sk_jax.train import checkpoints
+
   print(
     checkpoints.export_generator(args.workdir, args.output, args.step, overwrite=args.overwrite)
   )
