@@ -33,7 +33,7 @@ from importlib import resources
 import numpy as np
 from PIL import Image
 
-from sk_jax.errors import InputError
+from sk_jax.errors import ArgumentError, InputError
 from sk_jax.inference import controls
 from sk_jax.io import images
 
@@ -187,10 +187,9 @@ class Engine:
       controls.check_alphas(job.alpha)
       if job.weights is not None:
         controls.style_weights(list(job.weights), len(job.styles))
-    except InputError as e:
-      # The controls' own checks, named as the page names them.
-      message = str(e).replace("--style-weights", "style weights").replace("--alpha", "alpha")
-      raise InputError(message) from None
+    except ArgumentError as e:
+      # The controls' own checks, named as the page names them ("style weights", "alpha").
+      raise InputError(e.param.replace("_", " ") + e.detail) from None
     return size
 
   def run(self, job: Job, count: bool = True) -> Result:
