@@ -91,26 +91,28 @@ def repo_root():
   return ROOT
 
 
-@pytest.fixture(scope="session")
-def tiny_train_config():
-  """A factory: configs/default.py shrunk to a two-step CPU run; `group__field=value` overrides."""
+def make_tiny_train_config(**overrides):
+  """configs/default.py shrunk to a two-step CPU run; `group__field=value` overrides."""
   from sk_jax.config import load_config
 
-  def make(**overrides):
-    cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
-    cfg.model.gate_hidden, cfg.model.kernel_hidden = 16, 32
-    cfg.disc.features, cfg.disc.num_layers = 8, 2
-    cfg.data.update(resize=56, crop=48, batch_size=8, num_workers=0, num_threads=2)
-    cfg.train.steps = 2
-    cfg.ckpt.update(every=2, keep=2)
-    cfg.log.update(every=1, image_every=2)
-    cfg.mesh.data = 1
-    for key, value in overrides.items():
-      group, field = key.split("__")
-      cfg[group][field] = value
-    return cfg
+  cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
+  cfg.model.gate_hidden, cfg.model.kernel_hidden = 16, 32
+  cfg.disc.features, cfg.disc.num_layers = 8, 2
+  cfg.data.update(resize=56, crop=48, batch_size=8, num_workers=0, num_threads=2)
+  cfg.train.steps = 2
+  cfg.ckpt.update(every=2, keep=2)
+  cfg.log.update(every=1, image_every=2)
+  cfg.mesh.data = 1
+  for key, value in overrides.items():
+    group, field = key.split("__")
+    cfg[group][field] = value
+  return cfg
 
-  return make
+
+@pytest.fixture(scope="session")
+def tiny_train_config():
+  """A factory: `make_tiny_train_config`."""
+  return make_tiny_train_config
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
+from conftest import make_tiny_train_config
 
 from sk_jax import cli
 from sk_jax import config as config_lib
-from sk_jax.config import load_config
 from sk_jax.errors import InputError, NonFiniteError
 from sk_jax.io import images
 from sk_jax.nn.generator import ModelConfig
@@ -34,19 +33,7 @@ from sk_jax.train import loop as train_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
-  cfg.model.gate_hidden, cfg.model.kernel_hidden = 16, 32
-  cfg.disc.features, cfg.disc.num_layers = 8, 2
-  cfg.data.update(resize=56, crop=48, batch_size=8, num_workers=0, num_threads=2)
-  cfg.train.steps = 2
-  cfg.ckpt.update(every=2, keep=2)
-  cfg.log.update(every=1, image_every=2)
-  cfg.mesh.data = 1
-  for key, value in overrides.items():
-    group, field = key.split("__")
-    cfg[group][field] = value
-  return cfg
+tiny_config = make_tiny_train_config
 
 
 def _batches(n, batch=8, crop=48, seed=0):
