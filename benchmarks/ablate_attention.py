@@ -121,6 +121,19 @@ VARIANTS = {
     for force, targets in (("controller", (0.25, 0.5)), ("budget", (0.25,)))
     for target in targets
   },
+  # The controller ten times faster: at 0.01 per step (1/Ns units) the first long run's offset
+  # rose at its full rate every step while its kept fraction still climbed (docs/method.md).
+  "cgm_controller0.25_rate0.1": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": False,
+      "gate_temperature": 1.0,
+      "gate_target": 0.25,
+      "gate_force": "controller",
+    },
+    {"gate_lr_scale": 0.01, "gate_offset_rate": 0.1},
+  ),
   "cgm_linear_surrogate": (
     {
       "attention": "cgm",
@@ -143,6 +156,7 @@ VARIANTS = {
 # The long runs of issue 17 (docs/method.md, "The gate's equilibrium"), in training order.
 LONG = (
   "cgm_controller0.25",
+  "cgm_controller0.25_rate0.1",
   "full",
   "cgm_budget0.25",
   "cgm_controller0.5",
