@@ -21,16 +21,14 @@ LAYERS = (
 )
 
 
-def upsample_nearest(x):
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
 class ReflectConv(nn.Module):
   """A 3 x 3 convolution over the reflection-padded input; parameters as flax's nn.Conv
-  ("kernel" (3, 3, Cin, Cout) lecun-normal, "bias" zeros), computed in `dtype`."""
+  ("kernel" (3, 3, Cin, Cout) lecun-normal, "bias" zeros), computed in `dtype`. upsample: of the
+  input upsampled x2 (nearest) first, computed without it (`spatial.upsample_conv3x3_reflect`)."""
 
   features: int
   dtype: jnp.dtype = jnp.float32
+  upsample: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -39,6 +37,8 @@ class ReflectConv(nn.Module):
     )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x = x.astype(self.dtype)
+    if self.upsample:
+      return spatial.upsample_conv3x3_reflect(x, kernel) + bias.astype(self.dtype)
     return spatial.conv3x3_reflect(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
@@ -52,13 +52,14 @@ class Decoder(nn.Module):
     """hw: x's true size inside a size bucket: each convolution then reflects at its border
     (spatial.reflect_outside) and the output equals the unpadded one there."""
     x = x.astype(self.dtype)
-    for i, (name, features, up) in enumerate(LAYERS):
+    up = False  # the upsampling after a layer happens inside the next one's convolution
+    for i, (name, features, upsample_after) in enumerate(LAYERS):
       if hw is not None:
-        x = spatial.reflect_outside(x, hw, 1)
-      x = ReflectConv(features, self.dtype, name=name)(x)
+        x = spatial.replicate_outside(x, hw) if up else spatial.reflect_outside(x, hw, 1)
+      x = ReflectConv(features, self.dtype, up, name=name)(x)
+      if up and hw is not None:
+        hw = hw * 2
       if i < len(LAYERS) - 1:
         x = jax.nn.relu(x)
-      if up:
-        x = upsample_nearest(x)
-        hw = None if hw is None else hw * 2
+      up = upsample_after
     return x.astype(jnp.float32)

@@ -1,5 +1,5 @@
 """Per-position array math of StyleKernel: size masks of the buckets, channel shuffle, instance
-norm, Eq. 6's per-pixel separable convolution and the decoder's reflect-padded convolution.
+norm, Eq. 6's per-pixel separable convolution and the decoder's reflect-padded convolutions.
 No Flax state, NHWC throughout; each function maps to an equation of docs/method.md.
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _EPS = 1e-5
 
@@ -44,6 +45,21 @@ def reflect_outside(x_BxHxWxC, hw, radius: int, axes=(1, 2)):
       x_BxHxWxC = jax.lax.dynamic_update_slice_in_dim(
         x_BxHxWxC, jnp.where(i < size, src, keep), dst, axis
       )
+  return x_BxHxWxC
+
+
+def replicate_outside(x_BxHxWxC, hw):
+  """x with the row (axis 1) and the column (axis 2) after the true size hw overwritten by the
+  last true row and column (numpy's 'edge' padding by 1): what `upsample_conv3x3_reflect`
+  reads there on the unpadded image. Rows first, so the corner is the last true pixel."""
+  for axis in (1, 2):
+    n, size = hw[axis - 1], x_BxHxWxC.shape[axis]
+    src = jax.lax.dynamic_slice_in_dim(x_BxHxWxC, n - 1, 1, axis)
+    dst = jnp.minimum(n, size - 1)
+    keep = jax.lax.dynamic_slice_in_dim(x_BxHxWxC, dst, 1, axis)
+    x_BxHxWxC = jax.lax.dynamic_update_slice_in_dim(
+      x_BxHxWxC, jnp.where(n < size, src, keep), dst, axis
+    )
   return x_BxHxWxC
 
 
@@ -149,3 +165,54 @@ def conv3x3_reflect(x, kernel):
   right = conv(reflect(reflect(x[:, :, w - 2 :], 2)[:, :, 1:], 1), "VALID")[:, 1:-1]
   middle = jnp.concatenate([left, out[:, 1:-1, 1:-1], right], axis=2)
   return jnp.concatenate([top, middle, bottom], axis=1)
+
+
+def upsample_nearest(x):
+  """(B, H, W, C) -> (B, 2H, 2W, C), each pixel repeated 2 x 2."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+# Nearest x2 upsampling then a reflect-padded 3 x 3 convolution, along one axis: output row 2i + a
+# reads upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. low-resolution rows i + a - 1 and i + a of
+# the edge-padded input, with the 3 taps summed into 2 by _PHASES[a] (2 x 3).
+_PHASES = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)
+
+
+def _conv(x, kernel, padding):
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+def upsample_conv3x3_reflect(x, kernel):
+  """conv3x3_reflect(upsample_nearest(x), kernel) without the upsampled input: (B, H, W, Cin),
+  kernel (3, 3, Cin, Cout) -> (B, 2H, 2W, Cout); H, W >= 1.
+
+  Each of the four output phases (row and column parity) is a 2 x 2 convolution of the
+  edge-padded x, with the 3 x 3 taps summed into 2 x 2 (reflection at the upsampled border reads
+  the border pixel's copy, i.e. edge padding at low resolution): 16 instead of 36 multiply-adds
+  per input position and channel pair, the same function up to float32 rounding. The four phase
+  kernels are one convolution with 4 Cout outputs over (H + 1) x (W + 1) positions, computed
+  zero-padded (XLA's fast form, as in `conv3x3_reflect`) with the border rows and columns
+  recomputed from thin edge-padded strips; then interleaved (docs/method.md, decoder).
+  """
+  b, h, w, _ = x.shape
+  cout = kernel.shape[-1]
+  if not (isinstance(h, int) and isinstance(w, int)):
+    # Symbolic sizes (jax.export, ONNX): the plain form, which converters follow.
+    return conv3x3_reflect(upsample_nearest(x), kernel.astype(x.dtype))
+  phases = jnp.asarray(_PHASES, jnp.float32)
+  k = jnp.einsum("apd,bqe,deio->pqiabo", phases, phases, kernel.astype(jnp.float32))
+  # summed in float32, then x's dtype (a bfloat16 decoder rounds the 2 x 2 kernels once)
+  k = k.reshape(2, 2, kernel.shape[2], 4 * cout).astype(x.dtype)
+  edge = lambda a: jnp.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  y = _conv(x, k, ((1, 1), (1, 1)))  # (B, H + 1, W + 1, 4 Cout), wrong on its border
+  top = _conv(edge(x[:, :1])[:, :2], k, "VALID")  # (B, 1, W + 1, 4 Cout)
+  bottom = _conv(edge(x[:, h - 1 :])[:, 1:], k, "VALID")
+  left = _conv(edge(x[:, :, :1])[:, :, :2], k, "VALID")[:, 1:-1]  # (B, H - 1, 1, 4 Cout)
+  right = _conv(edge(x[:, :, w - 1 :])[:, :, 1:], k, "VALID")[:, 1:-1]
+  middle = jnp.concatenate([left, y[:, 1:-1, 1:-1], right], axis=2)
+  y = jnp.concatenate([top, middle, bottom], axis=1)
+  y = y.reshape(b, h + 1, w + 1, 2, 2, cout)
+  rows = [jnp.stack([y[:, a : a + h, c : c + w, a, c] for c in (0, 1)], 3) for a in (0, 1)]
+  return jnp.stack(rows, 2).reshape(b, 2 * h, 2 * w, cout)  # (B, H, 2, W, 2, Cout) interleaved

@@ -153,6 +153,43 @@ def test_instance_norm_and_mean_std():
   np.testing.assert_allclose(y.std(axis=(1, 2)), 1, atol=1e-3)
 
 
+def _reflect_conv_reference(x, k):
+  """float64: a 3 x 3 convolution of numpy's reflect-padded x, tap by tap."""
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  h, w = x.shape[1:3]
+  return sum(
+    np.einsum("bhwc,cd->bhwd", xp[:, i : i + h, j : j + w], k[i, j])
+    for i in range(3)
+    for j in range(3)
+  )
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 1, 3, 4), (1, 5, 2, 3), (1, 7, 6, 8)])
+def test_upsample_conv3x3_reflect_equals_upsampling_then_the_reflect_convolution(shape):
+  """The decoder's fused layer (docs/method.md, decoder): nearest x2 upsampling followed by the
+  reflect-padded 3 x 3 convolution, computed as four 2 x 2 phase convolutions."""
+  rng = np.random.default_rng(sum(shape))
+  x = rng.normal(size=shape).astype(np.float32)
+  k = rng.normal(size=(3, 3, shape[-1], 5)).astype(np.float32)
+  want = _reflect_conv_reference(np.repeat(np.repeat(x, 2, axis=1), 2, axis=2), k)
+  got = np.asarray(spatial.upsample_conv3x3_reflect(jnp.asarray(x), jnp.asarray(k)))
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(5, 7), (9, 11), (9, 6), (1, 3)])
+def test_replicate_outside_makes_the_fused_layer_exact_inside_a_bucket(hw):
+  """In a size bucket the decoder's fused layer reads the edge copy that `replicate_outside`
+  writes after the true size: equal to the layer on the unpadded input."""
+  rng = np.random.default_rng(hw[0] * 31 + hw[1])
+  x = rng.normal(size=(1, 9, 11, 4)).astype(np.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 4, 5)).astype(np.float32))
+  padded = spatial.replicate_outside(jnp.asarray(x), jnp.asarray(hw))
+  got = np.asarray(spatial.upsample_conv3x3_reflect(padded, k))[:, : 2 * hw[0], : 2 * hw[1]]
+  want = np.asarray(spatial.upsample_conv3x3_reflect(jnp.asarray(x[:, : hw[0], : hw[1]]), k))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(1, 2, 2, 3), (2, 5, 7, 4), (1, 9, 3, 2)])
 def test_conv3x3_reflect_equals_a_valid_convolution_of_the_reflected_input(shape):
   rng = np.random.default_rng(sum(shape))
