@@ -78,18 +78,20 @@ def _phases(out: str, content: str, style: str) -> dict:
   (cb, chw), (sb, shw) = to_bucket(c), to_bucket(s)
   cb, chw, sb, shw = _device(cb), _device(chw, np.int32), _device(sb), _device(shw, np.int32)
   mark("read inputs")
-  enc = _encode.lower(st.vgg_params, sb, st.config, shw)
+  # What Stylizer.stylize runs, step by step: its kept programs (sk_jax.inference.programs)
+  # are read back, or traced and exported when there are none; lowered; compiled (XLA's cache).
+  enc_args, enc_kw = (st.vgg_params, sb), {"hw": shw}
+  enc = st._programs.get(_encode, {"config": st.config}, *enc_args, **enc_kw)
   z = jax.ShapeDtypeStruct((1, sb.shape[1] // 8, sb.shape[2] // 8, 512), np.float32)
-  args = (st.params, st.vgg_params, st.config, z, cb)
-  chunk = st._chunk_for_features(cb, z)
-  kw = dict(alpha=_device(1.0), style_hw=shw, content_hw=chw, query_chunk=chunk)
-  app = _apply.lower(*args, **kw)
+  statics = {"config": st.config, "query_chunk": st._chunk_for_features(cb, z)}
+  kw = dict(z_styles=z, alpha=_device(1.0), style_hw=shw, content=cb, content_hw=chw)
+  app = st._programs.get(_apply, statics, st.params, st.vgg_params, **kw)
+  enc, app = enc.lower(*enc_args, **enc_kw), app.lower(st.params, st.vgg_params, **kw)
   mark("tracing")
   enc, app = enc.compile(), app.compile()
   mark("compiling")
-  z_s = enc(st.vgg_params, sb, shw)
-  kw.pop("query_chunk")
-  image, _ = app(st.params, st.vgg_params, z_s, cb, **kw)
+  kw["z_styles"] = enc(*enc_args, **enc_kw)
+  image, _ = app(st.params, st.vgg_params, **kw)
   image = np.asarray(jax.block_until_ready(image))[0, : c.shape[0], : c.shape[1]]
   mark("computation")
   images.save_image(image, out)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import os
 from typing import Sequence
 
 import jax
@@ -30,6 +31,7 @@ from sk_jax.inference import bundled, controls
 from sk_jax.inference.buckets import to_bucket
 from sk_jax.inference.compile_cache import DEFAULT as DEFAULT_CACHE
 from sk_jax.inference.compile_cache import enable_compile_cache
+from sk_jax.inference.programs import Programs
 from sk_jax.io import images, weights
 from sk_jax.nn import ops
 from sk_jax.nn.generator import (
@@ -61,7 +63,8 @@ def _encode(vgg_params, style, config: ModelConfig, hw=None):
   return _features(vgg_params, config, style, hw)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("extra", "query_chunk"))
+# config is static by position and by name (Programs passes it by name)
+@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("config", "extra", "query_chunk"))
 def _apply(
   params,
   vgg_params,
@@ -153,10 +156,11 @@ class Stylizer:
     """attention_mb: memory the attention may take; larger attentions run in chunks of
     content positions (`ops.query_chunk_for`), with the same results. compile_cache: where
     compiled programs persist across processes (`sk_jax.enable_compile_cache`: "default",
-    a directory or "off"; None leaves JAX's configuration as it is). buckets: `stylize` pads
+    a directory or "off"; None leaves JAX's configuration as it is); with it, `stylize` also
+    keeps its traced programs there (`sk_jax.inference.programs`). buckets: `stylize` pads
     images to size buckets (False: compiles for every image size)."""
-    if compile_cache is not None:
-      enable_compile_cache(compile_cache)
+    directory = None if compile_cache is None else enable_compile_cache(compile_cache)
+    self._programs = Programs(directory and os.path.join(directory, "programs"))
     self.config, self.attention_mb, self.buckets = config, attention_mb, buckets
     self._styles = collections.OrderedDict()
     self.params = jax.device_put(params)
@@ -344,10 +348,10 @@ class Stylizer:
     key = (style.shape, hashlib.sha256(style.tobytes()).hexdigest())
     if key not in self._styles:
       image, hw = to_bucket(style)
-      self._styles[key] = (
-        _encode(self.vgg_params, _device(image), self.config, _device(hw, np.int32)),
-        hw,
+      features = self._programs(
+        _encode, {"config": self.config}, self.vgg_params, _device(image), hw=_device(hw, np.int32)
       )
+      self._styles[key] = features, hw
       while len(self._styles) > STYLE_CACHE:
         self._styles.popitem(last=False)
     self._styles.move_to_end(key)
@@ -359,15 +363,18 @@ class Stylizer:
     ((1 or A), H, W, 3) and the kept fraction ((1 or A),)."""
     image, hw = to_bucket(content)
     z = [self._bucketed_style(s) for s in styles]
-    common = dict(
-      content_hw=_device(hw, np.int32),
-      query_chunk=self._chunk_for_features(image, z[0][0]),
-    )
-    args = (self.params, self.vgg_params, self.config)
+    statics = {"config": self.config, "query_chunk": self._chunk_for_features(image, z[0][0])}
+    args = (self.params, self.vgg_params)
+    common = dict(content=_device(image), content_hw=_device(hw, np.int32))
     if weights is None:
-      style_hw = _device(z[0][1], np.int32)
-      out, kept = _apply(
-        *args, z[0][0], _device(image), alpha=_device(alphas[0]), style_hw=style_hw, **common
+      out, kept = self._programs(
+        _apply,
+        statics,
+        *args,
+        z_styles=z[0][0],
+        alpha=_device(alphas[0]),
+        style_hw=_device(z[0][1], np.int32),
+        **common,
       )
     else:
       if np.ndim(weights) == 3:
@@ -375,14 +382,14 @@ class Stylizer:
         full = np.zeros((image.shape[1] // STRIDE, image.shape[2] // STRIDE, len(z)), np.float32)
         full[: weights.shape[0], : weights.shape[1]] = weights
         weights = full
-      style_hw = tuple(_device(hw, np.int32) for _, hw in z)
-      out, kept = _apply(
+      out, kept = self._programs(
+        _apply,
+        statics,
         *args,
-        tuple(f for f, _ in z),
-        _device(image),
-        _device(weights),
-        _device(alphas),
-        style_hw=style_hw,
+        z_styles=tuple(f for f, _ in z),
+        style_weights=_device(weights),
+        alpha=_device(alphas),
+        style_hw=tuple(_device(hw, np.int32) for _, hw in z),
         **common,
       )
       out, kept = out[:, 0], kept[:, 0]

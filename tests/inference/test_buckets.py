@@ -1,13 +1,15 @@
 """Size buckets: images zero-padded up to a bucket, with their true size, give the results of
 the unpadded images (docs/method.md, "Size buckets"), and sizes in one bucket share one program."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_programs import compile_events
 
 import sk_jax
-from sk_jax.inference import stylizer as stylizer_mod
 from sk_jax.nn.generator import encode, generate
 
 # Relative error: max |bucketed - unbucketed| / max |unbucketed| over the true region. float32
@@ -118,16 +120,24 @@ def test_stylize_in_buckets_equals_exact_shapes(stylizers, photo, texture):
     assert abs(kept - want_kept) < TOL
 
 
-def test_sizes_in_one_bucket_share_one_program(stylizers, photo, texture):
-  bucketed, _ = stylizers
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_sizes_in_one_bucket_share_one_program(tiny_generator, vgg_params, photo, texture, cache):
+  """Nothing is traced or compiled for a new size inside a bucket, with the programs kept on
+  disk (`compile_cache` on: `sk_jax.inference.programs`) or held by jit alone (off)."""
+  params, config = tiny_generator
+  directory = None if cache == "off" else os.environ["JAX_COMPILATION_CACHE_DIR"]
+  bucketed = sk_jax.Stylizer(params, config, vgg_params, compile_cache=directory or "off")
+  assert (bucketed._programs.directory is None) == (cache == "off")
   style = texture[:64, :48]
-  bucketed.stylize(photo[:48, :40], style, size=None)
-  programs = stylizer_mod._apply._cache_size(), stylizer_mod._encode._cache_size()
+  with compile_events() as first:
+    bucketed.stylize(photo[:48, :40], style, size=None)
+  assert first, "the first size should trace its programs (else this test means nothing)"
   encoded = list(bucketed._styles)
-  for hw in ((56, 64), (40, 24), (64, 49)):
-    out = bucketed.stylize(photo[: hw[0], : hw[1]], style, size=None)
-    assert out.shape == (*hw, 3)
-  assert (stylizer_mod._apply._cache_size(), stylizer_mod._encode._cache_size()) == programs
+  with compile_events() as later:
+    for hw in ((56, 64), (40, 24), (64, 49)):
+      out = bucketed.stylize(photo[: hw[0], : hw[1]], style, size=None)
+      assert out.shape == (*hw, 3)
+  assert not [e for e in later if e[1] in ("_apply", "_encode", "call")], later
   # ... and the style was encoded once: a directory of contents reuses it.
   assert list(bucketed._styles) == encoded
 
