@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_programs import compile_events
+from compile_events import compile_events
 
 import sk_jax
 from sk_jax.nn.generator import encode, generate

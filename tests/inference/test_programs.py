@@ -1,7 +1,6 @@
 """Traced programs kept on disk (sk_jax.inference.programs): read back without tracing, equal to
 the plain jitted call, and best effort (a torn entry or an unwritable directory is no error)."""
 
-import contextlib
 import functools
 import os
 import subprocess
@@ -10,28 +9,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from compile_events import compile_events
 
 from sk_jax.inference.programs import Programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
-
-
-@contextlib.contextmanager
-def compile_events():
-  """[(event, function name)] of every jit trace and XLA compilation inside the block."""
-  seen = []
-
-  def listen(event, duration, **kwargs):
-    del duration
-    if event in _EVENTS:
-      seen.append((event.rsplit("/", 1)[-1], kwargs.get("fun_name")))
-
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    yield seen
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 @functools.partial(jax.jit, static_argnames=("power",))

@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+from compile_events import compile_events
 from PIL import Image
 
 from sk_jax.cli import main
@@ -75,6 +76,21 @@ def test_engine_gives_the_stylizers_result(stylizer, photo, texture, tmp_path):
   assert result.filename == "photo_stylized_my_texture+hubble_deep_field.png"
   assert 0.0 <= result.kept <= 1.0
   assert engine.status() == {"ready": False, "busy": False, "done": 1}
+
+
+def test_a_new_upload_size_inside_a_bucket_traces_and_compiles_nothing(stylizer, photo, texture):
+  """The page's uploads of new sizes (here 32 x 48, then 32 x 40 and 32 x 56, one 64 x 64
+  bucket) run the programs the first one traced: no trace, no XLA compilation."""
+  engine = serve.Engine(stylizer, size=SIZE, max_size=64)
+  style = serve.Upload("style.png", _png(texture[:40, :40]))
+  job = lambda h, w: serve.Job(serve.Upload("photo.png", _png(photo[:h, :w])), (style,))
+  with compile_events() as first:
+    assert (engine.run(job(64, 96)).width, engine.run(job(64, 96)).height) == (48, 32)
+  assert first, "the first size should trace (else this test means nothing)"
+  with compile_events() as later:
+    sizes = [(r.width, r.height) for r in (engine.run(job(64, 80)), engine.run(job(64, 112)))]
+  assert sizes == [(40, 32), (56, 32)]
+  assert not later, later
 
 
 @pytest.mark.parametrize(
