@@ -137,6 +137,7 @@ class Generator(nn.Module):
 
   config: ModelConfig
   query_chunk: int | None = None
+  fuse_upsampling: bool = True  # the decoder's (Decoder.fuse_upsampling)
 
   def setup(self):
     cfg = self.config
@@ -160,7 +161,7 @@ class Generator(nn.Module):
     self.kernel_head = KernelHead(
       FEATURE_CHANNELS, cfg.kernel_size, cfg.kernel_hidden, cfg.kernel_init_std, dtype
     )
-    self.decoder = Decoder(dtype)
+    self.decoder = Decoder(dtype, self.fuse_upsampling)
 
   def align(self, z_c, z_s, content_hw=None, style_hw=None):
     """Z_cs (B, H, W, 512) and the attention statistics (ops.aligned_style_features' aux);
@@ -199,6 +200,7 @@ def generate(
   query_chunk=None,
   content_hw=None,
   style_hw=None,
+  fuse_upsampling=True,
 ):
   """The one forward pass of the generator, with the stylize controls; pure, jit it outside.
 
@@ -214,12 +216,14 @@ def generate(
       buckets"), their true sizes at 1/8 (int (2,); for several styles a tuple of them).
       Inside them the results equal those of the unpadded features; outside, the image is
       not meaningful (crop it).
+    fuse_upsampling: the decoder's upsampling inside its convolutions (inference, the default)
+      or before them (training: the form whose gradients docs/interop.md holds to PyTorch).
 
   Returns the image (B, 8H, 8W, 3), or (A, B, 8H, 8W, 3), before clipping, and the aux dict
   of `Generator.__call__` (for several styles: the first style's attention statistics, the
   kept fraction weighted by each style's share of the positions).
   """
-  gen, variables = Generator(config, query_chunk), {"params": params}
+  gen, variables = Generator(config, query_chunk, fuse_upsampling), {"params": params}
   if isinstance(z_styles, (tuple, list)) and len(z_styles) == 1:
     z_styles = z_styles[0]
     style_hw = style_hw[0] if isinstance(style_hw, (tuple, list)) else style_hw

@@ -20,19 +20,28 @@ def encoder_flops(h: int, w: int) -> float:
   return vgg_flops(h, w, last="conv4_1")
 
 
-def decoder_flops(h: int, w: int) -> float:
-  """The decoder from (h / 8, w / 8, 512) features to an (h, w) image."""
-  total, cin, scale = 0.0, FEATURE_CHANNELS, STRIDE
+def decoder_flops(h: int, w: int, fused: bool = True) -> float:
+  """The decoder from (h / 8, w / 8, 512) features to an (h, w) image; fused: a layer after an
+  upsampling as four 2 x 2 phase convolutions at (h' + 1) x (w' + 1) low-resolution positions
+  (Decoder.fuse_upsampling; the border strips it recomputes are left out)."""
+  total, cin, scale, after_up = 0.0, FEATURE_CHANNELS, STRIDE, False
   for _, cout, up in decoder.LAYERS:
-    total += _conv(h // scale, w // scale, cin, cout)
-    cin = cout
+    if after_up and fused:
+      hl, wl = h // (2 * scale), w // (2 * scale)
+      total += _conv(hl + 1, wl + 1, cin, 4 * cout, k=2)
+    else:
+      total += _conv(h // scale, w // scale, cin, cout)
+    cin, after_up = cout, up
     if up:
       scale //= 2
   return total
 
 
-def stylize_flops(config: ModelConfig, content_hw, style_hw) -> dict[str, float]:
-  """FLOPs per stage of `Stylizer.__call__` for one content and one style image (multiples of 8)."""
+def stylize_flops(
+  config: ModelConfig, content_hw, style_hw, fused: bool = True
+) -> dict[str, float]:
+  """FLOPs per stage of `Stylizer.__call__` for one content and one style image (multiples of
+  8); fused=False: the decoder as training runs it (decoder_flops)."""
   (hc, wc), (hs, ws) = content_hw, style_hw
   fh, fw = hc // STRIDE, wc // STRIDE
   nc, ns, c, k = fh * fw, (hs // STRIDE) * (ws // STRIDE), FEATURE_CHANNELS, config.kernel_size
@@ -50,7 +59,7 @@ def stylize_flops(config: ModelConfig, content_hw, style_hw) -> dict[str, float]
     "kernel_head": _conv(fh, fw, c, config.kernel_hidden)
     + _conv(fh, fw, config.kernel_hidden, c * (2 * k + 1), k=1),
     "eq6": 2 * (2.0 * nc * c * k),
-    "decoder": decoder_flops(hc, wc),
+    "decoder": decoder_flops(hc, wc, fused),
   }
 
 
@@ -99,7 +108,7 @@ def train_step_flops(cfg, model: ModelConfig, disc) -> dict[str, float]:
   their weights as well (x 3 and x 2: D's inputs need no gradient there).
   """
   b, s = int(cfg.data.batch_size), int(cfg.data.crop)
-  stages = stylize_flops(model, (s, s), (s, s))
+  stages = stylize_flops(model, (s, s), (s, s), fused=False)
   generator = sum(v for k, v in stages.items() if k != "encoder")
   vgg_one, d_one = vgg_flops(s, s), discriminator_flops(disc, s, s)
   cap = int(cfg.loss.remd_max_positions)

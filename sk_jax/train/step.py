@@ -148,7 +148,11 @@ def make_generator_loss(cfg, model: ModelConfig, disc: DiscriminatorConfig):
     z_c, z_s = feats_c["relu4_1"], feats_s["relu4_1"]
     # One generator call for I_cs = G(c, s), I_cc = G(c, c), I_ss = G(s, s).
     out, aux = generate(
-      g_params, model, jnp.concatenate([z_c, z_c, z_s]), jnp.concatenate([z_s, z_c, z_s])
+      g_params,
+      model,
+      jnp.concatenate([z_c, z_c, z_s]),
+      jnp.concatenate([z_s, z_c, z_s]),
+      fuse_upsampling=False,
     )
     i_cs, i_cc, i_ss = jnp.split(out, 3)
     f_cs, f_cc, f_ss = _split(vgg.vgg16_features(vgg_params, out, taps, dtype), 3)
