@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import re
 import sys
 
@@ -103,6 +105,18 @@ def main(argv=None, prog: str | None = None) -> int:
   return 0
 
 
+# Commands whose outputs are all written, closed and renamed into place when they return, so
+# that the process may end without the interpreter's teardown (freeing JAX's runtime and every
+# module: 0.3 CPU-seconds here, a sixth of a warm `sk-jax stylize`'s start-up; issue 21).
+_EXIT_WITHOUT_TEARDOWN = ("stylize",)
+
+
 def run() -> None:
   """Console-script entry point."""
-  sys.exit(main())
+  code = main()
+  if sys.argv[1:2] and sys.argv[1] in _EXIT_WITHOUT_TEARDOWN:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
