@@ -1,4 +1,4 @@
-"""Traced programs kept on disk (`jax.export`), so that a later process neither traces nor lowers.
+"""Traced programs kept on disk (`jax.export`), so that a later process does not trace them again.
 
     programs = Programs("/path/to/cache/programs")   # None: off (plain jit calls)
     out = programs(_apply, {"config": config, "query_chunk": None}, params, z, image, alpha=a)
@@ -8,7 +8,8 @@ Flax and lowering it still costs about a CPU-second per `sk-jax stylize` call (b
 startup.py), all of the start-up on a GPU. Each program is exported once per signature (the
 function, its static arguments, the tree, shapes and dtypes of the array arguments, jax's
 version, the platform and a digest of sk_jax's sources) and read back by later processes;
-`jax.jit(exported.call)` then compiles it, which the XLA cache answers. The cache only saves
+`jax.jit(exported.call)` then lowers a call of the kept module (0.4 CPU-seconds here, against
+0.9 for tracing and lowering the network) and compiles it, which the XLA cache answers. The cache only saves
 time: an entry that cannot be written or read back (a full or read-only disk, a torn file)
 is traced again, with no error. Entries are written whole (a temporary file, then a rename).
 """
