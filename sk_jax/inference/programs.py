@@ -4,14 +4,14 @@
     out = programs(_apply, {"config": config, "query_chunk": None}, params, z, image, alpha=a)
 
 The persistent XLA cache (`compile_cache`) saves the compilation; tracing the generator through
-Flax and lowering it still costs about a CPU-second per `sk-jax stylize` call (benchmarks/
-startup.py), all of the start-up on a GPU. Each program is exported once per signature (the
-function, its static arguments, the tree, shapes and dtypes of the array arguments, jax's
-version, the platform and a digest of sk_jax's sources) and read back by later processes;
-`jax.jit(exported.call)` then lowers a call of the kept module (0.4 CPU-seconds here, against
-0.9 for tracing and lowering the network) and compiles it, which the XLA cache answers. The cache only saves
-time: an entry that cannot be written or read back (a full or read-only disk, a torn file)
-is traced again, with no error. Entries are written whole (a temporary file, then a rename).
+Flax and lowering it still cost about a CPU-second per `sk-jax stylize` call here
+(benchmarks/startup.py). Each program is exported once per signature (the function, its static
+arguments, the tree, shapes and dtypes of the array arguments, jax's version, the platform and
+a digest of sk_jax's sources) and read back by later processes; `jax.jit(exported.call)` then
+lowers a call of the kept module (0.4 CPU-seconds here, against 0.9 for tracing and lowering
+the network) and compiles it, which the XLA cache answers. The cache only saves time: an entry
+that cannot be written or read back (a full or read-only disk, a torn file) is traced again,
+with no error. Entries are written whole (a temporary file, then a rename).
 """
 
 from __future__ import annotations
