@@ -92,13 +92,15 @@ def repo_root():
 
 
 def make_tiny_train_config(**overrides):
-  """configs/default.py shrunk to a two-step CPU run; `group__field=value` overrides."""
+  """configs/default.py shrunk to a two-step CPU run (batch 2 of 48 x 48 crops, one device);
+  `group__field=value` overrides. Tests that train share this one train-step program through
+  the persistent compile cache, so override only what the tested property needs."""
   from sk_jax.config import load_config
 
   cfg = load_config(os.path.join(ROOT, "configs", "default.py"))
   cfg.model.gate_hidden, cfg.model.kernel_hidden = 16, 32
   cfg.disc.features, cfg.disc.num_layers = 8, 2
-  cfg.data.update(resize=56, crop=48, batch_size=8, num_workers=0, num_threads=2)
+  cfg.data.update(resize=56, crop=48, batch_size=2, num_workers=0, num_threads=2)
   cfg.train.steps = 2
   cfg.ckpt.update(every=2, keep=2)
   cfg.log.update(every=1, image_every=2)
@@ -113,6 +115,17 @@ def make_tiny_train_config(**overrides):
 def tiny_train_config():
   """A factory: `make_tiny_train_config`."""
   return make_tiny_train_config
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+  """A workdir after 2 steps of `make_tiny_train_config()`: checkpoints 1 (Orbax's first save)
+  and 2, metrics, a sample grid and the exported generator. Shared: copy it before training on."""
+  from sk_jax.train import loop
+
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  loop.train(make_tiny_train_config(), workdir)
+  return workdir
 
 
 @pytest.fixture(scope="session")

@@ -293,10 +293,15 @@ def make_setup(cfg, mesh: jax.sharding.Mesh, models=None) -> Setup:
     k_g, k_d = jax.random.split(
       jax.random.wrap_key_data(jax.random.bits(k_init, (4,), jnp.uint32), impl="rbg")
     )
+    # TrainState.create starts `step` as a weakly typed 0; a restored checkpoint's is a plain
+    # int32, and the two would be two train-step programs (a second compile on every resume).
+    net = lambda params, tx: NetState.create(apply_fn=None, params=params, tx=tx).replace(
+      step=jnp.zeros((), jnp.int32)
+    )
     return TrainState(
       step=jnp.zeros((), jnp.int32),
-      g=NetState.create(apply_fn=None, params=init_params(model, k_g), tx=tx_g),
-      d=NetState.create(apply_fn=None, params=init_discriminator(disc, k_d), tx=tx_d),
+      g=net(init_params(model, k_g), tx_g),
+      d=net(init_discriminator(disc, k_d), tx_d),
       rng=k_step,
       nonfinite_streak=jnp.zeros((), jnp.int32),
       nonfinite_total=jnp.zeros((), jnp.int32),

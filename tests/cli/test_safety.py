@@ -54,11 +54,9 @@ def gen(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_train_config):
+def trained(trained_workdir):
   """A workdir after 2 training steps: checkpoints 1 (Orbax's first save) and 2."""
-  workdir = str(tmp_path_factory.mktemp("trained"))
-  train_lib.train(tiny_train_config(log__image_every=0), workdir)
-  return workdir
+  return trained_workdir
 
 
 def _copy(trained, tmp_path, name="run"):

@@ -1,8 +1,10 @@
 """Training: sharded step parity, resume, SIGKILL during a save, refusals, non-finite skips, export, CLI.
 
-The tiny config (48 x 48 crops, batch 8, narrow heads and discriminator) compiles one
+The tiny config (48 x 48 crops, batch 2, narrow heads and discriminator) compiles one
 program per mesh; the persistent compile cache of conftest.py shares it between tests
-and with the subprocesses.
+and with the subprocesses (which inherit its environment), so the tests override only what
+their property needs. One straight run (the `straight` fixture) is the reference of every
+resume test.
 """
 
 import json
@@ -36,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 tiny_config = make_tiny_train_config
 
 
-def _batches(n, batch=8, crop=48, seed=0):
+def _batches(n, batch=2, crop=48, seed=0):
   rng = np.random.default_rng(seed)
   return [
     {k: rng.integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8) for k in ("content", "style")}
@@ -65,12 +67,28 @@ def _assert_trees_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(trained_workdir):
   """A workdir after 2 training steps (checkpoint at step 2) and its config."""
-  workdir = str(tmp_path_factory.mktemp("trained"))
-  cfg = tiny_config()
+  return trained_workdir, tiny_config()
+
+
+STRAIGHT_STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """An uninterrupted 5-step run of the tiny config, the reference of every resume test (which
+  stop it after step 2, 4 or wherever a signal lands); returns its workdir.
+
+  Checkpoints every 2 steps, keeping the last plus the best by a metric ("min" of the total
+  loss, which rises over these first steps, so that the best is an older checkpoint than the
+  last); checkpointing, sample grids and the kept checkpoints do not change the training state."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  cfg = tiny_config(
+    train__steps=STRAIGHT_STEPS, ckpt__keep=1, ckpt__best_metric="loss/total", ckpt__best_mode="min"
+  )
   train_lib.train(cfg, workdir)
-  return workdir, cfg
+  return workdir
 
 
 def test_eight_devices_match_one_device(vgg_params):
@@ -92,11 +110,16 @@ def test_eight_devices_match_one_device(vgg_params):
   at least 10 ulps (norms over the leaf), and the bound adds those ulps to the 3 %.
   """
   assert jax.device_count() == 8
-  batches = _batches(3)
+  batches = _batches(3, batch=8)
   runs = {}
   for n in (1, 8):
     cfg = tiny_config(
-      mesh__data=n, opt__lr=0.1, opt__eps=1e3, opt__gate_lr_scale=100.0, train__d_every=1
+      mesh__data=n,
+      data__batch_size=8,
+      opt__lr=0.1,
+      opt__eps=1e3,
+      opt__gate_lr_scale=100.0,
+      train__d_every=1,
     )
     mesh = sharding.make_mesh(cfg.mesh)
     setup = train_lib.make_setup(cfg, mesh)
@@ -152,7 +175,7 @@ def test_indivisible_batch_fails_before_compiling():
 
 
 def test_model_axis_shards_parameters():
-  cfg = tiny_config(mesh__data=4, mesh__model=2)
+  cfg = tiny_config(mesh__data=4, mesh__model=2, data__batch_size=8)
   setup = train_lib.make_setup(cfg, sharding.make_mesh(cfg.mesh))
   spec = setup.shardings.g.params["decoder"]["dec2_1"]["kernel"].spec  # (3, 3, 128, 64)
   assert spec == jax.sharding.PartitionSpec(None, None, "model", None)
@@ -160,47 +183,43 @@ def test_model_axis_shards_parameters():
   assert setup.shardings.step.spec == jax.sharding.PartitionSpec()
 
 
-def test_resume_gives_the_same_state_as_a_straight_run(tmp_path, trained):
-  """2 steps, then the same workdir resumed to 4 == 4 steps straight (bitwise, data iterators included)."""
+def test_resume_gives_the_same_state_as_a_straight_run(tmp_path, trained, straight):
+  """2 steps, then the same workdir resumed to 5 == 5 steps straight (bitwise, data iterators included)."""
   workdir, cfg = trained
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
-  cfg4 = tiny_config(train__steps=4)
-  train_lib.train(cfg4, resumed)
-  straight = str(tmp_path / "straight")
-  # Also: keep the last checkpoint plus the best by a metric ("max" of the falling total
-  # loss, so that the best is an older checkpoint than the last).
-  train_lib.train(
-    tiny_config(
-      train__steps=4, ckpt__keep=1, ckpt__best_metric="loss/total", ckpt__best_mode="max"
-    ),
-    straight,
-  )
-  step_a, a = _restore_latest(resumed, cfg4)
-  step_b, b = _restore_latest(straight, cfg4)
-  assert step_a == step_b == 4
+  cfg5 = tiny_config(train__steps=STRAIGHT_STEPS)
+  train_lib.train(cfg5, resumed)
+  step_a, a, iters_a = _final_state(resumed, cfg5)
+  step_b, b, iters_b = _final_state(straight, cfg5)
+  assert step_a == step_b == 5
   _assert_trees_equal((a.g, a.d, a.step), (b.g, b.d, b.step))
-  assert _steps_in_metrics(resumed) == _steps_in_metrics(straight) == [1, 2, 3, 4]
+  assert iters_a == iters_b
+  assert _steps_in_metrics(resumed) == _steps_in_metrics(straight) == [1, 2, 3, 4, 5]
+  # The straight run keeps the last checkpoint plus the best by "min" of the total loss.
   with open(os.path.join(straight, logger.METRICS_FILE)) as f:
     loss = {json.loads(l)["step"]: json.loads(l)["loss/total"] for l in f}
-  best = max((1, 2, 4), key=loss.get)  # the saved steps: Orbax's initial save, then every 2
-  assert best != 4
+  best = min((1, 2, 4, 5), key=loss.get)  # the saved steps: Orbax's initial save, every 2, last
+  assert best != 5
   mngr = checkpoint.make_manager(straight, tiny_config().ckpt, read_only=True)
-  assert mngr.all_steps() == sorted({best, 4})
+  assert mngr.all_steps() == sorted({best, 5})
   mngr.close()
   # The run wrote its sample grids, TensorBoard events and the exported generator.
   assert sorted(os.listdir(os.path.join(straight, "samples"))) == [
     "step_0000002.png",
     "step_0000004.png",
+    "step_0000005.png",
   ]
   assert os.listdir(os.path.join(straight, "tensorboard"))
   params, _ = checkpoint.load_generator(os.path.join(straight, train_lib.EXPORT_DIR))
   _assert_trees_equal(params, b.g.params)
 
 
-def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, straight):
+  """SIGKILL while step 4's checkpoint is written: the rerun resumes from step 2 and ends where
+  the straight run ends."""
   workdir = str(tmp_path / "run")
-  cfg = tiny_config(train__steps=6, log__image_every=0)
+  cfg = tiny_config(train__steps=STRAIGHT_STEPS, log__image_every=0)
   cfg_path = tmp_path / "cfg.json"
   cfg_path.write_text(cfg.to_json())
   script = textwrap.dedent("""
@@ -236,14 +255,18 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
   mngr.close()
 
   train_lib.train(cfg, workdir)  # the same command again
-  assert _steps_in_metrics(workdir) == [1, 2, 3, 4, 5, 6]
+  assert _steps_in_metrics(workdir) == [1, 2, 3, 4, 5]
   mngr = checkpoint.make_manager(workdir, cfg.ckpt, read_only=True)
-  assert mngr.all_steps() == [4, 6]
+  assert mngr.all_steps() == [4, 5]
   mngr.close()
+  (_, a, iters_a), (_, b, iters_b) = _final_state(workdir, cfg), _final_state(straight, cfg)
+  _assert_trees_equal((a.g, a.d, a.step), (b.g, b.d, b.step))
+  assert iters_a == iters_b
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path, trained):
-  workdir, _ = trained
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained[0], workdir)  # the workdir is shared with other modules
   with pytest.raises(InputError, match=r"another model config \(model.kernel_size: 5 != 3"):
     train_lib.train(tiny_config(model__kernel_size=5), workdir)
   with pytest.raises(InputError, match=r"disc.features: 16 != 8"):
@@ -359,59 +382,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_together(tmp_path):
-  """Two processes with one CPU device each form a 2-device mesh (gloo collectives)."""
-  workdir = str(tmp_path / "run")
-  cfg = tiny_config(
-    mesh__data=-1, mesh__distributed=True, data__batch_size=2, train__steps=2, log__image_every=0
-  )
-  cfg.mesh.coordinator_address = f"127.0.0.1:{_free_port()}"
-  cfg.mesh.num_processes = 2
-  script = textwrap.dedent("""
-      import json, sys
-      import ml_collections
-      from sk_jax.train import loop as train
-      cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
-      cfg.mesh.process_id = int(sys.argv[2])
-      metrics = train.train(cfg, sys.argv[3])
-      import jax
-      print("RESULT", jax.process_index(), jax.device_count(), json.dumps(metrics))
-  """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [
-    subprocess.Popen(
-      [sys.executable, "-c", script, cfg.to_json(), str(i), workdir],
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=300))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  results = {}
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-    line = [l for l in out.splitlines() if l.startswith("RESULT")][-1].split(" ", 3)
-    results[int(line[1])] = (int(line[2]), json.loads(line[3]))
-  assert results[0][0] == results[1][0] == 2
-  assert results[0][1]["loss/total"] == pytest.approx(results[1][1]["loss/total"], rel=1e-6)
-  assert np.isfinite(results[0][1]["loss/total"])
-  step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "2")
-  assert sorted(os.listdir(os.path.join(step_dir, "content_iter"))) == [
-    "commit_success.txt",
-    "process_0-of-2.json",
-    "process_1-of-2.json",
-  ]
-
-
 def _config_file(tmp_path, cfg, name="cfg") -> str:
   """A --config file for train.py that returns `cfg` (the test's tiny config)."""
   (tmp_path / f"{name}.json").write_text(cfg.to_json())
@@ -461,10 +431,10 @@ def _final_state(workdir, cfg):
   return step, state, iters
 
 
-def test_sigterm_saves_the_step_and_resumes_like_a_straight_run(tmp_path):
+def test_sigterm_saves_the_step_and_resumes_like_a_straight_run(tmp_path, straight):
   """SIGTERM mid-run: the step in flight is finished and saved, one line, exit 75; the rerun
   of the same command ends where an uninterrupted run ends (bitwise: params, Adam, data)."""
-  cfg = tiny_config(train__steps=5, ckpt__every=100, log__image_every=0, data__batch_size=2)
+  cfg = tiny_config(train__steps=STRAIGHT_STEPS, ckpt__every=100, log__image_every=0)
   config = _config_file(tmp_path, cfg)
   workdir = str(tmp_path / "run")
   args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", config, "--workdir", workdir]
@@ -487,8 +457,6 @@ def test_sigterm_saves_the_step_and_resumes_like_a_straight_run(tmp_path):
 
   rerun = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=ROOT)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  straight = str(tmp_path / "straight")
-  train_lib.train(cfg, straight)
   step_a, a, iters_a = _final_state(workdir, cfg)
   step_b, b, iters_b = _final_state(straight, cfg)
   assert step_a == step_b == 5
@@ -498,21 +466,40 @@ def test_sigterm_saves_the_step_and_resumes_like_a_straight_run(tmp_path):
   assert _steps_in_metrics(workdir) == list(range(1, 6))
 
 
-def _launch_two(config, workdir, port):
-  """train.py as process 0 and 1 of a 2 x 2-CPU-device run (a 4-device mesh)."""
+# train.train in process argv[2] of a run with the config file argv[1] (JSON), coordinator
+# argv[3] and workdir argv[4]; prints what that process saw and returned.
+_TRAIN_AND_REPORT = textwrap.dedent("""
+    import json, sys
+    import ml_collections
+    from sk_jax.train import loop as train
+    cfg = ml_collections.ConfigDict(json.load(open(sys.argv[1])))
+    cfg.mesh.process_id, cfg.mesh.coordinator_address = int(sys.argv[2]), sys.argv[3]
+    metrics = train.train(cfg, sys.argv[4])
+    import jax
+    print("RESULT", jax.process_index(), jax.device_count(), json.dumps(metrics))
+""")
+
+
+def _launch_two(config, workdir, port, report=False):
+  """train.py as process 0 and 1 of a 2 x 2-CPU-device run (a 4-device mesh); with `report`,
+  train.train on the same config (`config`.json) printing a RESULT line instead."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  address = f"127.0.0.1:{port}"
+  if report:
+    command = lambda i: ["-c", _TRAIN_AND_REPORT, config[:-3] + ".json", str(i), address, workdir]
+  else:
+    command = lambda i: [
+      os.path.join(ROOT, "train.py"),
+      "--config",
+      config,
+      "--workdir",
+      workdir,
+      f"--config.mesh.process_id={i}",
+      f"--config.mesh.coordinator_address={address}",
+    ]
   return [
     subprocess.Popen(
-      [
-        sys.executable,
-        os.path.join(ROOT, "train.py"),
-        "--config",
-        config,
-        "--workdir",
-        workdir,
-        f"--config.mesh.process_id={i}",
-        f"--config.mesh.coordinator_address=127.0.0.1:{port}",
-      ],
+      [sys.executable, *command(i)],
       env=env,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
@@ -523,9 +510,10 @@ def _launch_two(config, workdir, port):
   ]
 
 
-def _wait_all(procs, timeout=300):
+def _wait_all(procs, timeout=300, stdout=False):
   try:
-    return [p.communicate(timeout=timeout)[1] for p in procs]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return outs if stdout else [err for _, err in outs]
   finally:
     for p in procs:
       if p.poll() is None:
@@ -533,10 +521,12 @@ def _wait_all(procs, timeout=300):
 
 
 def test_two_processes_resume_after_sigterm_and_after_a_killed_peer(tmp_path):
-  """2 processes x 2 devices. SIGTERM to both after step 2: both save the same step (agreed
-  through JAX's preemption service) and exit 75. SIGKILL to process 1: process 0 stops within
-  the heartbeat timeout with one line naming the last committed checkpoint. Each rerun ends
-  bitwise where an uninterrupted two-process run ends."""
+  """2 processes x 2 devices (gloo collectives). An uninterrupted run: both processes see the
+  4-device mesh, return the same finite loss and each saves its own data iterator. SIGTERM to
+  both after step 2: both save the same step (agreed through JAX's preemption service) and
+  exit 75. SIGKILL to process 1: process 0 stops within the heartbeat timeout with one line
+  naming the last committed checkpoint. Each rerun ends bitwise where the uninterrupted run
+  ends."""
   cfg = tiny_config(
     mesh__data=-1,
     mesh__distributed=True,
@@ -581,9 +571,22 @@ def test_two_processes_resume_after_sigterm_and_after_a_killed_peer(tmp_path):
   mngr.close()
 
   for name in runs:
-    procs = _launch_two(config, runs[name], _free_port())
-    errs = _wait_all(procs)
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+    procs = _launch_two(config, runs[name], _free_port(), report=name == "straight")
+    outs = _wait_all(procs, stdout=True)
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+  results = {}
+  for out, _ in outs:  # the straight run's
+    line = [l for l in out.splitlines() if l.startswith("RESULT")][-1].split(" ", 3)
+    results[int(line[1])] = (int(line[2]), json.loads(line[3]))
+  assert results[0][0] == results[1][0] == 4
+  assert results[0][1]["loss/total"] == pytest.approx(results[1][1]["loss/total"], rel=1e-6)
+  assert np.isfinite(results[0][1]["loss/total"])
+  step_dir = os.path.join(runs["straight"], checkpoint.CHECKPOINT_DIR, "5")
+  assert sorted(os.listdir(os.path.join(step_dir, "content_iter"))) == [
+    "commit_success.txt",
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]
   final = {name: _final_state(runs[name], restore_cfg) for name in runs}
   key = jax.random.key_data
   for name in ("term", "kill"):
