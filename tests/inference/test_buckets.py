@@ -1,8 +1,6 @@
 """Size buckets: images zero-padded up to a bucket, with their true size, give the results of
 the unpadded images (docs/method.md, "Size buckets"), and sizes in one bucket share one program."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 from compile_events import compile_events
 
 import sk_jax
+from sk_jax.inference.programs import Programs
 from sk_jax.nn.generator import encode, generate
 
 # Relative error: max |bucketed - unbucketed| / max |unbucketed| over the true region. float32
@@ -121,17 +120,21 @@ def test_stylize_in_buckets_equals_exact_shapes(stylizers, photo, texture):
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
-def test_sizes_in_one_bucket_share_one_program(tiny_generator, vgg_params, photo, texture, cache):
+def test_sizes_in_one_bucket_share_one_program(
+  tiny_generator, vgg_params, photo, texture, cache, tmp_path
+):
   """Nothing is traced or compiled for a new size inside a bucket, with the programs kept on
-  disk (`compile_cache` on: `sk_jax.inference.programs`) or held by jit alone (off)."""
+  disk (on: `sk_jax.inference.programs`, in a fresh directory) or held by jit alone (off).
+  compile_cache=None leaves the suite's JAX cache as it is."""
   params, config = tiny_generator
-  directory = None if cache == "off" else os.environ["JAX_COMPILATION_CACHE_DIR"]
-  bucketed = sk_jax.Stylizer(params, config, vgg_params, compile_cache=directory or "off")
-  assert (bucketed._programs.directory is None) == (cache == "off")
+  bucketed = sk_jax.Stylizer(params, config, vgg_params, compile_cache=None)
+  assert bucketed._programs.directory is None
+  if cache == "on":
+    bucketed._programs = Programs(str(tmp_path))
   style = texture[:64, :48]
   with compile_events() as first:
     bucketed.stylize(photo[:48, :40], style, size=None)
-  assert first, "the first size should trace its programs (else this test means nothing)"
+  assert ("jaxpr_trace_duration", "_apply") in first, "the first size should trace _apply"
   encoded = list(bucketed._styles)
   with compile_events() as later:
     for hw in ((56, 64), (40, 24), (64, 49)):
@@ -140,6 +143,7 @@ def test_sizes_in_one_bucket_share_one_program(tiny_generator, vgg_params, photo
   assert not [e for e in later if e[1] in ("_apply", "_encode", "call")], later
   # ... and the style was encoded once: a directory of contents reuses it.
   assert list(bucketed._styles) == encoded
+  assert len(list(tmp_path.iterdir())) == (2 if cache == "on" else 0)
 
 
 def test_bucketed_chunked_cgm_equals_unbucketed(features):

@@ -79,17 +79,18 @@ def test_engine_gives_the_stylizers_result(stylizer, photo, texture, tmp_path):
 
 
 def test_a_new_upload_size_inside_a_bucket_traces_and_compiles_nothing(stylizer, photo, texture):
-  """The page's uploads of new sizes (here 32 x 48, then 32 x 40 and 32 x 56, one 64 x 64
-  bucket) run the programs the first one traced: no trace, no XLA compilation."""
+  """The page's uploads of new sizes (here 32 x 80, then 32 x 72 and 32 x 88, one 64 x 128
+  bucket that no other test here uses) run the programs the first one loaded or traced: no
+  trace, no XLA compilation."""
   engine = serve.Engine(stylizer, size=SIZE, max_size=64)
   style = serve.Upload("style.png", _png(texture[:40, :40]))
   job = lambda h, w: serve.Job(serve.Upload("photo.png", _png(photo[:h, :w])), (style,))
   with compile_events() as first:
-    assert (engine.run(job(64, 96)).width, engine.run(job(64, 96)).height) == (48, 32)
+    assert (engine.run(job(64, 160)).width, engine.run(job(64, 160)).height) == (80, 32)
   assert first, "the first size should trace (else this test means nothing)"
   with compile_events() as later:
-    sizes = [(r.width, r.height) for r in (engine.run(job(64, 80)), engine.run(job(64, 112)))]
-  assert sizes == [(40, 32), (56, 32)]
+    sizes = [(r.width, r.height) for r in (engine.run(job(64, 144)), engine.run(job(64, 176)))]
+  assert sizes == [(72, 32), (88, 32)]
   assert not later, later
 
 
