@@ -187,7 +187,8 @@ def test_replicate_outside_makes_the_fused_layer_exact_inside_a_bucket(hw):
   padded = spatial.replicate_outside(jnp.asarray(x), jnp.asarray(hw))
   got = np.asarray(spatial.upsample_conv3x3_reflect(padded, k))[:, : 2 * hw[0], : 2 * hw[1]]
   want = np.asarray(spatial.upsample_conv3x3_reflect(jnp.asarray(x[:, : hw[0], : hw[1]]), k))
-  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  # float32 sums of 64 products of O(1) terms: 1e-5 is above their rounding on any backend
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 2, 3), (2, 5, 7, 4), (1, 9, 3, 2)])
