@@ -134,6 +134,20 @@ VARIANTS = {
     },
     {"gate_lr_scale": 0.01, "gate_offset_rate": 0.1},
   ),
+  # The controller with E_f's outputs centred per image (model.gate_center): E_f only shapes
+  # the threshold across positions, so its drift cannot move the level the offset holds.
+  "cgm_controller0.25_center": (
+    {
+      "attention": "cgm",
+      "gate_lambda": "linear",
+      "gate_renormalize": False,
+      "gate_temperature": 1.0,
+      "gate_target": 0.25,
+      "gate_force": "controller",
+      "gate_center": True,
+    },
+    {"gate_lr_scale": 0.01, "gate_offset_rate": 0.03},
+  ),
   "cgm_linear_surrogate": (
     {
       "attention": "cgm",
@@ -200,6 +214,7 @@ MODEL_KEYS = (
   "gate_target",
   "gate_force",
   "gate_surrogate",
+  "gate_center",
 )
 
 

@@ -28,6 +28,7 @@ def get_config():
       gate_target=config_dict.placeholder(float),
       gate_force="controller",  # how: "controller" (beta offset, no gradient) or "budget" (loss)
       gate_surrogate="sigmoid",  # straight-through backward: "sigmoid" or "linear" (no saturation)
+      gate_center=False,  # E_f's lambda/beta centred per image: the offset alone sets the level
       kernel_size=3,  # k of the style kernels (Table 3: 1, 3, 5)
       kernel_hidden=256,  # width of the kernel head
       kernel_init_std=1e-3,  # the kernel head starts as centred deltas plus this noise

@@ -103,17 +103,23 @@ def _conv(conv: nn.Conv2d, x, padding: int):
 class GateNet(nn.Module):
   """E_f: (B, 512, H, W) -> lambda, beta (beta in units of 1/Ns), each (B, H, W) float32."""
 
-  def __init__(self, hidden: int, lambda_form: str = "linear"):
+  def __init__(self, hidden: int, lambda_form: str = "linear", center: bool = False):
     super().__init__()
     self.conv1 = nn.Conv2d(FEATURE_CHANNELS, hidden, 3)
     self.conv2 = nn.Conv2d(hidden, 2, 3)
     self.lambda_form = lambda_form
+    self.center = center
 
   def forward(self, z_c):
     h = F.relu(_conv(self.conv1, z_c, 1))
     out = _conv(self.conv2, h, 1).float()
     lam = F.softplus(out[:, 0]) if self.lambda_form == "softplus" else out[:, 0]
-    return lam, out[:, 1]
+    beta = out[:, 1]
+    if self.center:
+      # model.gate_center: lambda to mean 1, beta to mean 0 over each image's positions
+      lam = lam - lam.mean(dim=(1, 2), keepdim=True) + 1.0
+      beta = beta - beta.mean(dim=(1, 2), keepdim=True)
+    return lam, beta
 
 
 def cosine_attention(z_c, z_s, sharpness):
@@ -145,7 +151,7 @@ class StyleAlignment(nn.Module):
     if config.learn_sharpness:
       self.log_sharpness = nn.Parameter(torch.tensor(math.log(config.attention_sharpness)))
     if config.attention == "cgm":
-      self.gate = GateNet(config.gate_hidden, config.gate_lambda)
+      self.gate = GateNet(config.gate_hidden, config.gate_lambda, config.gate_center)
     if config.gate_controlled:
       # Moved by the trainer's controller, never by a gradient (sk_jax.train.step.control_gate_offset).
       self.beta_offset = nn.Parameter(torch.zeros(()), requires_grad=False)

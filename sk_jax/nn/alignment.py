@@ -20,11 +20,15 @@ class GateNet(nn.Module):
 
   lambda_form "linear" is the raw output (as printed); "softplus" keeps lambda
   positive. beta is returned in units of the uniform attention weight 1/Ns.
+  center: each image's lambda is shifted to mean 1 and its beta to mean 0 over its content
+  positions, so E_f sets each position's threshold relative to the image's and cannot move
+  the level (docs/method.md, "The gate's equilibrium").
   """
 
   hidden: int
   dtype: jnp.dtype = jnp.float32
   lambda_form: str = "linear"
+  center: bool = False
 
   @nn.compact
   def __call__(self, z_c, hw=None):
@@ -50,7 +54,20 @@ class GateNet(nn.Module):
     lam = jax.lax.index_in_dim(out, 0, axis=-1, keepdims=False)
     if self.lambda_form == "softplus":
       lam = jax.nn.softplus(lam)
-    return lam, jax.lax.index_in_dim(out, 1, axis=-1, keepdims=False)
+    beta = jax.lax.index_in_dim(out, 1, axis=-1, keepdims=False)
+    if self.center:
+      lam = lam - _image_mean(lam, hw) + 1.0
+      beta = beta - _image_mean(beta, hw)
+    return lam, beta
+
+
+def _image_mean(x_BxHxW, hw=None):
+  """Each image's mean over its content positions (those inside hw), (B, 1, 1)."""
+  if hw is None:
+    return jnp.mean(x_BxHxW, axis=(1, 2), keepdims=True)
+  valid = spatial.valid_positions(x_BxHxW.shape[1:3], hw)
+  total = jnp.sum(jnp.where(valid, x_BxHxW, 0.0), axis=(1, 2), keepdims=True)
+  return total / jnp.sum(valid)
 
 
 class StyleAlignment(nn.Module):
@@ -76,6 +93,8 @@ class StyleAlignment(nn.Module):
   gate_offset: bool = False
   # the straight-through backward of "cgm" (ops.SURROGATES)
   gate_surrogate: str = "sigmoid"
+  # E_f's outputs centred per image (GateNet.center)
+  gate_center: bool = False
 
   @nn.compact
   def __call__(self, z_c, z_s, content_hw=None, style_hw=None):
@@ -95,9 +114,9 @@ class StyleAlignment(nn.Module):
       z_c = spatial.zero_outside(z_c, content_hw)
     attention = self.attention
     if attention == "cgm":
-      lam, beta_ns = GateNet(self.gate_hidden, self.dtype, self.gate_lambda, name="gate")(
-        z_c, content_hw
-      )
+      lam, beta_ns = GateNet(
+        self.gate_hidden, self.dtype, self.gate_lambda, self.gate_center, name="gate"
+      )(z_c, content_hw)
       if self.gate_offset:
         offset = self.param("beta_offset", nn.initializers.zeros_init(), (), jnp.float32)
         beta_ns = beta_ns + jax.lax.stop_gradient(offset)

@@ -43,6 +43,9 @@ class ModelConfig(ConfigFields):
   gate_force: str = "controller"
   # the straight-through backward of "cgm": "sigmoid" or "linear" (never saturates)
   gate_surrogate: str = "sigmoid"
+  # E_f's lambda centred to mean 1 and beta to mean 0 over each image's content positions: E_f
+  # shapes the threshold across positions, the controller's offset alone sets its level
+  gate_center: bool = False
   # the attention's matmuls: "highest" (float32 everywhere) or "default"
   attention_precision: str = "highest"
   kernel_size: int = 3  # k of the k x 1 and 1 x k style kernels
@@ -155,6 +158,7 @@ class Generator(nn.Module):
       gate_target=cfg.gate_target,
       gate_offset=cfg.gate_controlled,
       gate_surrogate=cfg.gate_surrogate,
+      gate_center=cfg.gate_center,
       precision=cfg.attention_precision,
       query_chunk=self.query_chunk,
     )

@@ -219,3 +219,30 @@ def test_gate_lr_scale_scales_only_e_f_updates():
   np.testing.assert_allclose(updates["decoder"]["w"], ref["decoder"]["w"], rtol=1e-6)
   # Adam's state sits where it did without the option (checkpoints, sharding specs).
   assert jax.tree.structure(tx.init(params)[1]) == jax.tree.structure(base.init(params)[1])
+
+
+def test_gate_net_center_fixes_each_images_level():
+  """model.gate_center: whatever E_f's weights, each image's lambda averages 1 and its beta 0
+  over the true content positions (a bucket's padding excluded), so E_f cannot move the level."""
+  rng = np.random.default_rng(6)
+  z = jnp.asarray(np.abs(rng.normal(size=(2, 5, 6, 16))), jnp.float32)
+  net = GateNet(8, center=True)
+  params = net.init(jax.random.key(0), z)
+  # weights far from their init: uncentred, lambda and beta would be far from (1, 0)
+  params = jax.tree.map(lambda p: p + 0.02 * jnp.ones_like(p), params)
+  lam, beta = net.apply(params, z)
+  raw_lam, raw_beta = GateNet(8).apply(params, z)
+  # the shift the centring removes (the map's entries are of this size: 1e-4 is float32's
+  # rounding of their mean with room)
+  assert 1.0 < float(jnp.abs(jnp.mean(raw_beta))) < 100.0
+  assert float(jnp.abs(jnp.mean(raw_lam) - 1.0)) > 1.0
+  np.testing.assert_allclose(np.mean(np.asarray(lam), axis=(1, 2)), 1.0, atol=1e-4)
+  np.testing.assert_allclose(np.mean(np.asarray(beta), axis=(1, 2)), 0.0, atol=1e-4)
+  # per position it is E_f's own map, shifted: the spread across positions is kept
+  np.testing.assert_allclose(np.asarray(beta - raw_beta).std(axis=(1, 2)), 0.0, atol=1e-4)
+  assert float(np.asarray(beta).std()) > 0.01
+  # padded to 8 x 8 with the true size 5 x 6: the padding takes no part in the mean
+  z_pad = jnp.pad(z, ((0, 0), (0, 3), (0, 2), (0, 0)))
+  lam_p, beta_p = net.apply(params, z_pad, jnp.array([5, 6]))
+  np.testing.assert_allclose(np.asarray(lam_p[:, :5, :6]), np.asarray(lam), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(beta_p[:, :5, :6]), np.asarray(beta), atol=1e-5)

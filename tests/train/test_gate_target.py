@@ -173,6 +173,44 @@ def test_checkpoints_exports_and_torch_carry_the_offset(tmp_path, vgg_params):
   assert all(r.ok for r in rows), parity.format_table(rows)
 
 
+def test_centred_gate_ignores_ef_level_and_matches_torch(vgg_params):
+  """model.gate_center: moving E_f's output biases (the level Adam drifted in the long runs)
+  changes neither Z_cs nor the kept fraction; the offset still moves the level; the PyTorch
+  reference centres the same way."""
+  config = ModelConfig(**CONTROLLED, gate_center=True)
+  params = init_params(config, jax.random.key(2))
+  z_c, z_s = _features(5, nc=(4, 4), ns=(4, 4), c=512)
+  gen = jax.jit(lambda p: Generator(config).apply({"params": p}, z_c, z_s))
+
+  def with_alignment(**changes):
+    p = jax.tree.map(lambda x: x, params)
+    p["alignment"] = {**params["alignment"], **changes}
+    return p
+
+  gate = params["alignment"]["gate"]
+  drifted = with_alignment(
+    gate={
+      **gate,
+      "conv2": {**gate["conv2"], "bias": gate["conv2"]["bias"] + jnp.array([-3.0, -5.0])},
+    }
+  )
+  (out0, aux0), (out1, aux1) = gen(params), gen(drifted)
+  np.testing.assert_array_equal(
+    np.asarray(aux0["kept_fraction"]), np.asarray(aux1["kept_fraction"])
+  )
+  np.testing.assert_allclose(np.asarray(out1), np.asarray(out0), rtol=1e-4, atol=1e-4)
+  _, aux2 = gen(with_alignment(beta_offset=jnp.float32(2.0)))
+  assert float(jnp.mean(aux2["kept_fraction"])) < float(jnp.mean(aux0["kept_fraction"]))
+  rng = np.random.default_rng(1)
+  content = rng.uniform(size=(32, 32, 3)).astype(np.float32)
+  style = rng.uniform(size=(32, 40, 3)).astype(np.float32)
+  # the drifted biases: uncentred, torch's gate would sit 5 / Ns lower and keep more
+  np_params = jax.tree.map(np.asarray, drifted)
+  np_params["alignment"]["beta_offset"] = np.float32(0.4)
+  rows = parity.compare(np_params, vgg_params, config, content, style)
+  assert all(r.ok for r in rows), parity.format_table(rows)
+
+
 def test_train_step_moves_only_the_offset_by_the_controller(
   vgg_params, tiny_train_config, random_batches
 ):
