@@ -136,18 +136,21 @@ VARIANTS = {
   ),
   # The controller with E_f's outputs centred per image (model.gate_center): E_f only shapes
   # the threshold across positions, so its drift cannot move the level the offset holds.
-  "cgm_controller0.25_center": (
-    {
-      "attention": "cgm",
-      "gate_lambda": "linear",
-      "gate_renormalize": False,
-      "gate_temperature": 1.0,
-      "gate_target": 0.25,
-      "gate_force": "controller",
-      "gate_center": True,
-    },
-    {"gate_lr_scale": 0.01, "gate_offset_rate": 0.03},
-  ),
+  **{
+    f"cgm_controller{target}_center": (
+      {
+        "attention": "cgm",
+        "gate_lambda": "linear",
+        "gate_renormalize": False,
+        "gate_temperature": 1.0,
+        "gate_target": target,
+        "gate_force": "controller",
+        "gate_center": True,
+      },
+      {"gate_lr_scale": 0.01, "gate_offset_rate": 0.03},
+    )
+    for target in (0.25, 0.5)
+  },
   "cgm_linear_surrogate": (
     {
       "attention": "cgm",
@@ -169,14 +172,16 @@ VARIANTS = {
 }
 # The long runs of issue 17 (docs/method.md, "The gate's equilibrium"), in training order.
 LONG = (
-  "cgm_controller0.25",
-  "cgm_controller0.25_rate0.1",
-  "full",
+  "cgm_controller0.25_center",
   "cgm_budget0.25",
-  "cgm_controller0.5",
+  "full",
+  "full_seed1",
+  "cgm_controller0.5_center",
   "quantile0.25",
   "cgm_ef_lr0.01",
-  "full_seed1",
+  "cgm_controller0.25",
+  "cgm_controller0.25_rate0.1",
+  "cgm_controller0.5",
   "quantile0.5",
   "cgm_linear_surrogate",
 )
