@@ -512,7 +512,18 @@ def plot(path):
     for n, v in trained.items()
     if v["attention"] == "cgm"
   }
-  if kept:
+  targets = sorted(
+    {v.get("model", {}).get("gate_target") for n, v in trained.items() if n in kept} - {None}
+  )
+  if kept and targets:  # the long runs: the bands k* +- 0.1 of issue 17's criterion
+    pngplot.line_panels(
+      stem + "_kept.png",
+      [(f"kept nodes per query (kept fraction x Ns); lines: k* +- 0.1 for k* in {targets}", kept)],
+      xlabel="step",
+      title=title + f"; full = {ns}",
+      hlines=[ns * (t + d) for t in targets for d in (-0.1, 0.1)],
+    )
+  elif kept:
     pngplot.line_panels(
       stem + "_kept.png",
       [("kept nodes per query (kept fraction x Ns); lines: 2 % and 60 %", kept)],
@@ -524,7 +535,8 @@ def plot(path):
   pts = {"content": [], "style": []}
   for n, v in res["variants"].items():
     nodes = v["kept_nodes_final"] if v["attention"] != "topk" else min(v["topk"], ns)
-    kind = "topk" if v["attention"] == "topk" else v["attention"]
+    # at one style resolution the fixed quantile is topK with K = k* Ns (the same program)
+    kind = "topk" if v["attention"] in ("topk", "quantile") else v["attention"]
     for loss in pts:
       pts[loss].append((n, kind, max(nodes, 1e-3), v[f"heldout_{loss}_loss"]))
   pngplot.scatter_panels(
@@ -556,12 +568,16 @@ def merge(paths, out_path):
   for path in paths:
     with open(path) as f:
       runs.append(json.load(f))
-  keys = ("steps", "size", "batch", "seed")
+  keys = ("size", "batch", "seed")
   for r, path in zip(runs[1:], paths[1:]):
     if tuple(r.get(k) for k in keys) != tuple(runs[0].get(k) for k in keys):
       raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(keys)})")
   out = dict(runs[0])
-  found = {n: v for r in runs for n, v in r["variants"].items()}
+  # Runs of different lengths may be merged (a long run stopped early): each variant keeps its own.
+  found = {
+    n: {**v, "steps": v.get("steps", r["steps"])} for r in runs for n, v in r["variants"].items()
+  }
+  out["steps"] = max(r["steps"] for r in runs)
   out["variants"] = {}
   for n in ORDER:
     if n in found:
@@ -597,6 +613,47 @@ def table(path) -> str:
       f"{v['kept_fraction_final']:.3f} | {v['kept_fraction_final'] * ns:.1f} | {v['content_loss']:.3f} | "
       f"{v['style_loss']:.2f} | {v['total_loss']:.2f} | {v['heldout_content_loss']:.3f} | "
       f"{v['heldout_style_loss']:.2f} | {rel} | {v['seconds']:.0f} |"
+    )
+  return "\n".join(lines)
+
+
+def long_table(path) -> str:
+  """The long runs against issue 17's criteria: the share of logged steps after the warm-up
+  within k* +- 0.1, the second half's trend, the spread over content positions, the losses."""
+  import numpy as np
+
+  with open(path) as f:
+    res = json.load(f)
+  full = res["variants"].get("full")
+  lines = [
+    "| variant | k* | steps | kept (last 10 %) | in k* +- 0.1 after step 200 | trend, 2nd half (per 1000) "
+    "| `gate/kept_std` mean (min) after 200 | held-out content | held-out style | vs full (c / s) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for name, v in res["variants"].items():
+    if "saturated_by" in v:
+      continue
+    target = v.get("model", {}).get("gate_target")
+    hold = v.get("holding", {})
+    band = f"{hold['in_band_share']:.0%}" if "in_band_share" in hold else ""
+    trend = f"{hold['trend_per_1000']:+.3f}" if "trend_per_1000" in hold else ""
+    spread = ""
+    if v["attention"] == "cgm" and v["curves"].get("gate/kept_std"):
+      steps = [s for s, _ in v["kept_fraction_curve"]]
+      after = [x for s, x in zip(steps, v["curves"]["gate/kept_std"]) if s > WARMUP]
+      if after:
+        spread = f"{np.mean(after):.3f} ({np.min(after):.3f})"
+    rel = ""
+    if full:
+      rel = (
+        f"{v['heldout_content_loss'] / full['heldout_content_loss'] - 1:+.1%} / "
+        f"{v['heldout_style_loss'] / full['heldout_style_loss'] - 1:+.1%}"
+      )
+    lines.append(
+      f"| {name}{' (default)' if name == res.get('default') else ''} | "
+      f"{'' if target is None else target} | {v.get('steps', res['steps'])} | "
+      f"{v['kept_fraction_final']:.3f} | {band} | {trend} | {spread} | "
+      f"{v['heldout_content_loss']:.3f} | {v['heldout_style_loss']:.2f} | {rel} |"
     )
   return "\n".join(lines)
 
@@ -641,6 +698,9 @@ def main(argv=None):
       write_json(json.load(f), args.out)
     plot(args.out)
     print(table(args.out))
+    with open(args.out) as f:
+      if any("holding" in v for v in json.load(f)["variants"].values()):
+        print(long_table(args.out))
   else:
     run(args)
 

@@ -222,6 +222,29 @@ def test_onnx_equals_jax_and_gate_decisions_agree(
     )
 
 
+def test_onnx_carries_the_default_gate(vgg_params, pairs):
+  """configs/default.py's gate (the controller's offset on a centred E_f) survives the ONNX
+  export: E_f's biases moved far from their init (centring then matters) and a nonzero offset."""
+  from sk_jax.nn.generator import ModelConfig, init_params
+
+  config = ModelConfig(gate_hidden=8, kernel_hidden=16, gate_target=0.25, gate_center=True)
+  params = jax.tree.map(np.asarray, init_params(config, jax.random.key(3)))
+  params["alignment"]["beta_offset"] = np.float32(0.6)
+  conv2 = params["alignment"]["gate"]["conv2"]
+  conv2["bias"] = conv2["bias"] + np.array([-2.0, -3.0], np.float32)
+  session = onnx_export.onnx_session(
+    onnx_export.export_onnx(params, vgg_params, config, gate_output=True)
+  )
+  c, s = pairs[0]
+  out, mask = session.run(["stylized", "gate_mask"], {"content": c, "style": s})
+  ref = np.asarray(stylize_images(params, vgg_params, config, c, s)[0])
+  assert port.relative_error(out, ref)[1] < 1e-4
+  jax_mask, gap = export_fn.reference_gate(params, vgg_params, config, c, s)
+  assert 0 < jax_mask.mean() < 1
+  flipped = mask != jax_mask
+  assert not flipped.any() or gap[flipped].max() < GATE_BAND["float32"]
+
+
 def test_onnx_cli_export_runs_with_plain_onnxruntime(
   tiny_checkpoint, pairs_file, reference, tmp_path, capsys
 ):

@@ -158,14 +158,20 @@ def _gate_model(**kw):
   return ModelConfig(gate_hidden=8, kernel_hidden=16, gate_target=0.3, **kw)
 
 
-def test_budget_kept_fraction_and_offset_match_jax():
+@pytest.mark.parametrize("center", [False, True])
+def test_budget_kept_fraction_and_offset_match_jax(center):
   """The budget term's soft kept fraction (its gradient reaches E_f through T alone) and the
-  controller's offset on beta, in the Flax alignment and the mirror's TrainAlignment."""
+  controller's offset on beta, in the Flax alignment and the mirror's TrainAlignment; with
+  model.gate_center, E_f's outputs centred per image (its biases moved off their init, so
+  that the centring matters)."""
   from sk_jax.nn.generator import Generator, init_params
 
-  config = _gate_model(gate_force="controller")
+  config = _gate_model(gate_force="controller", gate_center=center)
   params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
   params["alignment"]["beta_offset"] = np.float32(0.7)
+  if center:
+    conv2 = params["alignment"]["gate"]["conv2"]
+    conv2["bias"] = conv2["bias"] + np.array([-2.0, -3.0], np.float32)
   rng = np.random.default_rng(0)
   z_c, z_s = (np.maximum(rng.normal(0, 1, (2, 4, 4, 512)), 0).astype(np.float32) for _ in "cs")
   gen = Generator(config)

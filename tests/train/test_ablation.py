@@ -96,3 +96,60 @@ def test_holding_criteria(ablate):
   assert 0.15 < h["in_band_share"] < 0.25
   assert h["trend_per_1000"] == pytest.approx(0.4 * 1000 / 999, rel=1e-6)
   assert "in_band_share" not in ablate.holding(steps, creep, None)
+
+
+def test_long_runs_merge_across_lengths_and_tabulate_the_criteria(ablate, tmp_path):
+  """Runs of different lengths (a long run stopped early) merge, each keeping its length; the
+  long table reports the band share, the trend and the spread over positions per variant."""
+  import json
+
+  import numpy as np
+
+  def result(name, steps, model, kept):
+    curve = [[s, kept + 0.01 * np.sin(s)] for s in range(1, steps + 1)]
+    rec = {
+      "attention": model["attention"],
+      "topk": None,
+      "model": model,
+      "kept_fraction_final": kept,
+      "kept_fraction_curve": curve,
+      "kept_nodes_final": kept * 16,
+      "content_loss": 1.0,
+      "style_loss": 1.0,
+      "total_loss": 1.0,
+      "seconds": 1.0,
+      "curves": {
+        "loss/content": [1.0] * steps,
+        "loss/style": [1.0] * steps,
+        "loss/total": [1.0] * steps,
+        "gate/kept_std": [0.1] * steps,
+      },
+      "holding": ablate.holding(
+        [s for s, _ in curve], [k for _, k in curve], model.get("gate_target")
+      ),
+      "heldout_content_loss": 2.0 if name == "full" else 2.1,
+      "heldout_style_loss": 3.0,
+      "heldout_total_loss": 5.0,
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(
+      json.dumps(
+        {"steps": steps, "size": 32, "batch": 2, "seed": 0, "style_positions": 16}
+        | {"command": "x", "variants": {name: rec}}
+      )
+    )
+    return str(path)
+
+  paths = [
+    result("full", 300, {"attention": "full"}, 1.0),
+    result("cgm_budget0.25", 250, {"attention": "cgm", "gate_target": 0.25}, 0.3),
+  ]
+  out = str(tmp_path / "long.json")
+  ablate.main(["--out", out, "--merge", *paths])
+  res = json.loads(open(out).read())
+  assert res["steps"] == 300
+  assert [res["variants"][n]["steps"] for n in ("full", "cgm_budget0.25")] == [300, 250]
+  rows = {r.split(" | ")[0].strip("| "): r for r in ablate.long_table(out).splitlines()[2:]}
+  assert " | 250 | 0.300 | 100% | " in rows["cgm_budget0.25"]
+  assert "0.100 (0.100)" in rows["cgm_budget0.25"] and "+5.0% / +0.0%" in rows["cgm_budget0.25"]
+  assert os.path.getsize(tmp_path / "long_kept.png") > 1000
