@@ -154,6 +154,11 @@ def test_eight_devices_match_one_device(vgg_params):
     # p8 - p1 carries up to one ulp of rounding per element on top of any real difference.
     ulps = np.linalg.norm(np.spacing(np.abs(np.asarray(p1, np.float32))).astype(np.float64))
     name = jax.tree_util.keystr(path)
+    if name == "['g']['alignment']['gate']['conv2']['bias']" and cfg.model.gate_center:
+      # model.gate_center subtracts each image's mean of E_f's outputs: their biases cancel, so
+      # the loss does not depend on them and neither run moves them beyond rounding.
+      assert update < ulps and np.linalg.norm(np.float64(p8) - p1) <= 2 * ulps, name
+      continue
     assert update >= 10 * ulps, (
       f"{name}: update {update:.3g} is near float32 resolution ({ulps:.3g}); raise the test's step size"
     )
@@ -531,7 +536,10 @@ def test_two_processes_resume_after_sigterm_and_after_a_killed_peer(tmp_path):
     mesh__data=-1,
     mesh__distributed=True,
     mesh__num_processes=2,
-    mesh__heartbeat_timeout_s=10,
+    # Far above a step's time on a loaded 2-core machine: the killed peer must be found by the
+    # next collective failing (the one line asserted below), not by JAX's coordination
+    # service aborting this process after the timeout (no line; it raced the collective at 10).
+    mesh__heartbeat_timeout_s=60,
     data__batch_size=4,
     train__steps=5,
     ckpt__every=100,
