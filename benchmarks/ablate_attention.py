@@ -210,6 +210,12 @@ ORDER = (
 # plain recipe whatever configs/default.py chooses.
 for _m, _o in VARIANTS.values():
   _o.setdefault("gate_lr_scale", 1.0)
+  # The gate's force likewise: a variant that names none has none (the paper's reading).
+  _m.setdefault("gate_target", None)
+  _m.setdefault("gate_center", False)
+  _m.setdefault("gate_force", "controller")
+  _m.setdefault("gate_surrogate", "sigmoid")
+  _o.setdefault("gate_offset_rate", 0.01)
 MODEL_KEYS = (
   "attention",
   "topk",
