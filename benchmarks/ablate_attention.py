@@ -282,6 +282,73 @@ def write_split(tmp: str):
   return dirs["photos"], dirs["styles"]
 
 
+def _center_crop(img, size: int):
+  """The central size x size crop after resizing the short side to 1.5 size (as training's crops)."""
+  from sk_jax.io import images
+
+  img = images.resize_short_side(img, int(size * 1.5))
+  h, w = img.shape[:2]
+  y, x = (h - size) // 2, (w - size) // 2
+  return img[y : y + size, x : x + size]
+
+
+def corpus_pairs(eval_dir: str, size: int):
+  """Every photo of EVAL_DIR/content with every painting of EVAL_DIR/style, central crops:
+  (content (P, size, size, 3), style (P, ...), the photo and painting counts)."""
+  import numpy as np
+
+  from sk_jax.io import images
+
+  load = lambda d: [
+    _center_crop(images.load_image(p), size) for p in images.list_images(os.path.join(eval_dir, d))
+  ]
+  photos, paintings = load("content"), load("style")
+  content = np.stack([c for c in photos for _ in paintings])
+  style = np.stack([s for _ in photos for s in paintings])
+  return content, style, len(photos), len(paintings)
+
+
+def evaluate_corpus(path: str, eval_dir: str, batch: int = 100):
+  """Adds each variant's losses on EVAL_DIR's pairs (`corpus` in its record: the means and their
+  standard errors over pairs) to the JSON at `path`; variants whose workdir is gone are skipped."""
+  import numpy as np
+
+  from sk_jax.io import artifacts, weights
+  from sk_jax.train import loop as train
+
+  with open(path) as f:
+    res = json.load(f)
+  content, style, n_photos, n_paintings = corpus_pairs(eval_dir, res["size"])
+  vgg_params = weights.load_vgg16()
+  for name, v in res["variants"].items():
+    export = os.path.join(v.get("workdir", ""), train.EXPORT_DIR)
+    if "saturated_by" in v or not os.path.isdir(export):
+      continue
+    params, model = artifacts.load_generator(export)
+    run = evaluator(vgg_params, model)
+    per_pair = {k: [] for k in ("content", "style", "kept_fraction", "kept_std")}
+    for i in range(0, len(content), batch):  # equal batches: one program
+      for k, x in run(params, content[i : i + batch], style[i : i + batch]).items():
+        per_pair[k].append(np.asarray(x))
+    per_pair = {k: np.concatenate(x) for k, x in per_pair.items()}
+    v["corpus"] = {
+      "dir": eval_dir,
+      "photos": n_photos,
+      "paintings": n_paintings,
+      **{f"{k}_loss": float(per_pair[k].mean()) for k in ("content", "style")},
+      **{
+        f"{k}_loss_sem": float(per_pair[k].std() / np.sqrt(len(per_pair[k])))
+        for k in ("content", "style")
+      },
+      "kept_fraction": float(per_pair["kept_fraction"].mean()),
+      "kept_std": float(per_pair["kept_std"].mean()),
+    }
+    print(
+      f"{name}: corpus content {v['corpus']['content_loss']:.3f} style {v['corpus']['style_loss']:.3f}"
+    )
+  write_json(res, path)
+
+
 def held_out_pairs(size: int):
   """(content, style) (P, size, size, 3) float32 in [0, 1]: every held photo with every held style."""
   import numpy as np
@@ -298,8 +365,9 @@ def held_out_pairs(size: int):
   return np.stack([c for c, _ in cs]), np.stack([s for _, s in cs])
 
 
-def evaluate(params, vgg_params, model, content, style):
-  """Content and style loss (sk_jax.nn.losses, as in training) of the stylized held-back pairs."""
+def evaluator(vgg_params, model):
+  """A jitted (params, content, style) -> per-pair content loss, style loss (sk_jax.nn.losses, as
+  in training), kept fraction and its spread over positions, of the stylized pairs."""
   import jax
 
   from sk_jax.nn import losses, vgg
@@ -312,16 +380,24 @@ def evaluate(params, vgg_params, model, content, style):
     f_cs, f_c, f_s = (
       {k: v[i * len(out) : (i + 1) * len(out)] for k, v in f.items()} for i in range(3)
     )
-    mean = jax.numpy.mean  # the losses are per pair
-    return (
-      mean(losses.content_loss(f_cs, f_c)),
-      mean(losses.style_loss(f_cs, f_s)),
-      mean(aux["kept_fraction"]),
-      mean(aux["kept_std"]),
-    )
+    return {
+      "content": losses.content_loss(f_cs, f_c),
+      "style": losses.style_loss(f_cs, f_s),
+      "kept_fraction": aux["kept_fraction"],
+      "kept_std": aux["kept_std"],
+    }
 
-  c, s, kept, kept_std = (float(x) for x in run(params, content, style))
-  return {"content": c, "style": s, "total": c + s, "kept_fraction": kept, "kept_std": kept_std}
+  return run
+
+
+def evaluate(params, vgg_params, model, content, style):
+  """The means over the held-back pairs of `evaluator`'s losses and gate statistics."""
+  import numpy as np
+
+  ev = {
+    k: float(np.mean(v)) for k, v in evaluator(vgg_params, model)(params, content, style).items()
+  }
+  return {**ev, "total": ev["content"] + ev["style"]}
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -633,9 +709,11 @@ def long_table(path) -> str:
   full = res["variants"].get("full")
   lines = [
     "| variant | k* | steps | kept (last 10 %) | in k* +- 0.1 after step 200 | trend, 2nd half (per 1000) "
-    "| `gate/kept_std` mean (min) after 200 | held-out content | held-out style | vs full (c / s) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| `gate/kept_std` mean (min) after 200 | held-out content | held-out style | vs full (c / s) "
+    "| corpus content | corpus style | vs full (c / s) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
+  rel = lambda a, b: f"{a / b - 1:+.1%}"
   for name, v in res["variants"].items():
     if "saturated_by" in v:
       continue
@@ -649,17 +727,30 @@ def long_table(path) -> str:
       after = [x for s, x in zip(steps, v["curves"]["gate/kept_std"]) if s > WARMUP]
       if after:
         spread = f"{np.mean(after):.3f} ({np.min(after):.3f})"
-    rel = ""
+    vs_full = ""
     if full:
-      rel = (
-        f"{v['heldout_content_loss'] / full['heldout_content_loss'] - 1:+.1%} / "
-        f"{v['heldout_style_loss'] / full['heldout_style_loss'] - 1:+.1%}"
+      vs_full = (
+        f"{rel(v['heldout_content_loss'], full['heldout_content_loss'])} / "
+        f"{rel(v['heldout_style_loss'], full['heldout_style_loss'])}"
       )
+    corpus = " | | "
+    if "corpus" in v:
+      cp = v["corpus"]
+      corpus = (
+        f"{cp['content_loss']:.3f} +- {cp['content_loss_sem']:.3f} | "
+        f"{cp['style_loss']:.2f} +- {cp['style_loss_sem']:.2f} | "
+      )
+      if full and "corpus" in full:
+        fc = full["corpus"]
+        corpus += (
+          f"{rel(cp['content_loss'], fc['content_loss'])} / "
+          f"{rel(cp['style_loss'], fc['style_loss'])}"
+        )
     lines.append(
       f"| {name}{' (default)' if name == res.get('default') else ''} | "
       f"{'' if target is None else target} | {v.get('steps', res['steps'])} | "
       f"{v['kept_fraction_final']:.3f} | {band} | {trend} | {spread} | "
-      f"{v['heldout_content_loss']:.3f} | {v['heldout_style_loss']:.2f} | {rel} |"
+      f"{v['heldout_content_loss']:.3f} | {v['heldout_style_loss']:.2f} | {vs_full} | {corpus} |"
     )
   return "\n".join(lines)
 
@@ -690,6 +781,12 @@ def main(argv=None):
     "--plot-only", action="store_true", help="only redraw the plots of --out and print its table"
   )
   p.add_argument(
+    "--eval-dir",
+    metavar="DIR",
+    help="with --plot-only or --merge: also score every variant whose workdir is still there on "
+    "every DIR/content photo with every DIR/style painting (e.g. ../shared/corpus/eval)",
+  )
+  p.add_argument(
     "--merge",
     nargs="+",
     metavar="JSON",
@@ -702,6 +799,8 @@ def main(argv=None):
   if args.plot_only:
     with open(args.out) as f:
       write_json(json.load(f), args.out)
+    if args.eval_dir:
+      evaluate_corpus(args.out, args.eval_dir)
     plot(args.out)
     print(table(args.out))
     with open(args.out) as f:

@@ -153,3 +153,34 @@ def test_long_runs_merge_across_lengths_and_tabulate_the_criteria(ablate, tmp_pa
   assert " | 250 | 0.300 | 100% | " in rows["cgm_budget0.25"]
   assert "0.100 (0.100)" in rows["cgm_budget0.25"] and "+5.0% / +0.0%" in rows["cgm_budget0.25"]
   assert os.path.getsize(tmp_path / "long_kept.png") > 1000
+
+
+def test_corpus_scores_every_trained_variant(ablate, tmp_path, tiny_generator, photo, texture):
+  """--eval-dir: each variant's exported generator scores every photo with every painting of the
+  folder (per-pair means and their standard errors); a variant whose workdir is gone is left as
+  it was."""
+  import json
+
+  from sk_jax.io import artifacts, images
+
+  artifacts.save_generator(str(tmp_path / "run" / "generator"), *tiny_generator)
+  for kind, pictures in (
+    ("content", (photo, photo[::-1])),
+    ("style", (texture, texture.transpose(1, 0, 2))),
+  ):
+    (tmp_path / "eval" / kind).mkdir(parents=True)
+    for i, picture in enumerate(pictures):
+      images.save_image(picture[:96, :64], str(tmp_path / "eval" / kind / f"{i}.png"))
+  record = {"attention": "cgm", "kept_fraction_curve": [[1, 0.5]], "workdir": str(tmp_path / "run")}
+  res = {"size": 32, "style_positions": 16, "variants": {"cgm": record, "gone": dict(record)}}
+  res["variants"]["gone"]["workdir"] = str(tmp_path / "missing")
+  path = tmp_path / "long.json"
+  path.write_text(json.dumps(res))
+  ablate.evaluate_corpus(str(path), str(tmp_path / "eval"))
+  out = json.loads(path.read_text())["variants"]
+  assert "corpus" not in out["gone"]
+  corpus = out["cgm"]["corpus"]
+  assert (corpus["photos"], corpus["paintings"]) == (2, 2)
+  assert corpus["content_loss"] > 0 and corpus["style_loss"] > 0
+  assert corpus["content_loss_sem"] > 0  # four different pairs
+  assert 0 < corpus["kept_fraction"] < 1
