@@ -292,15 +292,16 @@ def _center_crop(img, size: int):
   return img[y : y + size, x : x + size]
 
 
-def corpus_pairs(eval_dir: str, size: int):
-  """Every photo of EVAL_DIR/content with every painting of EVAL_DIR/style, central crops:
-  (content (P, size, size, 3), style (P, ...), the photo and painting counts)."""
+def corpus_pairs(eval_dir: str, size: int, limit: int | None = None):
+  """Every photo of EVAL_DIR/content with every painting of EVAL_DIR/style (the first `limit` of
+  each by name), central crops: (content (P, size, size, 3), style (P, ...), the counts)."""
   import numpy as np
 
   from sk_jax.io import images
 
   load = lambda d: [
-    _center_crop(images.load_image(p), size) for p in images.list_images(os.path.join(eval_dir, d))
+    _center_crop(images.load_image(p), size)
+    for p in images.list_images(os.path.join(eval_dir, d))[:limit]
   ]
   photos, paintings = load("content"), load("style")
   content = np.stack([c for c in photos for _ in paintings])
@@ -308,7 +309,7 @@ def corpus_pairs(eval_dir: str, size: int):
   return content, style, len(photos), len(paintings)
 
 
-def evaluate_corpus(path: str, eval_dir: str, batch: int = 100):
+def evaluate_corpus(path: str, eval_dir: str, limit: int | None = None, batch: int = 100):
   """Adds each variant's losses on EVAL_DIR's pairs (`corpus` in its record: the means and their
   standard errors over pairs) to the JSON at `path`; variants whose workdir is gone are skipped."""
   import numpy as np
@@ -318,7 +319,7 @@ def evaluate_corpus(path: str, eval_dir: str, batch: int = 100):
 
   with open(path) as f:
     res = json.load(f)
-  content, style, n_photos, n_paintings = corpus_pairs(eval_dir, res["size"])
+  content, style, n_photos, n_paintings = corpus_pairs(eval_dir, res["size"], limit)
   vgg_params = weights.load_vgg16()
   for name, v in res["variants"].items():
     export = os.path.join(v.get("workdir", ""), train.EXPORT_DIR)
@@ -787,6 +788,13 @@ def main(argv=None):
     "every DIR/content photo with every DIR/style painting (e.g. ../shared/corpus/eval)",
   )
   p.add_argument(
+    "--eval-limit",
+    type=int,
+    default=20,
+    metavar="N",
+    help="--eval-dir's first N photos and N paintings by name (default 20: 400 pairs)",
+  )
+  p.add_argument(
     "--merge",
     nargs="+",
     metavar="JSON",
@@ -800,7 +808,7 @@ def main(argv=None):
     with open(args.out) as f:
       write_json(json.load(f), args.out)
     if args.eval_dir:
-      evaluate_corpus(args.out, args.eval_dir)
+      evaluate_corpus(args.out, args.eval_dir, args.eval_limit)
     plot(args.out)
     print(table(args.out))
     with open(args.out) as f:
