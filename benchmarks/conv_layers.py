@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 
+import bench_stylize
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,9 +111,7 @@ def main():
       f"winograd {row['winograd_ms']:6.2f} ms (error {err:.1e})",
       flush=True,
     )
-  a = jnp.ones((2048, 2048), jnp.float32)
-  mm = jax.jit(lambda a: a @ a)
-  peak = 2 * 2048**3 / _ms(lambda: mm(a).block_until_ready()) / 1e6
+  peak = bench_stylize.matmul_peak(jnp.float32) / 1e9
   out = {
     "benchmark": "conv_layers",
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
