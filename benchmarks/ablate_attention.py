@@ -311,7 +311,11 @@ def corpus_pairs(eval_dir: str, size: int, limit: int | None = None):
 
 def evaluate_corpus(path: str, eval_dir: str, limit: int | None = None, batch: int = 100):
   """Adds each variant's losses on EVAL_DIR's pairs (`corpus` in its record: the means and their
-  standard errors over pairs) to the JSON at `path`; variants whose workdir is gone are skipped."""
+  standard errors over pairs) to the JSON at `path`; variants whose workdir is gone are skipped.
+  A centred CGM (model.gate_center) is scored a second time with E_f switched off (its output
+  layer's weights zeroed: lambda 1 and beta 0 at every position, the offset kept), as
+  `corpus_ef_off`: what E_f's per-position threshold adds to the trained generator."""
+  import jax
   import numpy as np
 
   from sk_jax.io import artifacts, weights
@@ -321,32 +325,41 @@ def evaluate_corpus(path: str, eval_dir: str, limit: int | None = None, batch: i
     res = json.load(f)
   content, style, n_photos, n_paintings = corpus_pairs(eval_dir, res["size"], limit)
   vgg_params = weights.load_vgg16()
+
+  def score(run, params):
+    per_pair = {k: [] for k in ("content", "style", "kept_fraction", "kept_std")}
+    for i in range(0, len(content), batch):  # equal batches: one program
+      for k, x in run(params, content[i : i + batch], style[i : i + batch]).items():
+        per_pair[k].append(np.asarray(x))
+    per_pair = {k: np.concatenate(x) for k, x in per_pair.items()}
+    sem = lambda x: float(x.std() / np.sqrt(len(x)))
+    return {
+      "dir": eval_dir,
+      "photos": n_photos,
+      "paintings": n_paintings,
+      **{f"{k}_loss": float(per_pair[k].mean()) for k in ("content", "style")},
+      **{f"{k}_loss_sem": sem(per_pair[k]) for k in ("content", "style")},
+      "kept_fraction": float(per_pair["kept_fraction"].mean()),
+      "kept_std": float(per_pair["kept_std"].mean()),
+    }
+
   for name, v in res["variants"].items():
     export = os.path.join(v.get("workdir", ""), train.EXPORT_DIR)
     if "saturated_by" in v or not os.path.isdir(export):
       continue
     params, model = artifacts.load_generator(export)
     run = evaluator(vgg_params, model)
-    per_pair = {k: [] for k in ("content", "style", "kept_fraction", "kept_std")}
-    for i in range(0, len(content), batch):  # equal batches: one program
-      for k, x in run(params, content[i : i + batch], style[i : i + batch]).items():
-        per_pair[k].append(np.asarray(x))
-    per_pair = {k: np.concatenate(x) for k, x in per_pair.items()}
-    v["corpus"] = {
-      "dir": eval_dir,
-      "photos": n_photos,
-      "paintings": n_paintings,
-      **{f"{k}_loss": float(per_pair[k].mean()) for k in ("content", "style")},
-      **{
-        f"{k}_loss_sem": float(per_pair[k].std() / np.sqrt(len(per_pair[k])))
-        for k in ("content", "style")
-      },
-      "kept_fraction": float(per_pair["kept_fraction"].mean()),
-      "kept_std": float(per_pair["kept_std"].mean()),
-    }
-    print(
-      f"{name}: corpus content {v['corpus']['content_loss']:.3f} style {v['corpus']['style_loss']:.3f}"
-    )
+    v["corpus"] = score(run, params)
+    print(f"{name}: corpus {v['corpus']}", flush=True)
+    if model.attention == "cgm" and model.gate_center:
+      off = jax.tree.map(lambda x: x, params)
+      gate = off["alignment"]["gate"]
+      off["alignment"]["gate"] = {
+        **gate,
+        "conv2": {**gate["conv2"], "kernel": np.zeros_like(gate["conv2"]["kernel"])},
+      }
+      v["corpus_ef_off"] = score(run, off)
+      print(f"{name}, E_f off: corpus {v['corpus_ef_off']}", flush=True)
   write_json(res, path)
 
 

@@ -161,9 +161,16 @@ def test_corpus_scores_every_trained_variant(ablate, tmp_path, tiny_generator, p
   it was."""
   import json
 
+  import jax
+
   from sk_jax.io import artifacts, images
+  from sk_jax.nn.generator import ModelConfig, init_params
 
   artifacts.save_generator(str(tmp_path / "run" / "generator"), *tiny_generator)
+  centred = ModelConfig(gate_hidden=8, kernel_hidden=16, gate_target=0.25, gate_center=True)
+  artifacts.save_generator(
+    str(tmp_path / "centred" / "generator"), init_params(centred, jax.random.key(0)), centred
+  )
   for kind, pictures in (
     ("content", (photo, photo[::-1])),
     ("style", (texture, texture.transpose(1, 0, 2))),
@@ -174,6 +181,7 @@ def test_corpus_scores_every_trained_variant(ablate, tmp_path, tiny_generator, p
   record = {"attention": "cgm", "kept_fraction_curve": [[1, 0.5]], "workdir": str(tmp_path / "run")}
   res = {"size": 32, "style_positions": 16, "variants": {"cgm": record, "gone": dict(record)}}
   res["variants"]["gone"]["workdir"] = str(tmp_path / "missing")
+  res["variants"]["centred"] = {**record, "workdir": str(tmp_path / "centred")}
   path = tmp_path / "long.json"
   path.write_text(json.dumps(res))
   ablate.evaluate_corpus(str(path), str(tmp_path / "eval"))
@@ -184,3 +192,6 @@ def test_corpus_scores_every_trained_variant(ablate, tmp_path, tiny_generator, p
   assert corpus["content_loss"] > 0 and corpus["style_loss"] > 0
   assert corpus["content_loss_sem"] > 0  # four different pairs
   assert 0 < corpus["kept_fraction"] < 1
+  # E_f switched off is scored for the centred gate only
+  assert "corpus_ef_off" not in out["cgm"]
+  assert set(out["centred"]["corpus_ef_off"]) == set(out["centred"]["corpus"])
