@@ -343,10 +343,14 @@ def evaluate_corpus(path: str, eval_dir: str, limit: int | None = None, batch: i
       "kept_std": float(per_pair["kept_std"].mean()),
     }
 
+  key = (eval_dir, n_photos, n_paintings)
   for name, v in res["variants"].items():
     export = os.path.join(v.get("workdir", ""), train.EXPORT_DIR)
+    scored = v.get("corpus")
+    if scored and (scored["dir"], scored["photos"], scored["paintings"]) == key:
+      continue  # scored already (a merge of scored runs)
     if "saturated_by" in v or not os.path.isdir(export):
-      continue
+      continue  # not trained here, or its workdir is gone
     params, model = artifacts.load_generator(export)
     run = evaluator(vgg_params, model)
     v["corpus"] = score(run, params)
