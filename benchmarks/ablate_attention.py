@@ -632,16 +632,21 @@ def plot(path):
       hlines=[ns * 0.02, ns * 0.6],
     )
 
+  # The held-out corpus pairs where the variants were scored on them (--eval-dir), else the
+  # four held-back pairs.
+  scored = {n: v for n, v in res["variants"].items() if "corpus" in v}
+  variants, where = (scored, "corpus") if scored else (res["variants"], "held-out")
   pts = {"content": [], "style": []}
-  for n, v in res["variants"].items():
+  for n, v in variants.items():
     nodes = v["kept_nodes_final"] if v["attention"] != "topk" else min(v["topk"], ns)
     # at one style resolution the fixed quantile is topK with K = k* Ns (the same program)
     kind = "topk" if v["attention"] in ("topk", "quantile") else v["attention"]
     for loss in pts:
-      pts[loss].append((n, kind, max(nodes, 1e-3), v[f"heldout_{loss}_loss"]))
+      y = v["corpus"][f"{loss}_loss"] if scored else v[f"heldout_{loss}_loss"]
+      pts[loss].append((n, kind, max(nodes, 1e-3), y))
   pngplot.scatter_panels(
     stem + "_fig3.png",
-    [(f"held-out {k} loss vs selected nodes", p) for k, p in pts.items()],
+    [(f"{where} {k} loss vs selected nodes", p) for k, p in pts.items()],
     xlabel="selected nodes per query (log)",
     title=title + " (Fig. 3 right)",
   )

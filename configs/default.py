@@ -24,10 +24,10 @@ def get_config():
       gate_temperature=1.0,  # straight-through surrogate temperature, units of 1/Ns
       gate_hidden=128,  # width of E_f
       # k*: the kept fraction the gate is held at ("quantile": the fraction each row keeps);
-      # None: the paper's equations alone, which learn the gate open. 0.25 with the centred
+      # None: the paper's equations alone, which learn the gate open. 0.5 with the centred
       # controller below is what held in the long runs (docs/method.md, "The gate's equilibrium");
       # --config.model.gate_target=None --config.model.gate_center=False is the paper's reading.
-      gate_target=config_dict.FieldReference(0.25, field_type=float),
+      gate_target=config_dict.FieldReference(0.5, field_type=float),
       gate_force="controller",  # how: "controller" (beta offset, no gradient) or "budget" (loss)
       gate_surrogate="sigmoid",  # straight-through backward: "sigmoid" or "linear" (no saturation)
       gate_center=True,  # E_f's lambda/beta centred per image: the offset alone sets the level
