@@ -145,11 +145,7 @@ class StyleAlignment(nn.Module):
     )
     # Per-image gate statistics for the logs (docs/method.md, "Why the gate opens").
     b = z_c.shape[0]
-    if content_hw is None:
-      mean = lambda x: jnp.mean(x.reshape(b, -1), axis=1)
-    else:
-      valid = spatial.valid_positions(z_c.shape[1:3], content_hw).reshape(-1)
-      mean = lambda x: jnp.sum(jnp.where(valid, x.reshape(b, -1), 0.0), 1) / jnp.sum(valid)
+    mean = lambda x: _image_mean(x.reshape(z_c.shape[:3]), content_hw).reshape(b)
     aux.update(
       gate_lambda=jax.lax.stop_gradient(mean(lam)),
       gate_beta_ns=jax.lax.stop_gradient(mean(beta_ns)),
